@@ -1,0 +1,14 @@
+//! Code both Flotilla daemons (and the CLI) share: validated names, the signed
+//! command envelope, TLS configuration, telemetry setup and shutdown signals.
+//!
+//! Nothing here talks to the network or to sled; those belong to `server` and `agent`.
+
+pub mod names;
+pub mod shutdown;
+pub mod signing;
+pub mod telemetry;
+pub mod time;
+pub mod tls;
+pub mod token;
+
+pub use names::{AppName, Domain, EnvName, HostId, ImageRef, Labels, NameError};

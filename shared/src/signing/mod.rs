@@ -1,0 +1,453 @@
+//! Signed command envelopes (DESIGN.md §2): the coordinator signs the exact
+//! protobuf bytes of a `CommandEnvelope` with ed25519; the agent verifies those
+//! bytes against a key it pinned at join time, then checks target host, expiry,
+//! clock skew, size and replay before anything runs.
+//!
+//! This module is pure: no I/O. The agent supplies the replay check (its spool).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use flotilla_proto::v1 as pb;
+use prost::Message;
+
+use crate::names::{AppName, HostId, ImageRef, NameError};
+
+#[cfg(test)]
+mod tests;
+
+/// Largest envelope an agent accepts. Real envelopes are a few hundred bytes.
+pub const MAX_ENVELOPE_BYTES: usize = 16 * 1024;
+
+/// Identifies a verification key: hex of the first 8 bytes of SHA-256(public key).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct KeyId(String);
+
+impl KeyId {
+    pub fn of(key: &VerifyingKey) -> Self {
+        let digest = ring::digest::digest(&ring::digest::SHA256, key.as_bytes());
+        Self(hex::encode(&digest.as_ref()[..8]))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("not an ed25519 PKCS#8 PEM private key: {0}")]
+    Pkcs8(String),
+    #[error("cannot read random bytes from the operating system")]
+    Random,
+    #[error("invalid ed25519 public key")]
+    PublicKey,
+}
+
+/// The coordinator's command-signing key. Its `Debug` never prints the key.
+pub struct CommandSigner {
+    key: SigningKey,
+    key_id: KeyId,
+}
+
+impl fmt::Debug for CommandSigner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CommandSigner")
+            .field("key_id", &self.key_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CommandSigner {
+    /// A fresh key from the operating system's random source.
+    pub fn generate() -> Result<Self, KeyError> {
+        use ring::rand::SecureRandom;
+        let mut seed = [0u8; 32];
+        ring::rand::SystemRandom::new()
+            .fill(&mut seed)
+            .map_err(|_| KeyError::Random)?;
+        let signer = Self::from_key(SigningKey::from_bytes(&seed));
+        seed.fill(0);
+        Ok(signer)
+    }
+
+    /// Reads a PKCS#8 PEM (`-----BEGIN PRIVATE KEY-----`), e.g. from
+    /// `openssl genpkey -algorithm ed25519`.
+    pub fn from_pkcs8_pem(pem: &str) -> Result<Self, KeyError> {
+        let key = SigningKey::from_pkcs8_pem(pem).map_err(|e| KeyError::Pkcs8(e.to_string()))?;
+        Ok(Self::from_key(key))
+    }
+
+    /// The key as PKCS#8 PEM; the caller writes it to a 0600 file.
+    pub fn to_pkcs8_pem(&self) -> Result<String, KeyError> {
+        let pem = self
+            .key
+            .to_pkcs8_pem(ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF)
+            .map_err(|e| KeyError::Pkcs8(e.to_string()))?;
+        Ok(pem.as_str().to_owned())
+    }
+
+    fn from_key(key: SigningKey) -> Self {
+        let key_id = KeyId::of(&key.verifying_key());
+        Self { key, key_id }
+    }
+
+    pub fn key_id(&self) -> &KeyId {
+        &self.key_id
+    }
+
+    pub fn verifying_key(&self) -> VerifyingKey {
+        self.key.verifying_key()
+    }
+
+    /// Encodes `envelope` once and signs exactly those bytes.
+    pub fn sign(&self, envelope: &pb::CommandEnvelope) -> pb::SignedCommand {
+        let bytes = envelope.encode_to_vec();
+        let signature: Signature = self.key.sign(&bytes);
+        pb::SignedCommand {
+            envelope: bytes,
+            signature: signature.to_bytes().to_vec(),
+            key_id: self.key_id.0.clone(),
+        }
+    }
+}
+
+/// The set of command-verification keys an agent trusts, by key id.
+#[derive(Debug, Clone, Default)]
+pub struct TrustedKeys(BTreeMap<KeyId, VerifyingKey>);
+
+impl TrustedKeys {
+    /// Adds a raw 32-byte public key; its id is computed here, never taken from the peer.
+    pub fn insert_raw(&mut self, public_key: &[u8]) -> Result<KeyId, KeyError> {
+        let bytes: [u8; 32] = public_key.try_into().map_err(|_| KeyError::PublicKey)?;
+        let key = VerifyingKey::from_bytes(&bytes).map_err(|_| KeyError::PublicKey)?;
+        let id = KeyId::of(&key);
+        self.0.insert(id.clone(), key);
+        Ok(id)
+    }
+
+    pub fn insert(&mut self, key: VerifyingKey) -> KeyId {
+        let id = KeyId::of(&key);
+        self.0.insert(id.clone(), key);
+        id
+    }
+
+    pub fn get(&self, id: &str) -> Option<&VerifyingKey> {
+        self.0.get(&KeyId(id.to_owned()))
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&KeyId, &VerifyingKey)> {
+        self.0.iter()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// What a command asks the agent to do, with validated arguments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// `dokku git:from-image APP IMAGE` (the app is created first when missing).
+    Deploy { app: AppName, image: ImageRef },
+    /// Redeploy the exact image of release number `release`.
+    Rollback {
+        app: AppName,
+        image: ImageRef,
+        release: u64,
+    },
+}
+
+impl Action {
+    pub fn app(&self) -> &AppName {
+        match self {
+            Self::Deploy { app, .. } | Self::Rollback { app, .. } => app,
+        }
+    }
+
+    pub fn image(&self) -> &ImageRef {
+        match self {
+            Self::Deploy { image, .. } | Self::Rollback { image, .. } => image,
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Deploy { .. } => "deploy",
+            Self::Rollback { .. } => "rollback",
+        }
+    }
+
+    pub fn to_proto(&self) -> pb::Action {
+        let kind = match self {
+            Self::Deploy { app, image } => pb::action::Kind::Deploy(pb::DeployAction {
+                app: app.to_string(),
+                image: image.to_string(),
+            }),
+            Self::Rollback {
+                app,
+                image,
+                release,
+            } => pb::action::Kind::Rollback(pb::RollbackAction {
+                app: app.to_string(),
+                image: image.to_string(),
+                release: *release,
+            }),
+        };
+        pb::Action { kind: Some(kind) }
+    }
+
+    fn from_proto(action: Option<pb::Action>) -> Result<Self, NameError> {
+        match action.and_then(|a| a.kind) {
+            Some(pb::action::Kind::Deploy(d)) => Ok(Self::Deploy {
+                app: AppName::parse(d.app)?,
+                image: ImageRef::parse(d.image)?,
+            }),
+            Some(pb::action::Kind::Rollback(r)) => Ok(Self::Rollback {
+                app: AppName::parse(r.app)?,
+                image: ImageRef::parse(r.image)?,
+                release: r.release,
+            }),
+            None => Err(NameError::Empty { kind: "action" }),
+        }
+    }
+}
+
+/// A command whose signature, target, lifetime and arguments have been checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedCommand {
+    pub command_id: String,
+    pub host_id: HostId,
+    pub deployment_id: String,
+    pub issued_at_ms: i64,
+    pub expires_at_ms: i64,
+    pub action: Action,
+}
+
+/// Why an agent refused a command. Each maps to a `RefusalReason` on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalReason {
+    BadSignature,
+    UnknownKey,
+    WrongHost,
+    Expired,
+    FromTheFuture,
+    Replayed,
+    Oversized,
+    Malformed,
+}
+
+impl RefusalReason {
+    pub fn to_proto(self) -> pb::RefusalReason {
+        match self {
+            Self::BadSignature => pb::RefusalReason::BadSignature,
+            Self::UnknownKey => pb::RefusalReason::UnknownKey,
+            Self::WrongHost => pb::RefusalReason::WrongHost,
+            Self::Expired => pb::RefusalReason::Expired,
+            Self::FromTheFuture => pb::RefusalReason::FromTheFuture,
+            Self::Replayed => pb::RefusalReason::Replayed,
+            Self::Oversized => pb::RefusalReason::Oversized,
+            Self::Malformed => pb::RefusalReason::Malformed,
+        }
+    }
+
+    pub fn from_proto(reason: pb::RefusalReason) -> Option<Self> {
+        Some(match reason {
+            pb::RefusalReason::Unspecified => return None,
+            pb::RefusalReason::BadSignature => Self::BadSignature,
+            pb::RefusalReason::UnknownKey => Self::UnknownKey,
+            pb::RefusalReason::WrongHost => Self::WrongHost,
+            pb::RefusalReason::Expired => Self::Expired,
+            pb::RefusalReason::FromTheFuture => Self::FromTheFuture,
+            pb::RefusalReason::Replayed => Self::Replayed,
+            pb::RefusalReason::Oversized => Self::Oversized,
+            pb::RefusalReason::Malformed => Self::Malformed,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::BadSignature => "bad signature",
+            Self::UnknownKey => "unknown signing key",
+            Self::WrongHost => "addressed to another host",
+            Self::Expired => "expired",
+            Self::FromTheFuture => "issued in the future",
+            Self::Replayed => "already seen (replay)",
+            Self::Oversized => "oversized",
+            Self::Malformed => "malformed",
+        }
+    }
+}
+
+/// A refusal with a human-readable detail (never contains key material).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("command refused: {}: {detail}", reason.as_str())]
+pub struct Refusal {
+    pub reason: RefusalReason,
+    /// The command id when the envelope could be decoded, for reporting.
+    pub command_id: Option<String>,
+    pub detail: String,
+}
+
+/// Limits applied during verification.
+#[derive(Debug, Clone, Copy)]
+pub struct VerifyPolicy {
+    /// How far in the future `issued_at` may be (clocks drift).
+    pub max_clock_skew: Duration,
+    /// Longest `expires_at - issued_at` accepted; bounds a leaked command's life.
+    pub max_lifetime: Duration,
+}
+
+impl Default for VerifyPolicy {
+    fn default() -> Self {
+        Self {
+            max_clock_skew: Duration::from_secs(60),
+            max_lifetime: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// Verifies `signed` for `host` at time `now_ms`. `seen` answers whether a
+/// command id was already accepted on this host (the replay check); it is asked
+/// only after the signature holds, so forged ids never touch the store.
+pub fn verify(
+    signed: &pb::SignedCommand,
+    keys: &TrustedKeys,
+    host: &HostId,
+    now_ms: i64,
+    policy: VerifyPolicy,
+    seen: &dyn Fn(&str) -> bool,
+) -> Result<VerifiedCommand, Refusal> {
+    let refuse = |reason, command_id: Option<&str>, detail: String| Refusal {
+        reason,
+        command_id: command_id.map(str::to_owned),
+        detail,
+    };
+    if signed.envelope.len() > MAX_ENVELOPE_BYTES {
+        return Err(refuse(
+            RefusalReason::Oversized,
+            None,
+            format!(
+                "envelope is {} bytes, the limit is {MAX_ENVELOPE_BYTES}",
+                signed.envelope.len()
+            ),
+        ));
+    }
+    let Some(key) = keys.get(&signed.key_id) else {
+        let detail = format!(
+            "key id {:?} is not one this agent trusts",
+            signed.key_id.chars().take(64).collect::<String>()
+        );
+        return Err(refuse(RefusalReason::UnknownKey, None, detail));
+    };
+    let signature = <[u8; 64]>::try_from(signed.signature.as_slice())
+        .map(|bytes| Signature::from_bytes(&bytes))
+        .map_err(|_| {
+            refuse(
+                RefusalReason::BadSignature,
+                None,
+                format!("signature is {} bytes, not 64", signed.signature.len()),
+            )
+        })?;
+    key.verify_strict(&signed.envelope, &signature).map_err(|_| {
+        refuse(
+            RefusalReason::BadSignature,
+            None,
+            "signature does not match the envelope".into(),
+        )
+    })?;
+    let envelope = pb::CommandEnvelope::decode(signed.envelope.as_slice()).map_err(|e| {
+        refuse(
+            RefusalReason::Malformed,
+            None,
+            format!("envelope does not decode: {e}"),
+        )
+    })?;
+    let id = Some(envelope.command_id.as_str());
+    if envelope.command_id.is_empty() || envelope.command_id.len() > 64 {
+        return Err(refuse(
+            RefusalReason::Malformed,
+            None,
+            "command id must be 1 to 64 characters".into(),
+        ));
+    }
+    if envelope.host_id != host.as_str() {
+        return Err(refuse(
+            RefusalReason::WrongHost,
+            id,
+            format!("addressed to {:?}, this is {host}", envelope.host_id),
+        ));
+    }
+    if now_ms >= envelope.expires_at_ms {
+        return Err(refuse(
+            RefusalReason::Expired,
+            id,
+            format!(
+                "expired {} ago",
+                humanize_ms(now_ms.saturating_sub(envelope.expires_at_ms))
+            ),
+        ));
+    }
+    let skew_ms = i64::try_from(policy.max_clock_skew.as_millis()).unwrap_or(i64::MAX);
+    if envelope.issued_at_ms > now_ms.saturating_add(skew_ms) {
+        return Err(refuse(
+            RefusalReason::FromTheFuture,
+            id,
+            format!(
+                "issued {} ahead of this host's clock (allowed skew {}s)",
+                humanize_ms(envelope.issued_at_ms - now_ms),
+                policy.max_clock_skew.as_secs()
+            ),
+        ));
+    }
+    let lifetime_ms = envelope.expires_at_ms.saturating_sub(envelope.issued_at_ms);
+    let max_lifetime_ms = i64::try_from(policy.max_lifetime.as_millis()).unwrap_or(i64::MAX);
+    if lifetime_ms > max_lifetime_ms || lifetime_ms <= 0 {
+        return Err(refuse(
+            RefusalReason::Malformed,
+            id,
+            format!(
+                "lifetime of {} is outside (0, {}s]",
+                humanize_ms(lifetime_ms),
+                policy.max_lifetime.as_secs()
+            ),
+        ));
+    }
+    let action = Action::from_proto(envelope.action)
+        .map_err(|e| refuse(RefusalReason::Malformed, id, format!("bad action: {e}")))?;
+    if seen(&envelope.command_id) {
+        return Err(refuse(
+            RefusalReason::Replayed,
+            id,
+            "this command id was already accepted; it never runs twice".into(),
+        ));
+    }
+    Ok(VerifiedCommand {
+        command_id: envelope.command_id,
+        host_id: host.clone(),
+        deployment_id: envelope.deployment_id,
+        issued_at_ms: envelope.issued_at_ms,
+        expires_at_ms: envelope.expires_at_ms,
+        action,
+    })
+}
+
+fn humanize_ms(ms: i64) -> String {
+    let secs = ms.max(0) / 1000;
+    if secs >= 3600 {
+        format!("{}h{}m", secs / 3600, (secs % 3600) / 60)
+    } else if secs >= 60 {
+        format!("{}m{}s", secs / 60, secs % 60)
+    } else {
+        format!("{}.{:03}s", secs, ms.max(0) % 1000)
+    }
+}

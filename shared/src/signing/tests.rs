@@ -1,0 +1,224 @@
+use super::*;
+
+const NOW: i64 = 1_800_000_000_000;
+
+struct Case {
+    name: &'static str,
+    /// Mutates a valid envelope before signing.
+    envelope: fn(&mut pb::CommandEnvelope),
+    /// Mutates the signed command after signing.
+    signed: fn(&mut pb::SignedCommand),
+    sign_with_other_key: bool,
+    already_seen: bool,
+    expected: Option<RefusalReason>,
+}
+
+const fn case(name: &'static str, expected: Option<RefusalReason>) -> Case {
+    Case {
+        name,
+        envelope: |_| {},
+        signed: |_| {},
+        sign_with_other_key: false,
+        already_seen: false,
+        expected,
+    }
+}
+
+fn valid_envelope() -> pb::CommandEnvelope {
+    pb::CommandEnvelope {
+        command_id: "0190c5a2-0000-7000-8000-000000000001".into(),
+        host_id: "web-1".into(),
+        deployment_id: "d-1".into(),
+        issued_at_ms: NOW - 1_000,
+        expires_at_ms: NOW + 600_000,
+        nonce: vec![7; 16],
+        action: Some(
+            Action::Deploy {
+                app: AppName::parse("web").unwrap(),
+                image: ImageRef::parse("nginx:1.27").unwrap(),
+            }
+            .to_proto(),
+        ),
+    }
+}
+
+#[test]
+fn verification_refuses_every_bad_case() {
+    use RefusalReason::*;
+    let cases = [
+        case("valid command", None),
+        Case {
+            signed: |s| s.signature[0] ^= 1,
+            ..case("flipped signature bit", Some(BadSignature))
+        },
+        Case {
+            signed: |s| s.envelope[3] ^= 1,
+            ..case("tampered envelope", Some(BadSignature))
+        },
+        Case {
+            signed: |s| s.signature.truncate(10),
+            ..case("short signature", Some(BadSignature))
+        },
+        Case {
+            sign_with_other_key: true,
+            signed: |_| {},
+            ..case("signed by an untrusted key", Some(UnknownKey))
+        },
+        Case {
+            signed: |s| s.key_id = "0000000000000000".into(),
+            ..case("unknown key id", Some(UnknownKey))
+        },
+        Case {
+            envelope: |e| e.host_id = "web-2".into(),
+            ..case("other host", Some(WrongHost))
+        },
+        Case {
+            envelope: |e| e.expires_at_ms = NOW - 1,
+            ..case("expired", Some(Expired))
+        },
+        Case {
+            envelope: |e| e.expires_at_ms = NOW,
+            ..case("expires exactly now", Some(Expired))
+        },
+        Case {
+            envelope: |e| {
+                e.issued_at_ms = NOW + 61_000;
+                e.expires_at_ms = NOW + 600_000;
+            },
+            ..case("issued beyond the clock skew", Some(FromTheFuture))
+        },
+        Case {
+            envelope: |e| {
+                e.issued_at_ms = NOW + 59_000;
+            },
+            ..case("issued within the clock skew", None)
+        },
+        Case {
+            envelope: |e| e.expires_at_ms = e.issued_at_ms + 25 * 3600 * 1000,
+            ..case("lifetime too long", Some(Malformed))
+        },
+        Case {
+            already_seen: true,
+            ..case("replayed command id", Some(Replayed))
+        },
+        Case {
+            envelope: |e| e.nonce = vec![0; MAX_ENVELOPE_BYTES],
+            ..case("oversized envelope", Some(Oversized))
+        },
+        Case {
+            envelope: |e| e.action = None,
+            ..case("no action", Some(Malformed))
+        },
+        Case {
+            envelope: |e| {
+                e.action = Some(pb::Action {
+                    kind: Some(pb::action::Kind::Deploy(pb::DeployAction {
+                        app: "web;rm -rf /".into(),
+                        image: "nginx".into(),
+                    })),
+                })
+            },
+            ..case("app name injection", Some(Malformed))
+        },
+        Case {
+            envelope: |e| {
+                e.action = Some(pb::Action {
+                    kind: Some(pb::action::Kind::Deploy(pb::DeployAction {
+                        app: "web".into(),
+                        image: "--build-dir=/etc".into(),
+                    })),
+                })
+            },
+            ..case("image flag injection", Some(Malformed))
+        },
+        Case {
+            envelope: |e| e.command_id = String::new(),
+            ..case("empty command id", Some(Malformed))
+        },
+        Case {
+            signed: |s| {
+                // A valid signature over bytes that are not an envelope.
+                s.envelope = vec![0xff, 0xff, 0xff];
+            },
+            ..case("garbage envelope (signature no longer matches)", Some(BadSignature))
+        },
+    ];
+
+    let signer = CommandSigner::generate().unwrap();
+    let other = CommandSigner::generate().unwrap();
+    let mut keys = TrustedKeys::default();
+    keys.insert(signer.verifying_key());
+    let host = HostId::parse("web-1").unwrap();
+
+    for c in cases {
+        let mut envelope = valid_envelope();
+        (c.envelope)(&mut envelope);
+        let mut signed = if c.sign_with_other_key {
+            other.sign(&envelope)
+        } else {
+            signer.sign(&envelope)
+        };
+        (c.signed)(&mut signed);
+        let seen = |_: &str| c.already_seen;
+        let result = verify(&signed, &keys, &host, NOW, VerifyPolicy::default(), &seen);
+        match (c.expected, result) {
+            (None, Ok(cmd)) => assert_eq!(cmd.command_id, envelope.command_id, "{}", c.name),
+            (Some(want), Err(refusal)) => {
+                assert_eq!(refusal.reason, want, "{}: {refusal}", c.name)
+            }
+            (want, got) => panic!("{}: expected {want:?}, got {got:?}", c.name),
+        }
+    }
+}
+
+#[test]
+fn garbage_signed_by_a_trusted_key_is_malformed() {
+    let signer = CommandSigner::generate().unwrap();
+    let mut keys = TrustedKeys::default();
+    keys.insert(signer.verifying_key());
+    let bytes = vec![0xff, 0xff, 0xff];
+    let signed = pb::SignedCommand {
+        signature: signer.key.sign(&bytes).to_bytes().to_vec(),
+        envelope: bytes,
+        key_id: signer.key_id().to_string(),
+    };
+    let host = HostId::parse("web-1").unwrap();
+    let err = verify(&signed, &keys, &host, NOW, VerifyPolicy::default(), &|_| false).unwrap_err();
+    assert_eq!(err.reason, RefusalReason::Malformed);
+}
+
+#[test]
+fn replay_check_runs_only_after_the_signature_holds() {
+    let signer = CommandSigner::generate().unwrap();
+    let keys = TrustedKeys::default(); // trusts nothing
+    let signed = signer.sign(&valid_envelope());
+    let host = HostId::parse("web-1").unwrap();
+    let asked = std::cell::Cell::new(false);
+    let seen = |_: &str| {
+        asked.set(true);
+        false
+    };
+    let err = verify(&signed, &keys, &host, NOW, VerifyPolicy::default(), &seen).unwrap_err();
+    assert_eq!(err.reason, RefusalReason::UnknownKey);
+    assert!(!asked.get());
+}
+
+#[test]
+fn pkcs8_pem_round_trips_and_reads_openssl_output() {
+    let signer = CommandSigner::generate().unwrap();
+    let pem = signer.to_pkcs8_pem().unwrap();
+    assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----"));
+    let again = CommandSigner::from_pkcs8_pem(&pem).unwrap();
+    assert_eq!(again.key_id(), signer.key_id());
+
+    // `openssl genpkey -algorithm ed25519` output (PKCS#8 v1, no public key).
+    let openssl = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEINTuctv5E1hK1bbY8fdp+K06/nwoy/HU++CXqI9EdVhC\n-----END PRIVATE KEY-----\n";
+    let from_openssl = CommandSigner::from_pkcs8_pem(openssl).unwrap();
+    // RFC 8410 §10.3 test vector: this private key's public key.
+    assert_eq!(
+        hex::encode(from_openssl.verifying_key().as_bytes()),
+        "19bf44096984cdfe8541bac167dc3b96c85086aa30b6b6cb0c5c38ad703166e1"
+    );
+    assert!(CommandSigner::from_pkcs8_pem("not a key").is_err());
+    assert!(!format!("{signer:?}").contains(&pem));
+}

@@ -1,0 +1,39 @@
+//! Logging setup shared by both daemons: one `init` that builds the filter and
+//! the fmt layer (human or JSON) in a fixed order. Logs go to stderr.
+
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line (for journald/Loki pipelines).
+    Json,
+}
+
+/// Installs the global subscriber. `filter` uses `RUST_LOG` syntax (e.g.
+/// `info,flotilla_agent=debug`); `default` applies when it is `None`.
+pub fn init(format: LogFormat, filter: Option<&str>, default: &str) {
+    let filter = filter
+        .and_then(|f| EnvFilter::try_new(f).ok())
+        .unwrap_or_else(|| EnvFilter::new(default));
+    let registry = tracing_subscriber::registry().with(filter);
+    let result = match format {
+        LogFormat::Text => registry
+            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .try_init(),
+        LogFormat::Json => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_writer(std::io::stderr),
+            )
+            .try_init(),
+    };
+    // A second init (tests) keeps the first subscriber.
+    let _ = result;
+}

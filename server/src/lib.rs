@@ -1,1 +1,155 @@
-//! stub
+//! `flotilla-server`, the coordinator: signs deploy and rollback commands,
+//! dispatches them to agents over their mTLS sessions, drives deployments and
+//! serves the operator API.
+//!
+//! Code map: `pki` (CA, data dir), `store` (sled, the only sled user),
+//! `rollout` (deployment state machine), `fleet` (agent sessions and
+//! `AgentService`), `api` (`FleetService`, tokens, audit), `dev` (local fleet).
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use flotilla_proto::v1::agent_service_server::AgentServiceServer;
+use flotilla_proto::v1::fleet_service_server::FleetServiceServer;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub mod api;
+pub mod dev;
+pub mod fleet;
+pub mod pki;
+pub mod rollout;
+pub mod store;
+
+use fleet::Sessions;
+use pki::{Ca, DataDir, ServerTls};
+use rollout::Engine;
+use store::Store;
+
+/// Validated settings for `serve`.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub data_dir: DataDir,
+    /// Signing key to use instead of `DATA_DIR/signing.key` (rotation, tests).
+    pub signing_key: Option<PathBuf>,
+    /// How long a signed command stays valid.
+    pub command_ttl: Duration,
+    /// How often commands that expired undelivered are failed.
+    pub sweep_interval: Duration,
+    /// Longest wait for background tasks at shutdown.
+    pub shutdown_grace: Duration,
+}
+
+impl ServeConfig {
+    pub fn new(data_dir: DataDir) -> Self {
+        Self {
+            data_dir,
+            signing_key: None,
+            command_ttl: Duration::from_secs(600),
+            sweep_interval: Duration::from_secs(5),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Shared state of a running coordinator.
+pub struct Coordinator {
+    pub store: Store,
+    pub sessions: Arc<Sessions>,
+    pub rollout: Engine,
+    pub ca: Ca,
+}
+
+/// Serves until `shutdown` completes, then stops in order: end agent sessions
+/// and log streams, drain RPCs, stop background tasks, flush the store.
+pub async fn run(
+    config: ServeConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    // 1. Load everything that can fail before serving.
+    let dir = &config.data_dir;
+    let tls = ServerTls::load(dir)?;
+    let ca = Ca::load(dir)?;
+    let signing_key = config.signing_key.clone().unwrap_or_else(|| dir.signing_key());
+    let signer = pki::load_signer(&signing_key)?;
+    let store = Store::open(&dir.state())
+        .with_context(|| format!("open store {}", dir.state().display()))?;
+    let sessions = Arc::new(Sessions::default());
+    tracing::info!(key_id = %signer.key_id(), "command signing key loaded");
+    let coordinator = Arc::new(Coordinator {
+        rollout: Engine::new(store.clone(), signer, Arc::clone(&sessions), config.command_ttl),
+        store,
+        sessions,
+        ca,
+    });
+
+    // 2. Continue what a previous run left unfinished.
+    let resumed = coordinator.rollout.resume().await?;
+    if resumed > 0 {
+        tracing::info!(resumed, "resumed unfinished deployments");
+    }
+
+    // 3. Background work, owned by `cancel`.
+    let cancel = CancellationToken::new();
+    let sweeper = tokio::spawn(sweep(
+        Arc::clone(&coordinator),
+        config.sweep_interval,
+        cancel.child_token(),
+    ));
+
+    // 4. Serve. Cancelling first ends the long-lived streams, so the drain is quick.
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "coordinator listening");
+    let server_tls = flotilla_shared::tls::server_config(&tls.chain_pem, &tls.key_pem, &tls.ca_pem);
+    let stop = cancel.clone();
+    let sessions = Arc::clone(&coordinator.sessions);
+    let serve = tonic::transport::Server::builder()
+        .tls_config(server_tls)
+        .context("TLS configuration")?
+        .http2_keepalive_interval(Some(Duration::from_secs(20)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .add_service(AgentServiceServer::new(fleet::service::AgentApi {
+            coordinator: Arc::clone(&coordinator),
+            cancel: cancel.clone(),
+        }))
+        .add_service(FleetServiceServer::new(api::Api {
+            coordinator: Arc::clone(&coordinator),
+            cancel: cancel.clone(),
+        }))
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener),
+            async move {
+                shutdown.await;
+                stop.cancel();
+                sessions.clear();
+            },
+        );
+    let served = serve.await.context("serve");
+
+    // 5. Stop background tasks (bounded), then make state durable.
+    cancel.cancel();
+    if tokio::time::timeout(config.shutdown_grace, sweeper).await.is_err() {
+        tracing::warn!("sweeper did not stop in time");
+    }
+    coordinator.store.flush().await.context("flush store")?;
+    tracing::info!("coordinator stopped");
+    served
+}
+
+async fn sweep(c: Arc<Coordinator>, every: Duration, cancel: CancellationToken) {
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        if let Err(e) = c.rollout.sweep_expired().await {
+            tracing::error!("expiry sweep failed: {e}");
+        }
+    }
+}

@@ -1,1 +1,126 @@
-fn main() {}
+//! `flotilla-server` entry point: parse flags, set up logging and the runtime,
+//! then run one of `init`, `serve` or `dev`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use flotilla_server::pki::{self, DataDir};
+use flotilla_server::{ServeConfig, dev};
+use flotilla_shared::EnvName;
+use flotilla_shared::telemetry::LogFormat;
+
+/// The Flotilla coordinator: signs deploy and rollback commands and sends them
+/// to the agents on your Dokku hosts.
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+struct Args {
+    /// Log filter (RUST_LOG syntax), e.g. `info` or `flotilla_server=debug`.
+    #[arg(long, env = "FLOTILLA_LOG", global = true)]
+    log: Option<String>,
+    /// Log format.
+    #[arg(long, env = "FLOTILLA_LOG_FORMAT", value_enum, default_value_t, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create a data directory: CA, server certificate, command-signing key and
+    /// an admin API token (DIR/admin.token, mode 0600). Refuses to overwrite.
+    Init {
+        /// Where the coordinator keeps its keys and state.
+        #[arg(long, env = "FLOTILLA_DATA_DIR")]
+        data_dir: PathBuf,
+        /// DNS name or IP address agents and the CLI use to reach this server
+        /// (repeatable). `localhost` and `127.0.0.1` are always included.
+        #[arg(long = "server-name")]
+        server_names: Vec<String>,
+    },
+    /// Serve the agent and API gRPC services over TLS.
+    Serve {
+        #[arg(long, env = "FLOTILLA_DATA_DIR")]
+        data_dir: PathBuf,
+        /// Address to listen on.
+        #[arg(long, env = "FLOTILLA_LISTEN", default_value = "127.0.0.1:7443")]
+        listen: SocketAddr,
+        /// Sign commands with this PKCS#8 PEM ed25519 key instead of DIR/signing.key.
+        #[arg(long, env = "FLOTILLA_SIGNING_KEY")]
+        signing_key: Option<PathBuf>,
+        /// How long a signed command stays valid (an agent refuses it after that).
+        #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+        command_ttl: Duration,
+    },
+    /// Run a local dev fleet: a coordinator plus N agents on simulated Dokku
+    /// hosts (fake-dokku) in a temporary directory. Prints how to point
+    /// `flotilla` at it. Ctrl-C stops everything and removes the directory.
+    Dev {
+        /// Number of agents (simulated Dokku hosts).
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=50))]
+        agents: u16,
+        /// Address for the coordinator.
+        #[arg(long, default_value = "127.0.0.1:7443")]
+        listen: SocketAddr,
+        /// Environment the agents join.
+        #[arg(long, default_value = "dev")]
+        env: EnvName,
+        /// Keep the fleet's state in this new directory instead of a temporary one.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    flotilla_shared::tls::install_crypto_provider();
+    flotilla_shared::telemetry::init(args.log_format, args.log.as_deref(), "info");
+    match args.command {
+        Cmd::Init {
+            data_dir,
+            server_names,
+        } => {
+            let out = pki::init(&DataDir::new(&data_dir), &server_names)?;
+            println!("initialised {}", data_dir.display());
+            println!("CA fingerprint (sha256): {}", out.ca_fingerprint);
+            println!("admin API token: {}", out.admin_token_path.display());
+            Ok(())
+        }
+        Cmd::Serve {
+            data_dir,
+            listen,
+            signing_key,
+            command_ttl,
+        } => {
+            let mut config = ServeConfig::new(DataDir::new(data_dir));
+            config.signing_key = signing_key;
+            config.command_ttl = command_ttl;
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(async {
+                let listener = tokio::net::TcpListener::bind(listen)
+                    .await
+                    .with_context(|| format!("bind {listen}"))?;
+                flotilla_server::run(config, listener, flotilla_shared::shutdown::signal()).await
+            })
+        }
+        Cmd::Dev {
+            agents,
+            listen,
+            env,
+            data_dir,
+        } => {
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(dev::run_dev(
+                dev::DevOptions {
+                    agents: agents.into(),
+                    listen,
+                    env,
+                    data_dir,
+                },
+                flotilla_shared::shutdown::signal(),
+            ))
+        }
+    }
+}

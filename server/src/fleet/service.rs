@@ -1,0 +1,218 @@
+//! `AgentService`: the join handshake and the long-lived agent session.
+//! Protobuf stops here; the rollout engine and the store get domain types.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use flotilla_proto::v1 as pb;
+use flotilla_proto::v1::agent_service_server::AgentService;
+use flotilla_shared::time::{format_ms, now_ms};
+use flotilla_shared::{EnvName, HostId, Labels};
+use prost::Message as _;
+use tokio_stream::Stream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::Coordinator;
+use crate::store::{AuditEntry, Host, JoinOutcome};
+
+pub struct AgentApi {
+    pub coordinator: Arc<Coordinator>,
+    pub cancel: CancellationToken,
+}
+
+type SessionStream = Pin<Box<dyn Stream<Item = Result<pb::CoordinatorMessage, Status>> + Send>>;
+
+fn internal(err: impl std::fmt::Display) -> Status {
+    tracing::error!("internal error: {err}");
+    Status::internal("internal error; see the coordinator log")
+}
+
+#[tonic::async_trait]
+impl AgentService for AgentApi {
+    #[tracing::instrument(skip_all, fields(rpc = "join", host = %req.get_ref().host_id))]
+    async fn join(&self, req: Request<pb::JoinRequest>) -> Result<Response<pb::JoinResponse>, Status> {
+        let req = req.into_inner();
+        let host_id = HostId::parse(&req.host_id).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let env = EnvName::parse(&req.env).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let labels = Labels::try_from(req.labels.into_iter().collect::<std::collections::BTreeMap<_, _>>())
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let c = &self.coordinator;
+        let (certificate_pem, not_after_ms) = c
+            .ca
+            .issue_agent_cert(&req.csr_pem, &host_id)
+            .map_err(|e| Status::invalid_argument(format!("{e:#}")))?;
+        let now = now_ms();
+        let host = Host {
+            host_id: host_id.clone(),
+            env,
+            labels,
+            agent_version: req.agent_version.chars().take(64).collect(),
+            joined_at_ms: now,
+            last_seen_ms: 0,
+            revoked: false,
+            cert_not_after_ms: not_after_ms,
+        };
+        let token_hash = flotilla_shared::token::hash_secret(&req.token);
+        let outcome = c.store.join_host(&token_hash, &host, now).map_err(internal)?;
+        let result = match &outcome {
+            JoinOutcome::Joined => Ok(()),
+            JoinOutcome::UnknownToken => Err(Status::permission_denied(
+                "join token is not valid; create one with `flotilla join-token create`",
+            )),
+            JoinOutcome::Expired { at_ms } => Err(Status::permission_denied(format!(
+                "join token expired at {}; create a new one with `flotilla join-token create`",
+                format_ms(*at_ms)
+            ))),
+            JoinOutcome::AlreadyUsed { by, at_ms } => Err(Status::permission_denied(format!(
+                "join token was already used{} at {}; join tokens are single-use, create a new one",
+                by.as_ref().map(|h| format!(" by host {h}")).unwrap_or_default(),
+                format_ms(*at_ms)
+            ))),
+            JoinOutcome::HostExists => Err(Status::already_exists(format!(
+                "host id {host_id} is already registered; choose another --host-id (or revoke the old host)"
+            ))),
+        };
+        let audit = AuditEntry {
+            at_ms: now,
+            actor: format!("agent:{host_id}"),
+            action: "join".into(),
+            target: host_id.to_string(),
+            outcome: match &result {
+                Ok(()) => "ok".into(),
+                Err(status) => status.message().to_owned(),
+            },
+        };
+        c.store.audit(&audit).map_err(internal)?;
+        result?;
+        c.store.flush().await.map_err(internal)?;
+        tracing::info!(env = %host.env, "host joined");
+        Ok(Response::new(pb::JoinResponse {
+            certificate_pem,
+            ca_pem: c.ca.cert_pem.clone(),
+            verification_keys: vec![pb::VerificationKey {
+                key_id: c.rollout.signer().key_id().to_string(),
+                public_key: c.rollout.signer().verifying_key().to_bytes().to_vec(),
+            }],
+        }))
+    }
+
+    type SessionStream = SessionStream;
+
+    #[tracing::instrument(skip_all, fields(rpc = "session"))]
+    async fn session(
+        &self,
+        req: Request<Streaming<pb::AgentMessage>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        if self.cancel.is_cancelled() {
+            return Err(Status::unavailable("coordinator is shutting down"));
+        }
+        let certs = req.peer_certs().ok_or_else(|| {
+            Status::unauthenticated("a client certificate from the coordinator's CA is required")
+        })?;
+        let leaf = certs
+            .first()
+            .ok_or_else(|| Status::unauthenticated("no client certificate"))?;
+        let host_id = flotilla_shared::tls::host_id_from_cert(leaf)
+            .map_err(|e| Status::unauthenticated(format!("bad client certificate: {e}")))?;
+        let c = Arc::clone(&self.coordinator);
+        let host = c.store.host(&host_id).map_err(internal)?;
+        match host {
+            None => return Err(Status::permission_denied(format!("host {host_id} is not registered"))),
+            Some(h) if h.revoked => {
+                tracing::warn!(%host_id, "revoked host refused");
+                return Err(Status::permission_denied(format!("host {host_id} has been revoked")));
+            }
+            Some(_) => {}
+        }
+        let (session_id, rx) = c.sessions.register(&host_id);
+        tracing::info!(%host_id, session_id, "agent connected");
+        // Re-send everything the agent has not accepted yet, oldest first.
+        for entry in c.store.outbox(&host_id).map_err(internal)? {
+            match pb::SignedCommand::decode(entry.signed.as_slice()) {
+                Ok(signed) => {
+                    c.sessions.send(
+                        &host_id,
+                        pb::CoordinatorMessage {
+                            msg: Some(pb::coordinator_message::Msg::Command(signed)),
+                        },
+                    );
+                }
+                Err(e) => tracing::error!(command = %entry.command_id, "undecodable outbox entry: {e}"),
+            }
+        }
+        let inbound = req.into_inner();
+        let cancel = self.cancel.child_token();
+        tokio::spawn(handle_inbound(c, host_id, session_id, inbound, cancel.clone()));
+        // The stream ends when the session's sender is dropped: on reconnect,
+        // revocation, or shutdown (`Sessions::clear`).
+        let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+/// Reads one agent's messages until the stream ends or shutdown. Each report
+/// is applied durably, then acknowledged (cumulatively) so the agent can drop it.
+async fn handle_inbound(
+    c: Arc<crate::Coordinator>,
+    host_id: HostId,
+    session_id: u64,
+    mut inbound: Streaming<pb::AgentMessage>,
+    cancel: CancellationToken,
+) {
+    let touch = |version: Option<String>| {
+        let now = now_ms();
+        if let Err(e) = c.store.update_host(&host_id, |h| {
+            h.last_seen_ms = now;
+            if let Some(v) = &version {
+                h.agent_version.clone_from(v);
+            }
+        }) {
+            tracing::warn!(%host_id, "cannot update last_seen: {e}");
+        }
+    };
+    touch(None);
+    loop {
+        let msg = tokio::select! {
+            () = cancel.cancelled() => break,
+            msg = inbound.message() => msg,
+        };
+        let msg = match msg {
+            Ok(Some(m)) => m,
+            Ok(None) => break,
+            Err(status) => {
+                tracing::info!(%host_id, "agent stream ended: {}", status.message());
+                break;
+            }
+        };
+        match msg.msg {
+            Some(pb::agent_message::Msg::Hello(hello)) => {
+                touch(Some(hello.agent_version.chars().take(64).collect()));
+            }
+            Some(pb::agent_message::Msg::Heartbeat(_)) => touch(None),
+            Some(pb::agent_message::Msg::Report(report)) => {
+                let seq = report.spool_seq;
+                if let Err(e) = c.rollout.on_report(&host_id, report).await {
+                    // Not acked: the agent re-sends it after reconnecting.
+                    tracing::error!(%host_id, "cannot apply report {seq}: {e}");
+                    break;
+                }
+                // Durable before the agent is allowed to forget it.
+                if let Err(e) = c.store.flush().await {
+                    tracing::error!(%host_id, "cannot flush store: {e}");
+                    break;
+                }
+                let ack = pb::CoordinatorMessage {
+                    msg: Some(pb::coordinator_message::Msg::Ack(pb::ReportAck { up_to: seq })),
+                };
+                if !c.sessions.send(&host_id, ack) {
+                    break;
+                }
+            }
+            None => {}
+        }
+    }
+    c.sessions.unregister(&host_id, session_id);
+    touch(None);
+    tracing::info!(%host_id, session_id, "agent disconnected");
+}

@@ -1,0 +1,294 @@
+//! Runs typed actions as `dokku` argument vectors (never through a shell) and
+//! turns their output into numbered log lines. Knows Dokku's real behaviour
+//! (see `../shared/dokku.md`): exit 20 means "no such app", and
+//! `git:from-image` with the current image exits 1 with "No changes detected".
+
+use std::path::PathBuf;
+use std::process::Stdio;
+
+use flotilla_proto::v1 as pb;
+use flotilla_shared::signing::Action;
+use flotilla_shared::time::now_ms;
+use flotilla_shared::{AppName, ImageRef};
+use tokio::io::AsyncBufReadExt as _;
+use tokio::process::Command;
+use tokio_util::sync::CancellationToken;
+
+
+/// Dokku's exit code for "app does not exist".
+pub const EXIT_APP_MISSING: i32 = 20;
+
+/// Receives every output line of a command, in order.
+pub trait LineSink {
+    fn line(&mut self, stream: pb::Stream, line: String);
+}
+
+/// How one `dokku` invocation ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exit {
+    /// `None` when killed by a signal.
+    pub code: Option<i32>,
+    /// The last line dokku wrote to stderr (its ` !     ` error lines).
+    pub last_stderr: Option<String>,
+    /// Dokku said "No changes detected" (same image as deployed).
+    pub no_changes: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    #[error("cannot start {bin}: {source}")]
+    Spawn {
+        bin: String,
+        source: std::io::Error,
+    },
+    #[error("reading dokku output failed: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("interrupted by agent shutdown")]
+    Cancelled,
+}
+
+#[derive(Debug, Clone)]
+pub struct Dokku {
+    pub bin: PathBuf,
+}
+
+impl Dokku {
+    /// Runs `dokku ARGS...`, forwarding each output line to `sink`. On `cancel`
+    /// the process is killed and `Cancelled` returned. Not cancel-safe by
+    /// dropping: use `cancel`.
+    pub async fn run(
+        &self,
+        args: &[&str],
+        sink: &mut (dyn LineSink + Send),
+        cancel: &CancellationToken,
+    ) -> Result<Exit, ExecError> {
+        let mut child = Command::new(&self.bin)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|source| ExecError::Spawn {
+                bin: self.bin.display().to_string(),
+                source,
+            })?;
+        let mut out = child.stdout.take().map(|s| tokio::io::BufReader::new(s).split(b'\n'));
+        let mut err = child.stderr.take().map(|s| tokio::io::BufReader::new(s).split(b'\n'));
+        let mut exit = Exit {
+            code: None,
+            last_stderr: None,
+            no_changes: false,
+        };
+        while out.is_some() || err.is_some() {
+            tokio::select! {
+                () = cancel.cancelled() => {
+                    let _ = child.kill().await;
+                    return Err(ExecError::Cancelled);
+                }
+                seg = async { out.as_mut()?.next_segment().await.transpose() }, if out.is_some() => {
+                    match seg {
+                        Some(bytes) => sink.line(pb::Stream::Stdout, clean(&bytes?)),
+                        None => out = None,
+                    }
+                }
+                seg = async { err.as_mut()?.next_segment().await.transpose() }, if err.is_some() => {
+                    match seg {
+                        Some(bytes) => {
+                            let line = clean(&bytes?);
+                            if line.contains("No changes detected") {
+                                exit.no_changes = true;
+                            }
+                            if !line.trim().is_empty() {
+                                exit.last_stderr = Some(line.trim().trim_start_matches('!').trim().to_owned());
+                            }
+                            sink.line(pb::Stream::Stderr, line);
+                        }
+                        None => err = None,
+                    }
+                }
+            }
+        }
+        let status = tokio::select! {
+            () = cancel.cancelled() => {
+                let _ = child.kill().await;
+                return Err(ExecError::Cancelled);
+            }
+            status = child.wait() => status?,
+        };
+        exit.code = status.code();
+        Ok(exit)
+    }
+
+    /// `dokku apps:report APP --app-deploy-source-metadata`: the deployed image
+    /// (Dokku's record of truth), or `None` if it cannot tell.
+    pub async fn deployed_image(&self, app: &AppName, cancel: &CancellationToken) -> Option<String> {
+        struct Capture(Vec<String>);
+        impl LineSink for Capture {
+            fn line(&mut self, stream: pb::Stream, line: String) {
+                if stream == pb::Stream::Stdout {
+                    self.0.push(line);
+                }
+            }
+        }
+        let mut capture = Capture(Vec::new());
+        let exit = self
+            .run(
+                &["apps:report", app.as_str(), "--app-deploy-source-metadata"],
+                &mut capture,
+                cancel,
+            )
+            .await
+            .ok()?;
+        if exit.code != Some(0) {
+            return None;
+        }
+        capture
+            .0
+            .into_iter()
+            .map(|l| l.trim().to_owned())
+            .find(|l| !l.is_empty())
+    }
+
+    /// Carries out `action`, streaming every line to `sink`, and says how it ended.
+    pub async fn execute(
+        &self,
+        action: &Action,
+        sink: &mut (dyn LineSink + Send),
+        cancel: &CancellationToken,
+    ) -> pb::CommandResult {
+        let app = action.app();
+        let image = action.image();
+        match self.deploy_image(app, image, sink, cancel).await {
+            Ok(mut result) => {
+                if let Some(deployed) = self.deployed_image(app, cancel).await {
+                    result.deployed_image = deployed;
+                }
+                result
+            }
+            Err(ExecError::Cancelled) => pb::CommandResult {
+                outcome: pb::Outcome::Interrupted.into(),
+                exit_code: None,
+                error: "interrupted: the agent shut down while dokku ran; it was not re-run".into(),
+                deployed_image: String::new(),
+            },
+            Err(e) => failed(None, e.to_string()),
+        }
+    }
+
+    async fn deploy_image(
+        &self,
+        app: &AppName,
+        image: &ImageRef,
+        sink: &mut (dyn LineSink + Send),
+        cancel: &CancellationToken,
+    ) -> Result<pb::CommandResult, ExecError> {
+        let exists = self.logged(&["apps:exists", app.as_str()], sink, cancel).await?;
+        match exists.code {
+            Some(0) => {}
+            Some(EXIT_APP_MISSING) => {
+                let created = self.logged(&["apps:create", app.as_str()], sink, cancel).await?;
+                if created.code != Some(0) {
+                    return Ok(failed(created.code, describe("apps:create", &created)));
+                }
+            }
+            _ => return Ok(failed(exists.code, describe("apps:exists", &exists))),
+        }
+        let deploy = self
+            .logged(&["git:from-image", app.as_str(), image.as_str()], sink, cancel)
+            .await?;
+        if deploy.code == Some(0) {
+            return Ok(succeeded(deploy.code));
+        }
+        if deploy.no_changes {
+            // Dokku ≥ 0.29.3 exits 1 when the image is already the deployed one.
+            let current = self.deployed_image(app, cancel).await;
+            if current.as_deref() == Some(image.as_str()) {
+                sink.line(
+                    pb::Stream::Agent,
+                    format!("{app} is already at {image}; nothing to deploy"),
+                );
+                return Ok(succeeded(deploy.code));
+            }
+        }
+        Ok(failed(deploy.code, describe("git:from-image", &deploy)))
+    }
+
+    /// Runs one dokku command, announcing it and its exit code as agent lines.
+    async fn logged(
+        &self,
+        args: &[&str],
+        sink: &mut (dyn LineSink + Send),
+        cancel: &CancellationToken,
+    ) -> Result<Exit, ExecError> {
+        sink.line(pb::Stream::Agent, format!("$ dokku {}", args.join(" ")));
+        let exit = self.run(args, sink, cancel).await?;
+        if exit.code != Some(0) {
+            sink.line(
+                pb::Stream::Agent,
+                match exit.code {
+                    Some(code) => format!("dokku {} exited with {code}", args[0]),
+                    None => format!("dokku {} was killed by a signal", args[0]),
+                },
+            );
+        }
+        Ok(exit)
+    }
+}
+
+fn clean(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).trim_end_matches('\r').to_owned()
+}
+
+fn describe(what: &str, exit: &Exit) -> String {
+    let code = exit
+        .code
+        .map_or_else(|| "was killed by a signal".to_owned(), |c| format!("exited with {c}"));
+    match &exit.last_stderr {
+        Some(msg) => format!("dokku {what} {code}: {msg}"),
+        None => format!("dokku {what} {code}"),
+    }
+}
+
+fn succeeded(code: Option<i32>) -> pb::CommandResult {
+    pb::CommandResult {
+        outcome: pb::Outcome::Succeeded.into(),
+        exit_code: code,
+        error: String::new(),
+        deployed_image: String::new(),
+    }
+}
+
+fn failed(code: Option<i32>, error: String) -> pb::CommandResult {
+    pb::CommandResult {
+        outcome: pb::Outcome::Failed.into(),
+        exit_code: code,
+        error,
+        deployed_image: String::new(),
+    }
+}
+
+/// A sink that numbers lines per command and timestamps them.
+pub struct Numbered<F: FnMut(pb::LogLine)> {
+    next_seq: u64,
+    emit: F,
+}
+
+impl<F: FnMut(pb::LogLine)> Numbered<F> {
+    pub fn new(emit: F) -> Self {
+        Self { next_seq: 0, emit }
+    }
+}
+
+impl<F: FnMut(pb::LogLine)> LineSink for Numbered<F> {
+    fn line(&mut self, stream: pb::Stream, line: String) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        (self.emit)(pb::LogLine {
+            seq,
+            stream: stream.into(),
+            line,
+            at_ms: now_ms(),
+        });
+    }
+}

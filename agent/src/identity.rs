@@ -1,0 +1,135 @@
+//! The agent's data directory: what `join` writes and `run` reads.
+//!
+//! `agent.json` (server URL, host id, env, labels), `agent.key` (0600, the
+//! TLS client key), `agent.pem` (its certificate), `ca.pem` (the pinned
+//! coordinator CA), `trusted-keys.json` (command-verification keys), `spool/`.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write as _;
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use flotilla_shared::signing::TrustedKeys;
+use flotilla_shared::{EnvName, HostId, Labels};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentFile {
+    /// Coordinator URL, e.g. `https://flotilla.example.com:7443`.
+    pub server: String,
+    /// Name checked against the coordinator's certificate.
+    pub server_name: String,
+    pub host_id: HostId,
+    pub env: EnvName,
+    pub labels: Labels,
+}
+
+/// Paths inside an agent data directory.
+#[derive(Debug, Clone)]
+pub struct AgentDir(PathBuf);
+
+impl AgentDir {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self(root.into())
+    }
+    pub fn root(&self) -> &Path {
+        &self.0
+    }
+    pub fn agent_file(&self) -> PathBuf {
+        self.0.join("agent.json")
+    }
+    pub fn key(&self) -> PathBuf {
+        self.0.join("agent.key")
+    }
+    pub fn cert(&self) -> PathBuf {
+        self.0.join("agent.pem")
+    }
+    pub fn ca(&self) -> PathBuf {
+        self.0.join("ca.pem")
+    }
+    pub fn trusted_keys(&self) -> PathBuf {
+        self.0.join("trusted-keys.json")
+    }
+    pub fn spool(&self) -> PathBuf {
+        self.0.join("spool")
+    }
+
+    pub fn create(&self) -> anyhow::Result<()> {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.0)
+            .with_context(|| format!("create {}", self.0.display()))
+    }
+}
+
+/// Everything `run` needs, loaded and checked.
+pub struct Identity {
+    pub file: AgentFile,
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+    pub ca_pem: Vec<u8>,
+    pub trusted: TrustedKeys,
+}
+
+fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
+    fs::read(path).with_context(|| format!("read {}", path.display()))
+}
+
+impl Identity {
+    pub fn load(dir: &AgentDir) -> anyhow::Result<Self> {
+        if !dir.agent_file().exists() {
+            anyhow::bail!(
+                "{} is not joined yet; run `flotilla-agent join` first",
+                dir.root().display()
+            );
+        }
+        let file: AgentFile = serde_json::from_slice(&read(&dir.agent_file())?)
+            .with_context(|| format!("parse {}", dir.agent_file().display()))?;
+        let keys: BTreeMap<String, String> = serde_json::from_slice(&read(&dir.trusted_keys())?)
+            .with_context(|| format!("parse {}", dir.trusted_keys().display()))?;
+        let mut trusted = TrustedKeys::default();
+        for (id, public_hex) in &keys {
+            let raw = hex::decode(public_hex).with_context(|| format!("key {id} is not hex"))?;
+            trusted.insert_raw(&raw).with_context(|| format!("key {id}"))?;
+        }
+        if trusted.is_empty() {
+            anyhow::bail!("{} lists no command-verification keys", dir.trusted_keys().display());
+        }
+        Ok(Self {
+            file,
+            cert_pem: read(&dir.cert())?,
+            key_pem: read(&dir.key())?,
+            ca_pem: read(&dir.ca())?,
+            trusted,
+        })
+    }
+}
+
+/// Writes a new file atomically (temp file + rename) with `mode`.
+pub fn write_file(path: &Path, contents: &[u8], mode: u32) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)
+        .with_context(|| format!("create {}", tmp.display()))?;
+    file.write_all(contents)
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("write {}", tmp.display()))?;
+    fs::rename(&tmp, path).with_context(|| format!("rename to {}", path.display()))
+}
+
+/// The trusted keys as stored (key id → hex public key).
+pub fn trusted_keys_json(keys: &TrustedKeys) -> anyhow::Result<Vec<u8>> {
+    let map: BTreeMap<String, String> = keys
+        .iter()
+        .map(|(id, key)| (id.to_string(), hex::encode(key.as_bytes())))
+        .collect();
+    Ok(serde_json::to_vec_pretty(&map)?)
+}

@@ -1,0 +1,152 @@
+//! `flotilla-agent join`: trust the coordinator on first contact through the
+//! CA fingerprint in the join token, make a key pair, send a CSR with the
+//! token, and store the certificate and command-verification keys.
+
+use anyhow::{Context as _, bail};
+use flotilla_proto::v1 as pb;
+use flotilla_proto::v1::agent_service_client::AgentServiceClient;
+use flotilla_shared::signing::TrustedKeys;
+use flotilla_shared::tls;
+use flotilla_shared::token::JoinToken;
+use flotilla_shared::{EnvName, HostId, Labels};
+use rcgen::{CertificateParams, KeyPair};
+
+use crate::identity::{AgentDir, AgentFile, trusted_keys_json, write_file};
+
+pub struct JoinOptions {
+    pub server: String,
+    pub token: JoinToken,
+    pub host_id: HostId,
+    pub env: EnvName,
+    pub labels: Labels,
+    pub dir: AgentDir,
+}
+
+/// `https://host:port` → (`host:port`, `host`).
+pub fn split_server_url(url: &str) -> anyhow::Result<(String, String)> {
+    let rest = url
+        .strip_prefix("https://")
+        .with_context(|| format!("server URL {url:?} must start with https://"))?;
+    let authority = rest.split('/').next().unwrap_or_default();
+    if authority.is_empty() {
+        bail!("server URL {url:?} has no host");
+    }
+    let (host, addr) = if let Some(stripped) = authority.strip_prefix('[') {
+        let (host, after) = stripped
+            .split_once(']')
+            .with_context(|| format!("bad IPv6 address in {url:?}"))?;
+        let port = after.strip_prefix(':').unwrap_or("443");
+        (host.to_owned(), format!("[{host}]:{port}"))
+    } else {
+        match authority.rsplit_once(':') {
+            Some((host, _)) => (host.to_owned(), authority.to_owned()),
+            None => (authority.to_owned(), format!("{authority}:443")),
+        }
+    };
+    Ok((addr, host))
+}
+
+pub async fn join(opts: JoinOptions) -> anyhow::Result<()> {
+    if opts.dir.agent_file().exists() {
+        bail!(
+            "{} already holds a joined agent; use a new --data-dir or remove it first",
+            opts.dir.root().display()
+        );
+    }
+    let (addr, server_name) = split_server_url(&opts.server)?;
+
+    // 1. Find the CA the token pins. Nothing secret is sent on this connection.
+    let chain = tls::probe_server_chain(&addr, &server_name).await?;
+    let ca_der = chain
+        .iter()
+        .find(|c| tls::fingerprint(c) == opts.token.ca_fingerprint)
+        .with_context(|| {
+            format!(
+                "the server at {} did not present the CA pinned by the join token \
+                 (sha256 {}); check --server, or create a new token on the right coordinator",
+                opts.server, opts.token.ca_fingerprint
+            )
+        })?;
+    let ca_pem = tls::der_to_pem(ca_der);
+
+    // 2. Our key pair and CSR.
+    let key = KeyPair::generate().context("generate agent key")?;
+    let csr = CertificateParams::new(vec![opts.host_id.to_string()])
+        .context("certificate parameters")?
+        .serialize_request(&key)
+        .context("make CSR")?
+        .pem()
+        .context("encode CSR")?;
+
+    // 3. The join call, over TLS verified against the pinned CA.
+    let channel = tonic::transport::Channel::from_shared(opts.server.clone())
+        .context("server URL")?
+        .tls_config(tls::client_config(ca_pem.as_bytes(), &server_name, None))
+        .context("TLS configuration")?
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .connect()
+        .await
+        .with_context(|| format!("connect to {}", opts.server))?;
+    let response = AgentServiceClient::new(channel)
+        .join(pb::JoinRequest {
+            token: opts.token.secret.clone(),
+            host_id: opts.host_id.to_string(),
+            env: opts.env.to_string(),
+            labels: opts.labels.as_map().clone().into_iter().collect(),
+            csr_pem: csr,
+            agent_version: env!("CARGO_PKG_VERSION").into(),
+        })
+        .await
+        .map_err(|status| anyhow::anyhow!("the coordinator refused to join: {}", status.message()))?
+        .into_inner();
+
+    // 4. Check what came back before storing it.
+    let cert_der = tls::pem_certificates(response.certificate_pem.as_bytes(), "certificate")?;
+    let issued_for = tls::host_id_from_cert(&cert_der[0])?;
+    if issued_for != opts.host_id {
+        bail!("the coordinator issued a certificate for {issued_for}, not {}", opts.host_id);
+    }
+    let mut trusted = TrustedKeys::default();
+    for key in &response.verification_keys {
+        trusted
+            .insert_raw(&key.public_key)
+            .context("coordinator sent an invalid verification key")?;
+    }
+    if trusted.is_empty() {
+        bail!("the coordinator sent no command-verification key");
+    }
+
+    opts.dir.create()?;
+    write_file(&opts.dir.key(), key.serialize_pem().as_bytes(), 0o600)?;
+    write_file(&opts.dir.cert(), response.certificate_pem.as_bytes(), 0o644)?;
+    write_file(&opts.dir.ca(), ca_pem.as_bytes(), 0o644)?;
+    write_file(&opts.dir.trusted_keys(), &trusted_keys_json(&trusted)?, 0o644)?;
+    let file = AgentFile {
+        server: opts.server,
+        server_name,
+        host_id: opts.host_id,
+        env: opts.env,
+        labels: opts.labels,
+    };
+    write_file(&opts.dir.agent_file(), &serde_json::to_vec_pretty(&file)?, 0o644)?;
+    tracing::info!(host_id = %file.host_id, env = %file.env, "joined");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_server_url;
+
+    #[test]
+    fn server_urls_split_into_address_and_name() {
+        let check = |url: &str, addr: &str, host: &str| {
+            assert_eq!(split_server_url(url).unwrap(), (addr.to_owned(), host.to_owned()), "{url}");
+        };
+        check("https://127.0.0.1:7443", "127.0.0.1:7443", "127.0.0.1");
+        check("https://fleet.example.com", "fleet.example.com:443", "fleet.example.com");
+        check("https://fleet.example.com:8443/", "fleet.example.com:8443", "fleet.example.com");
+        check("https://[::1]:7443", "[::1]:7443", "::1");
+        assert!(split_server_url("http://x:1").is_err());
+        assert!(split_server_url("https://").is_err());
+    }
+}

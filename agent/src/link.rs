@@ -1,0 +1,256 @@
+//! The link to the coordinator: dial out over mTLS, keep one bidirectional
+//! session, reconnect with exponential backoff and jitter, and resume — every
+//! unacknowledged report is re-sent from the spool after a reconnect.
+//! Protobuf stops here and in `exec`; commands reach the worker verified.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use flotilla_proto::v1 as pb;
+use flotilla_proto::v1::agent_service_client::AgentServiceClient;
+use flotilla_shared::signing::{self, VerifiedCommand, VerifyPolicy};
+use flotilla_shared::time::now_ms;
+use prost::Message as _;
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::identity::Identity;
+use crate::spool::Spool;
+
+/// Shared by the link, the pump and the worker.
+pub struct Ctx {
+    pub identity: Identity,
+    pub spool: Spool,
+    /// Signalled whenever a report is added to the spool.
+    pub reports: Notify,
+    pub policy: VerifyPolicy,
+    pub heartbeat: Duration,
+    pub backoff_max: Duration,
+}
+
+/// Exponential backoff with jitter: each delay is uniform in [d/2, d], d doubling up to `max`.
+struct Backoff {
+    next: Duration,
+    base: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    fn new(base: Duration, max: Duration) -> Self {
+        Self { next: base, base, max }
+    }
+
+    fn reset(&mut self) {
+        self.next = self.base;
+    }
+
+    fn next_delay(&mut self) -> Duration {
+        use ring::rand::SecureRandom as _;
+        let d = self.next;
+        self.next = (self.next * 2).min(self.max);
+        let mut b = [0u8; 4];
+        let r = ring::rand::SystemRandom::new()
+            .fill(&mut b)
+            .map(|()| u32::from_le_bytes(b))
+            .unwrap_or(u32::MAX / 2);
+        let frac = f64::from(r) / f64::from(u32::MAX);
+        d.mul_f64(0.5 + 0.5 * frac)
+    }
+}
+
+/// Keeps a session up until `cancel`. Verified, accepted commands go to `work`.
+pub async fn run(ctx: Arc<Ctx>, work: mpsc::Sender<VerifiedCommand>, cancel: CancellationToken) {
+    let mut backoff = Backoff::new(Duration::from_millis(250), ctx.backoff_max);
+    loop {
+        match session(&ctx, &work, &cancel).await {
+            Ok(()) => {
+                backoff.reset();
+                tracing::info!("session ended");
+            }
+            Err(e) => tracing::warn!("coordinator link: {e:#}"),
+        }
+        if cancel.is_cancelled() {
+            return;
+        }
+        let delay = backoff.next_delay();
+        tracing::debug!(?delay, "reconnecting after delay");
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+async fn session(
+    ctx: &Arc<Ctx>,
+    work: &mpsc::Sender<VerifiedCommand>,
+    cancel: &CancellationToken,
+) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let id = &ctx.identity;
+    let tls = flotilla_shared::tls::client_config(
+        &id.ca_pem,
+        &id.file.server_name,
+        Some((&id.cert_pem, &id.key_pem)),
+    );
+    let endpoint = tonic::transport::Channel::from_shared(id.file.server.clone())
+        .context("server URL")?
+        .tls_config(tls)
+        .context("TLS configuration")?
+        .connect_timeout(Duration::from_secs(10))
+        .http2_keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_timeout(Duration::from_secs(20));
+    let channel = tokio::select! {
+        () = cancel.cancelled() => return Ok(()),
+        c = endpoint.connect() => c.with_context(|| format!("connect to {}", id.file.server))?,
+    };
+    let (tx, rx) = mpsc::channel::<pb::AgentMessage>(64);
+    tx.send(pb::AgentMessage {
+        msg: Some(pb::agent_message::Msg::Hello(pb::Hello {
+            agent_version: env!("CARGO_PKG_VERSION").into(),
+        })),
+    })
+    .await
+    .context("queue hello")?;
+    let mut client = AgentServiceClient::new(channel);
+    let response = tokio::select! {
+        () = cancel.cancelled() => return Ok(()),
+        r = client.session(tokio_stream::wrappers::ReceiverStream::new(rx)) => r,
+    };
+    let mut inbound = response
+        .map_err(|s| anyhow::anyhow!("session refused: {} ({:?})", s.message(), s.code()))?
+        .into_inner();
+    tracing::info!(server = %id.file.server, pending = ctx.spool.pending_len(), "session established");
+
+    let session_cancel = cancel.child_token();
+    let pump = tokio::spawn(pump(Arc::clone(ctx), tx.clone(), session_cancel.clone()));
+    let mut heartbeat = tokio::time::interval(ctx.heartbeat);
+    heartbeat.tick().await;
+    let result = loop {
+        tokio::select! {
+            () = cancel.cancelled() => break Ok(()),
+            _ = heartbeat.tick() => {
+                let hb = pb::AgentMessage { msg: Some(pb::agent_message::Msg::Heartbeat(pb::Heartbeat {})) };
+                if tx.send(hb).await.is_err() {
+                    break Ok(());
+                }
+            }
+            msg = inbound.message() => match msg {
+                Ok(Some(msg)) => {
+                    if let Err(e) = handle(ctx, work, msg).await {
+                        break Err(e);
+                    }
+                }
+                Ok(None) => break Ok(()),
+                Err(status) => break Err(anyhow::anyhow!("session broke: {} ({:?})", status.message(), status.code())),
+            },
+        }
+    };
+    session_cancel.cancel();
+    let _ = pump.await;
+    result
+}
+
+/// Sends spool reports in order, from the oldest unacknowledged one, then
+/// each new one as it is added. Ends with the session.
+async fn pump(ctx: Arc<Ctx>, tx: mpsc::Sender<pb::AgentMessage>, cancel: CancellationToken) {
+    let mut last: Option<u64> = None;
+    loop {
+        let batch = match ctx.spool.pending_after(last, 256) {
+            Ok(batch) => batch,
+            Err(e) => {
+                tracing::error!("cannot read spool: {e}");
+                return;
+            }
+        };
+        if batch.is_empty() {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = ctx.reports.notified() => continue,
+            }
+        }
+        for report in batch {
+            last = Some(report.spool_seq);
+            let msg = pb::AgentMessage {
+                msg: Some(pb::agent_message::Msg::Report(report)),
+            };
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                sent = tx.send(msg) => if sent.is_err() { return },
+            }
+        }
+    }
+}
+
+async fn handle(
+    ctx: &Arc<Ctx>,
+    work: &mpsc::Sender<VerifiedCommand>,
+    msg: pb::CoordinatorMessage,
+) -> anyhow::Result<()> {
+    match msg.msg {
+        Some(pb::coordinator_message::Msg::Ack(ack)) => {
+            ctx.spool.ack(ack.up_to)?;
+        }
+        Some(pb::coordinator_message::Msg::Command(signed)) => {
+            handle_command(ctx, work, &signed).await?;
+        }
+        None => {}
+    }
+    Ok(())
+}
+
+/// Verifies a command; accepted ones are recorded durably before they are
+/// acknowledged and queued, refused ones are reported and logged, never run.
+async fn handle_command(
+    ctx: &Arc<Ctx>,
+    work: &mpsc::Sender<VerifiedCommand>,
+    signed: &pb::SignedCommand,
+) -> anyhow::Result<()> {
+    let id = &ctx.identity;
+    let spool = &ctx.spool;
+    let verified = signing::verify(
+        signed,
+        &id.trusted,
+        &id.file.host_id,
+        now_ms(),
+        ctx.policy,
+        &|command_id| spool.seen(command_id),
+    );
+    match verified {
+        Ok(cmd) => {
+            spool.accept(&cmd).await?;
+            ctx.reports.notify_one();
+            tracing::info!(command = %cmd.command_id, deployment = %cmd.deployment_id,
+                action = cmd.action.kind(), app = %cmd.action.app(), image = %cmd.action.image(),
+                "command accepted");
+            work.send(cmd)
+                .await
+                .map_err(|_| anyhow::anyhow!("worker stopped"))?;
+        }
+        Err(refusal) => {
+            // For reporting only: which command this claimed to be.
+            let command_id = refusal.command_id.clone().unwrap_or_else(|| {
+                pb::CommandEnvelope::decode(signed.envelope.as_slice())
+                    .map(|e| e.command_id.chars().take(64).collect())
+                    .unwrap_or_default()
+            });
+            if refusal.reason == signing::RefusalReason::Replayed {
+                tracing::info!(command = %command_id, "command already seen; not running it again");
+            } else {
+                tracing::warn!(command = %command_id, reason = refusal.reason.as_str(),
+                    detail = %refusal.detail, "command refused");
+            }
+            spool
+                .push_refusal(
+                    &command_id,
+                    pb::Refused {
+                        reason: refusal.reason.to_proto().into(),
+                        detail: refusal.detail,
+                    },
+                )
+                .await?;
+            ctx.reports.notify_one();
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,210 @@
+//! The agent's durable spool (sled): every command it accepted, with its state
+//! and result, and the queue of reports (accepted, log lines, results,
+//! refusals) not yet acknowledged by the coordinator. Only this module touches sled.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use flotilla_proto::v1 as pb;
+use flotilla_shared::signing::VerifiedCommand;
+use flotilla_shared::time::now_ms;
+use prost::Message as _;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    #[error("spool: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("spool: corrupt record: {0}")]
+    Corrupt(String),
+}
+
+impl From<sled::transaction::TransactionError<SpoolError>> for SpoolError {
+    fn from(err: sled::transaction::TransactionError<SpoolError>) -> Self {
+        match err {
+            sled::transaction::TransactionError::Abort(e) => e,
+            sled::transaction::TransactionError::Storage(e) => SpoolError::Sled(e),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CommandState {
+    Accepted,
+    Running,
+    Finished,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CommandRecord {
+    pub command_id: String,
+    pub deployment_id: String,
+    pub action: String,
+    pub app: String,
+    pub image: String,
+    pub expires_at_ms: i64,
+    pub accepted_at_ms: i64,
+    pub state: CommandState,
+    pub outcome: Option<String>,
+}
+
+pub struct Spool {
+    db: sled::Db,
+    commands: sled::Tree,
+    outgoing: sled::Tree,
+    /// Makes "allocate sequence number + insert" atomic, so reports are
+    /// inserted in sequence order and a cumulative ack never skips one.
+    append: Mutex<()>,
+}
+
+fn decode_record(bytes: &[u8]) -> Result<CommandRecord, SpoolError> {
+    serde_json::from_slice(bytes).map_err(|e| SpoolError::Corrupt(e.to_string()))
+}
+
+fn encode_record(record: &CommandRecord) -> Result<Vec<u8>, SpoolError> {
+    serde_json::to_vec(record).map_err(|e| SpoolError::Corrupt(e.to_string()))
+}
+
+impl Spool {
+    pub fn open(path: &Path) -> Result<Self, SpoolError> {
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(8 * 1024 * 1024)
+            .open()?;
+        Ok(Self {
+            commands: db.open_tree("commands")?,
+            outgoing: db.open_tree("outgoing")?,
+            db,
+            append: Mutex::new(()),
+        })
+    }
+
+    /// Makes all writes durable. Cancel-safe.
+    pub async fn flush(&self) -> Result<(), SpoolError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// Whether this command id was ever accepted here (the replay check).
+    pub fn seen(&self, command_id: &str) -> bool {
+        // On a read error, answer "seen": refusing is safe, running twice is not.
+        self.commands.contains_key(command_id).unwrap_or(true)
+    }
+
+    pub fn command(&self, command_id: &str) -> Result<Option<CommandRecord>, SpoolError> {
+        self.commands
+            .get(command_id)?
+            .map(|v| decode_record(&v))
+            .transpose()
+    }
+
+    fn push(&self, command_id: &str, body: pb::report::Body) -> Result<u64, SpoolError> {
+        let _guard = self.append.lock().map_err(|_| SpoolError::Corrupt("poisoned".into()))?;
+        let seq = self.db.generate_id()?;
+        let report = pb::Report {
+            spool_seq: seq,
+            command_id: command_id.to_owned(),
+            body: Some(body),
+        };
+        self.outgoing.insert(seq.to_be_bytes(), report.encode_to_vec())?;
+        Ok(seq)
+    }
+
+    /// Records `cmd` as accepted and queues the `Accepted` report, durably,
+    /// before anything runs.
+    pub async fn accept(&self, cmd: &VerifiedCommand) -> Result<(), SpoolError> {
+        let record = CommandRecord {
+            command_id: cmd.command_id.clone(),
+            deployment_id: cmd.deployment_id.clone(),
+            action: cmd.action.kind().into(),
+            app: cmd.action.app().to_string(),
+            image: cmd.action.image().to_string(),
+            expires_at_ms: cmd.expires_at_ms,
+            accepted_at_ms: now_ms(),
+            state: CommandState::Accepted,
+            outcome: None,
+        };
+        self.commands
+            .insert(cmd.command_id.as_bytes(), encode_record(&record)?)?;
+        self.push(&cmd.command_id, pb::report::Body::Accepted(pb::Accepted {}))?;
+        self.flush().await
+    }
+
+    pub fn set_state(&self, command_id: &str, state: CommandState, outcome: Option<&str>) -> Result<(), SpoolError> {
+        if let Some(mut record) = self.command(command_id)? {
+            record.state = state;
+            record.outcome = outcome.map(str::to_owned);
+            self.commands
+                .insert(command_id.as_bytes(), encode_record(&record)?)?;
+        }
+        Ok(())
+    }
+
+    pub fn push_log(&self, command_id: &str, line: pb::LogLine) -> Result<(), SpoolError> {
+        self.push(command_id, pb::report::Body::Log(line))?;
+        Ok(())
+    }
+
+    /// Records the result and queues it, durably.
+    pub async fn finish(&self, command_id: &str, result: pb::CommandResult) -> Result<(), SpoolError> {
+        let outcome = pb::Outcome::try_from(result.outcome)
+            .map(|o| o.as_str_name())
+            .unwrap_or("OUTCOME_UNSPECIFIED");
+        self.set_state(command_id, CommandState::Finished, Some(outcome))?;
+        self.push(command_id, pb::report::Body::Result(result))?;
+        self.flush().await
+    }
+
+    pub async fn push_refusal(&self, command_id: &str, refused: pb::Refused) -> Result<(), SpoolError> {
+        self.push(command_id, pb::report::Body::Refused(refused))?;
+        self.flush().await
+    }
+
+    /// Reports after `after` (exclusive), oldest first, at most `limit`.
+    pub fn pending_after(&self, after: Option<u64>, limit: usize) -> Result<Vec<pb::Report>, SpoolError> {
+        let range = match after {
+            Some(seq) => self
+                .outgoing
+                .range((std::ops::Bound::Excluded(seq.to_be_bytes()), std::ops::Bound::Unbounded)),
+            None => self.outgoing.range::<[u8; 8], _>(..),
+        };
+        range
+            .take(limit)
+            .map(|item| {
+                let (_, v) = item?;
+                pb::Report::decode(v.as_ref()).map_err(|e| SpoolError::Corrupt(e.to_string()))
+            })
+            .collect()
+    }
+
+    /// Number of reports not yet acknowledged.
+    pub fn pending_len(&self) -> usize {
+        self.outgoing.len()
+    }
+
+    /// Drops every report with sequence number <= `up_to`.
+    pub fn ack(&self, up_to: u64) -> Result<usize, SpoolError> {
+        let mut n = 0;
+        for item in self.outgoing.range(..=up_to.to_be_bytes()) {
+            let (k, _) = item?;
+            self.outgoing.remove(k)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Commands accepted but not finished: after a restart these were
+    /// interrupted (or never started) and must not run again on their own.
+    pub fn unfinished(&self) -> Result<Vec<CommandRecord>, SpoolError> {
+        let mut out = Vec::new();
+        for item in self.commands.iter() {
+            let (_, v) = item?;
+            let record = decode_record(&v)?;
+            if record.state != CommandState::Finished {
+                out.push(record);
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,1 +1,47 @@
+//! End-to-end tests: a real coordinator and agents as separate processes, each
+//! agent with its own data dir and `DOKKU_ROOT` driving `fake-dokku`. Loopback only.
+//!
+//! Needs the workspace binaries: `cargo build --workspace` first (scripts/test does).
 
+mod deploy;
+mod restart;
+mod trust;
+
+use flotilla_tests::{Host, Proc, Server};
+
+/// A coordinator plus `n` connected agents in env `prod`.
+pub struct Fleet {
+    pub root: tempfile::TempDir,
+    pub server: Server,
+    pub hosts: Vec<Host>,
+    pub agents: Vec<Proc>,
+}
+
+pub fn fleet(n: usize) -> Fleet {
+    let root = tempfile::tempdir().unwrap();
+    let data_dir = Server::init(root.path()).unwrap();
+    let server = Server::start(&data_dir, "127.0.0.1:0", &[]).unwrap();
+    let mut hosts = Vec::new();
+    let mut agents = Vec::new();
+    for i in 1..=n {
+        let host = Host::join(root.path(), &server, &format!("web-{i}"), "prod").unwrap();
+        agents.push(host.start().unwrap());
+        hosts.push(host);
+    }
+    Fleet {
+        root,
+        server,
+        hosts,
+        agents,
+    }
+}
+
+/// `flotilla deploy APP --image IMAGE --env prod --wait --output json` → (success, status object).
+pub fn deploy_wait(server: &Server, app: &str, image: &str) -> (bool, serde_json::Value) {
+    let out = server
+        .cli(&["deploy", app, "--image", image, "--env", "prod", "--wait", "--output", "json"])
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("deploy printed no JSON ({e}): {}", flotilla_tests::text(&out)));
+    (out.status.success(), status)
+}

@@ -1,1 +1,396 @@
-//! stub
+//! Test support: the multi-process fleet harness used by the `e2e` tests.
+//! Each test gets its own temporary directory, coordinator and agents, all on
+//! loopback; processes are killed when their handles drop. Waits are bounded
+//! and driven by events (log lines, process exits), never by fixed sleeps.
+//!
+//! The Dokku stand-in itself is the `fake-dokku` binary (`src/bin/fake-dokku`).
+
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+
+/// Longest wait for any one event in a test.
+pub const WAIT: Duration = Duration::from_secs(60);
+
+/// A workspace binary (`flotilla-server`, `flotilla-agent`, `flotilla`, `fake-dokku`),
+/// found next to the test executable's `deps/` directory.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target directory");
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing; build the workspace first (cargo build --workspace)",
+        path.display()
+    );
+    path
+}
+
+/// Lines a child process wrote to stderr, collected by a reader thread.
+#[derive(Clone, Default)]
+pub struct LogWatch {
+    inner: Arc<(Mutex<Vec<String>>, Condvar)>,
+    /// Set when the stream ended (the process exited).
+    closed: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl LogWatch {
+    fn follow(&self, stream: impl std::io::Read + Send + 'static, echo: String) {
+        let inner = Arc::clone(&self.inner);
+        let closed = Arc::clone(&self.closed);
+        std::thread::spawn(move || {
+            let (lines, cv) = &*inner;
+            for line in BufReader::new(stream).lines() {
+                let Ok(line) = line else { break };
+                eprintln!("[{echo}] {line}");
+                if let Ok(mut lines) = lines.lock() {
+                    lines.push(line);
+                }
+                cv.notify_all();
+            }
+            // Take the lock so a waiter cannot miss this between its check and its wait.
+            let _guard = lines.lock();
+            closed.store(true, std::sync::atomic::Ordering::SeqCst);
+            cv.notify_all();
+        });
+    }
+
+    /// Waits until a line containing `needle` appears at index >= `from`;
+    /// returns its index.
+    pub fn wait_for_from(&self, needle: &str, from: usize) -> anyhow::Result<usize> {
+        let deadline = Instant::now() + WAIT;
+        let (lines, cv) = &*self.inner;
+        let mut guard = lines.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+        loop {
+            if let Some(i) = guard.iter().skip(from).position(|l| l.contains(needle)) {
+                return Ok(from + i);
+            }
+            if self.closed.load(std::sync::atomic::Ordering::SeqCst) {
+                bail!("the process exited without logging a line containing {needle:?}");
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                bail!("timed out after {WAIT:?} waiting for a log line containing {needle:?}");
+            }
+            guard = cv
+                .wait_timeout(guard, deadline - now)
+                .map_err(|_| anyhow::anyhow!("poisoned"))?
+                .0;
+        }
+    }
+
+    pub fn wait_for(&self, needle: &str) -> anyhow::Result<usize> {
+        self.wait_for_from(needle, 0)
+    }
+
+    pub fn len(&self) -> usize {
+        self.inner.0.lock().map(|l| l.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn contains(&self, needle: &str) -> bool {
+        self.inner
+            .0
+            .lock()
+            .map(|l| l.iter().any(|line| line.contains(needle)))
+            .unwrap_or(false)
+    }
+}
+
+/// Kills the process (and its process group) on drop.
+pub struct Proc {
+    child: Child,
+    pub log: LogWatch,
+}
+
+impl Proc {
+    fn spawn(mut cmd: Command, label: &str) -> anyhow::Result<Self> {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .env("RUST_BACKTRACE", "0")
+            .env("FLOTILLA_LOG", "info");
+        // Own process group, so killing it also kills any dokku child, as
+        // systemd's KillMode=control-group would.
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        let mut child = cmd.spawn().with_context(|| format!("start {label}"))?;
+        let log = LogWatch::default();
+        if let Some(stderr) = child.stderr.take() {
+            log.follow(stderr, label.to_owned());
+        }
+        Ok(Self { child, log })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn signal_group(&self, signal: &str) {
+        let _ = Command::new("kill")
+            .args([signal, "--", &format!("-{}", self.child.id())])
+            .status();
+    }
+
+    /// SIGKILL to the whole process group, then reap.
+    pub fn kill9(&mut self) {
+        self.signal_group("-KILL");
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait (bounded) for a clean exit.
+    pub fn terminate(&mut self) -> anyhow::Result<ExitStatus> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        wait_exit(&mut self.child, WAIT)
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            self.signal_group("-KILL");
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn wait_exit(child: &mut Child, limit: Duration) -> anyhow::Result<ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            bail!("process did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs a command to completion with a time limit; captures its output.
+pub fn run(mut cmd: Command) -> anyhow::Result<Output> {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .env("RUST_BACKTRACE", "0");
+    let child = cmd.spawn().context("spawn")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let pid = child.id();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(WAIT) {
+        Ok(out) => Ok(out?),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+            bail!("command timed out after {WAIT:?}: {cmd:?}")
+        }
+    }
+}
+
+/// A coordinator data directory plus a running `flotilla-server serve`.
+pub struct Server {
+    pub data_dir: PathBuf,
+    pub addr: String,
+    pub proc: Proc,
+}
+
+impl Server {
+    /// `flotilla-server init` into `root/server`.
+    pub fn init(root: &Path) -> anyhow::Result<PathBuf> {
+        let data_dir = root.join("server");
+        let mut cmd = Command::new(bin("flotilla-server"));
+        cmd.arg("init").arg("--data-dir").arg(&data_dir);
+        let out = run(cmd)?;
+        if !out.status.success() {
+            bail!("init failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(data_dir)
+    }
+
+    /// Starts `serve` on `listen` (use `127.0.0.1:0` for any port) and waits
+    /// until it listens.
+    pub fn start(data_dir: &Path, listen: &str, extra: &[&str]) -> anyhow::Result<Self> {
+        let mut cmd = Command::new(bin("flotilla-server"));
+        cmd.arg("serve")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--listen", listen])
+            .args(extra);
+        let proc = Proc::spawn(cmd, "server")?;
+        let i = proc.log.wait_for("coordinator listening")?;
+        let line = proc.log.inner.0.lock().map(|l| l[i].clone()).unwrap_or_default();
+        let addr = line
+            .split("addr=")
+            .nth(1)
+            .map(|s| s.split_whitespace().next().unwrap_or_default().to_owned())
+            .context("listening address in the log")?;
+        Ok(Self {
+            data_dir: data_dir.to_owned(),
+            addr,
+            proc,
+        })
+    }
+
+    pub fn url(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+
+    pub fn admin_token(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("admin.token"))
+            .expect("admin.token")
+            .trim()
+            .to_owned()
+    }
+
+    /// A `flotilla` command pointed at this server with `token`.
+    pub fn cli_as(&self, token: &str, args: &[&str]) -> Command {
+        let mut cmd = Command::new(bin("flotilla"));
+        cmd.env("FLOTILLA_SERVER", self.url())
+            .env("FLOTILLA_CA_CERT", self.data_dir.join("ca.pem"))
+            .env("FLOTILLA_TOKEN", token)
+            .env_remove("FLOTILLA_TOKEN_FILE")
+            .args(args);
+        cmd
+    }
+
+    /// Runs `flotilla ARGS` as admin.
+    pub fn cli(&self, args: &[&str]) -> anyhow::Result<Output> {
+        run(self.cli_as(&self.admin_token(), args))
+    }
+
+    /// Runs `flotilla ARGS --output json` as admin and parses stdout.
+    pub fn json(&self, args: &[&str]) -> anyhow::Result<serde_json::Value> {
+        let mut all = args.to_vec();
+        all.extend(["--output", "json"]);
+        let out = self.cli(&all)?;
+        serde_json::from_slice(&out.stdout).with_context(|| {
+            format!(
+                "flotilla {args:?} did not print JSON: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+    }
+
+    pub fn join_token(&self) -> anyhow::Result<String> {
+        let out = self.cli(&["join-token", "create"])?;
+        if !out.status.success() {
+            bail!("join-token create: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+    }
+}
+
+/// One simulated Dokku host: a joined agent directory and its `DOKKU_ROOT`.
+pub struct Host {
+    pub host_id: String,
+    pub agent_dir: PathBuf,
+    pub dokku_root: PathBuf,
+}
+
+impl Host {
+    /// Runs `flotilla-agent join`; returns the output (for refusal checks).
+    pub fn join_with(
+        root: &Path,
+        server: &Server,
+        token: &str,
+        host_id: &str,
+        env: &str,
+    ) -> anyhow::Result<(Self, Output)> {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let base = root.join(format!("host-{host_id}-{n}"));
+        let host = Self {
+            host_id: host_id.to_owned(),
+            agent_dir: base.join("agent"),
+            dokku_root: base.join("dokku"),
+        };
+        std::fs::create_dir_all(&host.dokku_root)?;
+        let mut cmd = Command::new(bin("flotilla-agent"));
+        cmd.arg("join")
+            .args(["--server", &server.url(), "--host-id", host_id, "--env", env])
+            .arg("--data-dir")
+            .arg(&host.agent_dir)
+            .env("FLOTILLA_JOIN_TOKEN", token);
+        let out = run(cmd)?;
+        Ok((host, out))
+    }
+
+    /// Joins with a fresh token and checks it worked.
+    pub fn join(root: &Path, server: &Server, host_id: &str, env: &str) -> anyhow::Result<Self> {
+        let token = server.join_token()?;
+        let (host, out) = Self::join_with(root, server, &token, host_id, env)?;
+        if !out.status.success() {
+            bail!("join failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(host)
+    }
+
+    /// Starts `flotilla-agent run` and waits for its session.
+    pub fn start(&self) -> anyhow::Result<Proc> {
+        let mut cmd = Command::new(bin("flotilla-agent"));
+        cmd.arg("run")
+            .arg("--data-dir")
+            .arg(&self.agent_dir)
+            .arg("--dokku-bin")
+            .arg(bin("fake-dokku"))
+            .args(["--reconnect-max", "500ms", "--shutdown-grace", "5s"])
+            .env("DOKKU_ROOT", &self.dokku_root);
+        let proc = Proc::spawn(cmd, &self.host_id)?;
+        proc.log.wait_for("session established")?;
+        Ok(proc)
+    }
+
+    /// Runs `fake-dokku ARGS` against this host's state.
+    pub fn dokku(&self, args: &[&str]) -> anyhow::Result<Output> {
+        let mut cmd = Command::new(bin("fake-dokku"));
+        cmd.args(args).env("DOKKU_ROOT", &self.dokku_root);
+        run(cmd)
+    }
+
+    /// What Dokku says is deployed: `apps:report APP --app-deploy-source-metadata`.
+    pub fn deployed_image(&self, app: &str) -> anyhow::Result<String> {
+        let out = self.dokku(&["apps:report", app, "--app-deploy-source-metadata"])?;
+        Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+    }
+
+    /// How many times fake-dokku ran with exactly these leading arguments.
+    pub fn invocations(&self, prefix: &[&str]) -> anyhow::Result<usize> {
+        let path = self.dokku_root.join(".fake-dokku/invocations.jsonl");
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(e.into()),
+        };
+        let mut n = 0;
+        for line in text.lines() {
+            let args: Vec<String> = serde_json::from_str(line)?;
+            if args.len() >= prefix.len() && args.iter().zip(prefix).all(|(a, p)| a == p) {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// Text of a process output, for assertions and messages.
+pub fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}

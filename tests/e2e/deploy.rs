@@ -1,0 +1,147 @@
+//! Deploy, redeploy, rollback and a failing deploy across two hosts.
+
+use serde_json::Value;
+
+use crate::{deploy_wait, fleet};
+
+#[test]
+fn deploy_then_rollback_returns_every_host_to_the_previous_release() {
+    let f = fleet(2);
+    let s = &f.server;
+
+    let (ok, v1) = deploy_wait(s, "shop", "registry.example.com/shop:1.0.0");
+    assert!(ok, "{v1}");
+    assert_eq!(v1["state"], "succeeded");
+    assert_eq!(v1["kind"], "deploy");
+    let (ok, v2) = deploy_wait(s, "shop", "registry.example.com/shop:2.0.0");
+    assert!(ok, "{v2}");
+    for host in &f.hosts {
+        assert_eq!(host.deployed_image("shop").unwrap(), "registry.example.com/shop:2.0.0");
+    }
+
+    let out = s
+        .cli(&["rollback", "shop", "--env", "prod", "--wait", "--output", "json"])
+        .unwrap();
+    assert!(out.status.success(), "{}", flotilla_tests::text(&out));
+    let rb: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rb["kind"], "rollback");
+    assert_eq!(rb["state"], "succeeded");
+    assert_eq!(rb["image"], "registry.example.com/shop:1.0.0");
+    assert_eq!(rb["target_release"], 1);
+    for (host, status) in f.hosts.iter().zip(rb["hosts"].as_array().unwrap()) {
+        assert_eq!(host.deployed_image("shop").unwrap(), "registry.example.com/shop:1.0.0");
+        assert_eq!(status["host_id"], host.host_id);
+        assert_eq!(status["state"], "succeeded");
+        assert_eq!(status["exit_code"], 0);
+        assert_eq!(status["image"], "registry.example.com/shop:1.0.0");
+    }
+
+    // History: v1, v2, then the rollback as v3 (pointing at v1's image).
+    let releases = s.json(&["releases", "shop", "--env", "prod"]).unwrap();
+    let images: Vec<&str> = releases
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["image"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        images,
+        [
+            "registry.example.com/shop:1.0.0",
+            "registry.example.com/shop:2.0.0",
+            "registry.example.com/shop:1.0.0"
+        ]
+    );
+
+    // Rolling back again returns to 2.0.0; an explicit --to works too.
+    let out = s.cli(&["rollback", "shop", "--env", "prod", "--to", "2", "--wait"]).unwrap();
+    assert!(out.status.success(), "{}", flotilla_tests::text(&out));
+    for host in &f.hosts {
+        assert_eq!(host.deployed_image("shop").unwrap(), "registry.example.com/shop:2.0.0");
+    }
+    let deployments = s.json(&["deployments", "--app", "shop"]).unwrap();
+    assert_eq!(deployments.as_array().unwrap().len(), 4);
+}
+
+#[test]
+fn same_image_again_is_already_at_that_release() {
+    let f = fleet(1);
+    let (ok, _) = deploy_wait(&f.server, "api", "acme/api:7");
+    assert!(ok);
+    // Dokku exits 1 with "No changes detected": the agent treats it as success.
+    let (ok, again) = deploy_wait(&f.server, "api", "acme/api:7");
+    assert!(ok, "{again}");
+    assert_eq!(again["hosts"][0]["state"], "succeeded");
+    assert_eq!(again["hosts"][0]["exit_code"], 1);
+    assert_eq!(f.hosts[0].invocations(&["git:from-image", "api", "acme/api:7"]).unwrap(), 2);
+    let log = f.server.cli(&["logs", again["id"].as_str().unwrap()]).unwrap();
+    let log = flotilla_tests::text(&log);
+    assert!(log.contains("No changes detected"), "{log}");
+    assert!(log.contains("already at acme/api:7"), "{log}");
+    // No duplicate release for a no-op deploy.
+    let releases = f.server.json(&["releases", "api", "--env", "prod"]).unwrap();
+    assert_eq!(releases.as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn unhealthy_deploy_fails_shows_dokku_output_and_keeps_the_old_release() {
+    let f = fleet(2);
+    let s = &f.server;
+    let (ok, _) = deploy_wait(s, "blog", "acme/blog:1");
+    assert!(ok);
+
+    let (ok, status) = deploy_wait(s, "blog", "acme/blog:2-unhealthy");
+    assert!(!ok, "deploy --wait must exit non-zero on failure");
+    assert_eq!(status["state"], "failed");
+    let hosts = status["hosts"].as_array().unwrap();
+    assert_eq!(hosts[0]["state"], "failed");
+    assert_eq!(hosts[0]["exit_code"], 1);
+    let error = hosts[0]["error"].as_str().unwrap();
+    assert!(error.contains("Could not start due to 1 failed checks"), "{error}");
+    // Stops at the first failure: the second host was never touched.
+    assert_eq!(hosts[1]["state"], "pending");
+    assert_eq!(f.hosts[1].invocations(&["git:from-image", "blog", "acme/blog:2-unhealthy"]).unwrap(), 0);
+
+    // The Dokku output is in `flotilla logs`, in order.
+    let out = s.cli(&["logs", status["id"].as_str().unwrap()]).unwrap();
+    let log = String::from_utf8(out.stdout).unwrap();
+    let checks = log.find("Running healthcheck").expect(&log);
+    let failed = log.find("Could not start due to 1 failed checks").expect(&log);
+    assert!(checks < failed, "{log}");
+    assert!(log.lines().all(|l| l.starts_with("[web-1] ")), "{log}");
+
+    // The old release keeps serving everywhere.
+    for host in &f.hosts {
+        assert_eq!(host.deployed_image("blog").unwrap(), "acme/blog:1");
+    }
+    // A failed pull fails too, with Dokku's message.
+    let (ok, status) = deploy_wait(s, "blog", "acme/missing:3");
+    assert!(!ok);
+    assert!(status["hosts"][0]["error"].as_str().unwrap().contains("Failed to pull image"), "{status}");
+    // The failed attempts did not become releases.
+    let releases = s.json(&["releases", "blog", "--env", "prod"]).unwrap();
+    assert_eq!(releases.as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn one_active_deployment_per_app_and_environment() {
+    let f = fleet(1);
+    let s = &f.server;
+    // `hang` makes fake-dokku wait for a release file, so the first deploy stays active.
+    let out = s.cli(&["deploy", "svc", "--image", "acme/svc:hang-1", "--env", "prod"]).unwrap();
+    assert!(out.status.success(), "{}", flotilla_tests::text(&out));
+    let first = String::from_utf8(out.stdout).unwrap().lines().next().unwrap().to_owned();
+    f.agents[0].log.wait_for("command accepted").unwrap();
+
+    let out = s.cli(&["deploy", "svc", "--image", "acme/svc:2", "--env", "prod"]).unwrap();
+    assert!(!out.status.success());
+    let msg = flotilla_tests::text(&out);
+    assert!(msg.contains(&first) && msg.contains("still in progress"), "{msg}");
+
+    let release = f.hosts[0].dokku_root.join(".fake-dokku/release");
+    std::fs::write(&release, "").unwrap();
+    let out = s.cli(&["logs", &first, "--follow"]).unwrap();
+    assert!(out.status.success());
+    let status = s.json(&["status", &first]).unwrap();
+    assert_eq!(status["state"], "succeeded", "{status}");
+}

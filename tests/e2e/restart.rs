@@ -1,0 +1,105 @@
+//! Restarts: an agent killed mid-command, a coordinator killed mid-deployment.
+
+use std::process::Stdio;
+
+use crate::fleet;
+use flotilla_tests::{Server, text};
+
+/// Starts `flotilla logs ID --follow` and waits for a line containing `needle`.
+fn wait_for_log_line(server: &Server, id: &str, needle: &str) {
+    use std::io::BufRead as _;
+    let mut cmd = server.cli_as(&server.admin_token(), &["logs", id, "--follow"]);
+    cmd.stdout(Stdio::piped()).stderr(Stdio::null());
+    let mut child = cmd.spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let found = std::io::BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .any(|l| l.contains(needle));
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(found, "log of {id} ended without {needle:?}");
+}
+
+#[test]
+fn an_agent_killed_mid_command_reports_it_interrupted_and_never_reruns_anything() {
+    let mut f = fleet(2);
+    let s = &f.server;
+    let out = s.cli(&["deploy", "shop", "--image", "acme/shop:1", "--env", "prod", "--wait"]).unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+
+    // A deploy that blocks inside dokku until released.
+    let out = s.cli(&["deploy", "shop", "--image", "acme/shop:2-hang", "--env", "prod"]).unwrap();
+    let id = String::from_utf8(out.stdout).unwrap().lines().next().unwrap().to_owned();
+    wait_for_log_line(s, &id, "(fake-dokku) waiting for");
+
+    // kill -9 the agent and its dokku child (as systemd would), then restart it.
+    f.agents[0].kill9();
+    f.agents[0] = f.hosts[0].start().unwrap();
+    f.agents[0].log.wait_for("interrupted by a restart").unwrap();
+    let out = s.cli(&["logs", &id, "--follow"]).unwrap();
+    assert!(out.status.success());
+
+    let status = s.json(&["status", &id]).unwrap();
+    assert_eq!(status["state"], "failed", "{status}");
+    let error = status["hosts"][0]["error"].as_str().unwrap();
+    assert!(error.contains("interrupted") && error.contains("not re-run"), "{error}");
+    assert_eq!(status["hosts"][1]["state"], "pending");
+
+    // Restart once more: still nothing re-runs.
+    f.agents[0].terminate().unwrap();
+    f.agents[0] = f.hosts[0].start().unwrap();
+    let out = s.cli(&["deploy", "shop", "--image", "acme/shop:3", "--env", "prod", "--wait"]).unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let h = &f.hosts[0];
+    assert_eq!(h.invocations(&["git:from-image", "shop", "acme/shop:1"]).unwrap(), 1);
+    assert_eq!(h.invocations(&["git:from-image", "shop", "acme/shop:2-hang"]).unwrap(), 1);
+    assert_eq!(h.invocations(&["git:from-image", "shop", "acme/shop:3"]).unwrap(), 1);
+    assert_eq!(h.deployed_image("shop").unwrap(), "acme/shop:3");
+}
+
+#[test]
+fn a_coordinator_killed_mid_deployment_resumes_without_losing_or_repeating_anything() {
+    let mut f = fleet(2);
+    let out = f
+        .server
+        .cli(&["deploy", "api", "--image", "acme/api:1-hang", "--env", "prod"])
+        .unwrap();
+    let id = String::from_utf8(out.stdout).unwrap().lines().next().unwrap().to_owned();
+    wait_for_log_line(&f.server, &id, "(fake-dokku) waiting for");
+
+    f.server.proc.kill9();
+    // Let the deploy finish while the coordinator is down: the result and the
+    // rest of the log wait in the agent's spool.
+    std::fs::write(f.hosts[0].dokku_root.join(".fake-dokku/release"), "").unwrap();
+    f.agents[0].log.wait_for("command finished").unwrap();
+
+    let before = f.agents[0].log.len();
+    let addr = f.server.addr.clone();
+    f.server = Server::start(&f.server.data_dir, &addr, &[]).unwrap();
+    f.agents[0].log.wait_for_from("session established", before).unwrap();
+    let out = f.server.cli(&["logs", &id, "--follow", "--output", "json"]).unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+
+    let status = f.server.json(&["status", &id]).unwrap();
+    assert_eq!(status["state"], "succeeded", "{status}");
+    for host in &f.hosts {
+        assert_eq!(host.invocations(&["git:from-image", "api", "acme/api:1-hang"]).unwrap(), 1);
+        assert_eq!(host.deployed_image("api").unwrap(), "acme/api:1-hang");
+    }
+    // Every line once, in order, per host.
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for host in ["web-1", "web-2"] {
+        let seqs: Vec<u64> = lines
+            .iter()
+            .filter(|l| l["host_id"] == host)
+            .map(|l| l["seq"].as_u64().unwrap())
+            .collect();
+        assert!(!seqs.is_empty());
+        assert_eq!(seqs, (0..seqs.len() as u64).collect::<Vec<_>>(), "{host}");
+    }
+}

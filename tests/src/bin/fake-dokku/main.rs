@@ -1,0 +1,283 @@
+//! `fake-dokku`: the Dokku CLI stand-in that Flotilla's tests and local dev fleet run instead of `dokku`. It
+//! reproduces the argument syntax, exit codes, output lines and state effects listed in `shared/dokku.md`, keeps
+//! all state under `$DOKKU_ROOT`, and runs no containers. `fake-dokku --help` documents it, including the
+//! failure injection; this file owns the global flags and the command table.
+
+mod apps;
+mod args;
+mod config;
+mod deploy;
+mod domains;
+mod logs;
+mod out;
+mod report;
+mod store;
+#[cfg(test)]
+mod tests;
+mod util;
+
+use std::process::ExitCode;
+
+use out::{CmdResult, Failure, Out};
+use store::Store;
+
+/// The version real Dokku would print; the facts in dokku.md are from this release.
+const DOKKU_VERSION: &str = "0.38.27";
+
+/// Everything a command needs.
+pub struct Ctx {
+    pub store: Store,
+    pub out: Out,
+    /// `--app X` before the command: the app for commands that take one.
+    pub app: Option<String>,
+    /// `--force` before the command: skips the `apps:destroy` confirmation.
+    pub force: bool,
+}
+
+impl Ctx {
+    /// The app argument, checked like Dokku's `VerifyAppName`: missing or invalid exits 1, unknown exits 20.
+    pub fn require_app(&self, arg: Option<&String>) -> Result<String, Failure> {
+        let app = arg.map_or("", String::as_str);
+        if app.is_empty() {
+            return Err(Failure::msg(
+                1,
+                "Please specify an app to run the command on",
+            ));
+        }
+        if !util::is_valid_app_name(app) {
+            return Err(Failure::msg(1, util::APP_NAME_RULE));
+        }
+        if !self.store.app_exists(app) {
+            return Err(Failure::msg(20, format!("App {app} does not exist")));
+        }
+        Ok(app.to_string())
+    }
+}
+
+/// The leading global flags (dokku.md §1).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Globals {
+    pub quiet: bool,
+    pub force: bool,
+    pub app: Option<String>,
+}
+
+/// Strips the leading `--…` arguments like the `dokku` script: `--quiet`, `--force` and `--app X` are read,
+/// any other leading `--flag` is dropped; `--help` and `--version` are left as the command.
+pub fn strip_globals(argv: &[String]) -> (Globals, &[String]) {
+    let mut globals = Globals::default();
+    let mut i = 0;
+    while let Some(arg) = argv.get(i) {
+        match arg.as_str() {
+            "--help" | "--version" => break,
+            "--quiet" => globals.quiet = true,
+            "--force" => globals.force = true,
+            "--app" => {
+                globals.app = argv.get(i + 1).cloned();
+                i += 1;
+            }
+            other if other.starts_with("--") => {}
+            _ => break,
+        }
+        i += 1;
+    }
+    (globals, argv.get(i..).unwrap_or_default())
+}
+
+fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args_os()
+        .skip(1)
+        .map(|arg| arg.to_string_lossy().into_owned())
+        .collect();
+    let code = run(&argv);
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+/// Runs one invocation and returns its exit code.
+fn run(argv: &[String]) -> i32 {
+    let (globals, rest) = strip_globals(argv);
+    let command = rest.first().map_or("help", String::as_str);
+    let args = rest.get(1..).unwrap_or_default();
+    let out = Out {
+        quiet: globals.quiet,
+    };
+    let is_help = matches!(command, "help" | "--help" | "-h" | "version" | "--version");
+
+    let store = match Store::from_env() {
+        Ok(store) => Some(store),
+        Err(_) if is_help => None,
+        Err(failure) => return finish(Err(failure)),
+    };
+    if let Some(store) = &store
+        && let Err(failure) = store.log_invocation(argv)
+    {
+        return finish(Err(failure));
+    }
+    if is_help {
+        print_help_or_version(&out, command);
+        return 0;
+    }
+    if let Some(code) = injected_exit_code() {
+        return finish(Err(Failure::msg(
+            code,
+            format!("(fake-dokku) FAKE_DOKKU_EXIT_CODE={code}: failing {command}"),
+        )));
+    }
+    let Some(store) = store else {
+        return 1;
+    };
+    let ctx = Ctx {
+        store,
+        out,
+        app: globals.app,
+        force: globals.force,
+    };
+    finish(dispatch(&ctx, command, args))
+}
+
+fn finish(result: CmdResult) -> i32 {
+    match result {
+        Ok(()) => 0,
+        Err(failure) => {
+            failure.print();
+            failure.code
+        }
+    }
+}
+
+/// `FAKE_DOKKU_EXIT_CODE=N` (N ≠ 0): every command but help/version fails with N.
+fn injected_exit_code() -> Option<i32> {
+    let code: i32 = std::env::var("FAKE_DOKKU_EXIT_CODE")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    (code != 0).then_some(code)
+}
+
+fn dispatch(ctx: &Ctx, command: &str, args: &[String]) -> CmdResult {
+    match command {
+        "apps:create" => apps::create(ctx, args),
+        "apps:exists" => apps::exists(ctx, args),
+        "apps:list" => apps::list(ctx, args),
+        "apps:destroy" => apps::destroy(ctx, args),
+        "apps:lock" => apps::lock(ctx, args),
+        "apps:unlock" => apps::unlock(ctx, args),
+        "apps:locked" => apps::locked(ctx, args),
+        "apps:report" => report::run(ctx, args, "apps", "app", apps::report_flags),
+        "git:from-image" => deploy::from_image(ctx, args),
+        "git:report" => report::run(ctx, args, "git", "git", deploy::git_report_flags),
+        "ps:rebuild" => deploy::rebuild(ctx, args),
+        "ps:restart" => deploy::restart(ctx, args),
+        "ps:start" => deploy::start(ctx, args),
+        "ps:stop" => deploy::stop(ctx, args),
+        "ps:report" => report::run(ctx, args, "ps", "ps", deploy::ps_report_flags),
+        "config:set" => config::set(ctx, args),
+        "config:unset" => config::unset(ctx, args),
+        "config:get" => config::get(ctx, args),
+        "config:show" => config::show(ctx, args),
+        "config:keys" => config::keys(ctx, args),
+        "config:export" => config::export(ctx, args),
+        "domains:add" => domains::add(ctx, args),
+        "domains:set" => domains::set(ctx, args),
+        "domains:remove" => domains::remove(ctx, args),
+        "domains:clear" => domains::clear(ctx, args),
+        "domains:reset" => domains::reset(ctx, args),
+        "domains:set-global" => domains::set_global(ctx, args),
+        "domains:add-global" => domains::add_global(ctx, args),
+        "domains:remove-global" => domains::remove_global(ctx, args),
+        "domains:clear-global" => domains::clear_global(ctx, args),
+        "domains:report" => report::run(ctx, args, "domains", "domains", domains::report_flags),
+        "logs" => logs::logs(ctx, args),
+        other => Err(Failure::msgs(
+            1,
+            [
+                format!("`{other}` is not a dokku command."),
+                "See `dokku help` for a list of available commands.".to_string(),
+            ],
+        )),
+    }
+}
+
+fn print_help_or_version(out: &Out, command: &str) {
+    if matches!(command, "version" | "--version") {
+        out.line(&format!("dokku version {DOKKU_VERSION}"));
+        return;
+    }
+    for line in HELP.replace("{version}", DOKKU_VERSION).lines() {
+        out.line(line);
+    }
+}
+
+const HELP: &str = r#"fake-dokku: a stand-in for the Dokku CLI (it answers `dokku version {version}`), used by Flotilla's tests
+and dev fleet. It reproduces Dokku's exit codes, output lines and state effects (see shared/dokku.md), keeps
+all state under $DOKKU_ROOT, and runs, pulls and serves nothing.
+
+Usage: dokku [--quiet] [--trace] [--force] [--app APP] COMMAND [ARGS...]
+
+Global flags (only leading ones are read; other leading --flags are dropped):
+    --quiet      hide `=====>` headers (values and errors are still printed)
+    --trace      accepted, ignored
+    --force      skip the apps:destroy confirmation
+    --app APP    supply APP to commands that take an app
+
+Commands:
+    help, --help                               this text
+    version                                    dokku version {version}
+    apps:create <app>                          vhost <app>.<global domain>, or config NO_VHOST=1
+    apps:exists <app>                          exit 0, or 20 if missing
+    apps:list [--format json]
+    apps:destroy [--force] <app>               without --force, type the app name on stdin
+    apps:lock <app> | apps:unlock <app> | apps:locked <app>
+    apps:report [<app>] [--flag | --format json]
+    git:from-image [--build-dir DIR] [--force] <app> <image> [<git-name> <git-email>]
+    git:report [<app>] [--flag | --format json]
+    ps:rebuild (<app> | --all)                 rebuild the deploy branch head image
+    ps:restart (<app> | --all) | ps:start (<app> | --all) | ps:stop (<app> | --all)
+    ps:report [<app>] [--flag | --format json]
+    config:set [--encoded] [--no-restart] (<app> | --global) KEY=VALUE...
+    config:unset [--no-restart] (<app> | --global) KEY...
+    config:get [--quoted] (<app> | --global) KEY         missing key: exit 1, no output
+    config:show | config:keys [--merged] (<app> | --global)
+    config:export [--format exports|envfile|json|json-list|shell|docker-args|pretty] [--merged] (<app> | --global)
+    domains:add | domains:set | domains:remove <app> DOMAIN...
+    domains:clear | domains:reset <app>
+    domains:set-global | domains:add-global | domains:remove-global DOMAIN...
+    domains:clear-global
+    domains:report [<app>] [--flag | --format json]
+    logs <app> [-n|--num N] [-t|--tail] [-q|--quiet] [-p|--ps PROC]    --tail prints and exits
+
+Exit codes: 0 ok; 1 failure (also an unknown command); 20 app does not exist; 2 unknown --flag.
+
+Failure injection, chosen by the image reference given to git:from-image (and by the app's current image
+for ps:rebuild, ps:restart, ps:start and the restart after config:set/config:unset):
+    contains "missing"    the pull fails: ` !     Failed to pull image: <image>` on stderr, exit 1, nothing
+                          changes (git:from-image only; the other commands do not pull)
+    contains "unhealthy"  pull and build succeed, then the zero-downtime checks fail: `Running healthcheck
+                          name='ready' attempts=3 ...`, `Failure in name='ready': ...`, the container output
+                          between `=====> Start of <app> container output (web.1)` and `=====> End of <app>
+                          container output (web.1)`, then ` !     Could not start due to 1 failed checks (web.1)`;
+                          exit 1. The previous release stays deployed (deploy-source-metadata unchanged), the
+                          deploy branch is reset (retrying the same image deploys it again), and
+                          git:report --git-source-image names the failed image.
+    contains "hang"       after the pull and build lines, prints
+                          `-----> (fake-dokku) waiting for $DOKKU_ROOT/.fake-dokku/release` and polls every 20 ms
+                          until that file exists, deletes it (one file releases one waiting deploy) and goes on.
+                          Gives up with exit 1 after $FAKE_DOKKU_HANG_TIMEOUT_SECS (default 600).
+    The rules combine: "hang-unhealthy" waits, then fails its checks.
+    FAKE_DOKKU_EXIT_CODE=N (N != 0): every command but help/version is logged, then fails with exit N.
+    A deploy holds an exclusive flock on the app's .deploy.lock: a second deploy of the same app meanwhile
+    prints ` !     <app> currently has a deploy lock in place. Exiting...` and exits 1. As in real Dokku,
+    apps:lock only creates the file and does not block deploys.
+    Output lines are flushed one by one; if the reader goes away, a deploy still runs to its end.
+
+State under $DOKKU_ROOT (files are replaced atomically):
+    VHOST, ENV                       global domains (one a line), global config
+    <app>/                           one directory per app: the app exists iff it does
+    <app>/ENV, <app>/VHOST           app config (export KEY='value' lines), app domains (one a line)
+    .fake-dokku/invocations.jsonl    one JSON array of the arguments per invocation
+    .fake-dokku/images/              images pulled once ("on the host")
+    .fake-dokku/release              create it to release a "hang" deploy
+    .fake-dokku/apps/<app>/          .deploy.lock, app.log (for logs), properties/<plugin>/<key>
+                                     (apps: created-at, deploy-source, deploy-source-metadata; git: head-image,
+                                     source-image, last-updated-at; ps: deployed, running, image, container-id)"#;

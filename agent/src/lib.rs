@@ -116,7 +116,6 @@ pub async fn run(config: RunConfig, shutdown: impl std::future::Future<Output = 
         link.abort();
     }
     if !worker.is_finished() {
-        tracing::info!(grace = ?config.shutdown_grace, "waiting for the running command to finish");
         if tokio::time::timeout(config.shutdown_grace, &mut worker).await.is_err() {
             tracing::warn!("running command did not finish in time; killing it");
             kill_work.cancel();
@@ -144,7 +143,7 @@ async fn work(
             cmd = rx.recv() => match cmd { Some(cmd) => cmd, None => return },
         };
         let id = cmd.command_id.clone();
-        if let Err(e) = ctx.spool.set_state(&id, CommandState::Running, None) {
+        if let Err(e) = ctx.spool.mark_running(&id).await {
             tracing::error!(command = %id, "cannot record command start: {e}");
         }
         let spool = &ctx.spool;

@@ -60,11 +60,18 @@ enum Cmd {
         /// On SIGTERM, how long a running deploy may continue before it is killed.
         #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
         shutdown_grace: Duration,
+        /// Longest wait between reconnection attempts (backoff doubles up to this, with jitter).
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        reconnect_max: Duration,
     },
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     let args = Args::parse();
+    flotilla_shared::telemetry::exit_on_error(real_main(args))
+}
+
+fn real_main(args: Args) -> anyhow::Result<()> {
     flotilla_shared::tls::install_crypto_provider();
     flotilla_shared::telemetry::init(args.log_format, args.log.as_deref(), "info");
     let runtime = tokio::runtime::Runtime::new()?;
@@ -94,10 +101,12 @@ fn main() -> anyhow::Result<()> {
             data_dir,
             dokku_bin,
             shutdown_grace,
+            reconnect_max,
         } => {
             let mut config = RunConfig::new(AgentDir::new(data_dir));
             config.dokku_bin = dokku_bin;
             config.shutdown_grace = shutdown_grace;
+            config.backoff_max = reconnect_max;
             runtime.block_on(run(config, flotilla_shared::shutdown::signal()))
         }
     }

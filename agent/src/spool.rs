@@ -141,6 +141,13 @@ impl Spool {
         Ok(())
     }
 
+    /// Records that the command is about to run, durably: after a crash the
+    /// agent must know dokku may have started.
+    pub async fn mark_running(&self, command_id: &str) -> Result<(), SpoolError> {
+        self.set_state(command_id, CommandState::Running, None)?;
+        self.flush().await
+    }
+
     pub fn push_log(&self, command_id: &str, line: pb::LogLine) -> Result<(), SpoolError> {
         self.push(command_id, pb::report::Body::Log(line))?;
         Ok(())

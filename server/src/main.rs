@@ -73,8 +73,12 @@ enum Cmd {
     },
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     let args = Args::parse();
+    flotilla_shared::telemetry::exit_on_error(real_main(args))
+}
+
+fn real_main(args: Args) -> anyhow::Result<()> {
     flotilla_shared::tls::install_crypto_provider();
     flotilla_shared::telemetry::init(args.log_format, args.log.as_deref(), "info");
     match args.command {

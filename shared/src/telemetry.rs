@@ -1,6 +1,8 @@
 //! Logging setup shared by both daemons: one `init` that builds the filter and
 //! the fmt layer (human or JSON) in a fixed order. Logs go to stderr.
 
+use std::io::IsTerminal as _;
+
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
@@ -22,9 +24,14 @@ pub fn init(format: LogFormat, filter: Option<&str>, default: &str) {
         .and_then(|f| EnvFilter::try_new(f).ok())
         .unwrap_or_else(|| EnvFilter::new(default));
     let registry = tracing_subscriber::registry().with(filter);
+    let ansi = std::io::stderr().is_terminal();
     let result = match format {
         LogFormat::Text => registry
-            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(ansi)
+                    .with_writer(std::io::stderr),
+            )
             .try_init(),
         LogFormat::Json => registry
             .with(
@@ -36,4 +43,17 @@ pub fn init(format: LogFormat, filter: Option<&str>, default: &str) {
     };
     // A second init (tests) keeps the first subscriber.
     let _ = result;
+}
+
+/// Runs a binary's body and turns an error into one `error: ...` line on
+/// stderr and exit status 1 (no `Debug` dump or backtrace for operators).
+pub fn exit_on_error(result: anyhow::Result<()>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }

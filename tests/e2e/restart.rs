@@ -61,6 +61,11 @@ fn an_agent_killed_mid_command_reports_it_interrupted_and_never_reruns_anything(
 #[test]
 fn a_coordinator_killed_mid_deployment_resumes_without_losing_or_repeating_anything() {
     let mut f = fleet(2);
+    // web-2 runs the same image later: let it through without waiting.
+    std::fs::write(f.hosts[1].dokku_root.join(".fake-dokku/release"), "").unwrap_or_else(|_| {
+        std::fs::create_dir_all(f.hosts[1].dokku_root.join(".fake-dokku")).unwrap();
+        std::fs::write(f.hosts[1].dokku_root.join(".fake-dokku/release"), "").unwrap();
+    });
     let out = f
         .server
         .cli(&["deploy", "api", "--image", "acme/api:1-hang", "--env", "prod"])

@@ -28,7 +28,7 @@ pub trait LineSink {
 pub struct Exit {
     /// `None` when killed by a signal.
     pub code: Option<i32>,
-    /// The last line dokku wrote to stderr (its ` !     ` error lines).
+    /// The last error line dokku wrote (` !     …`), without the marker.
     pub last_stderr: Option<String>,
     /// Dokku said "No changes detected" (same image as deployed).
     pub no_changes: bool,
@@ -56,58 +56,58 @@ impl Dokku {
     /// Runs `dokku ARGS...`, forwarding each output line to `sink`. On `cancel`
     /// the process is killed and `Cancelled` returned. Not cancel-safe by
     /// dropping: use `cancel`.
+    ///
+    /// stdout and stderr share one pipe, so lines keep the exact order dokku
+    /// wrote them in (two pipes would interleave arbitrarily). Dokku marks its
+    /// error lines with ` !`, which is how lines are classed as stderr.
     pub async fn run(
         &self,
         args: &[&str],
         sink: &mut (dyn LineSink + Send),
         cancel: &CancellationToken,
     ) -> Result<Exit, ExecError> {
-        let mut child = Command::new(&self.bin)
+        let (reader, writer) = std::io::pipe()?;
+        let mut command = Command::new(&self.bin);
+        command
             .args(args)
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|source| ExecError::Spawn {
-                bin: self.bin.display().to_string(),
-                source,
-            })?;
-        let mut out = child.stdout.take().map(|s| tokio::io::BufReader::new(s).split(b'\n'));
-        let mut err = child.stderr.take().map(|s| tokio::io::BufReader::new(s).split(b'\n'));
+            .stdout(writer.try_clone()?)
+            .stderr(writer)
+            .kill_on_drop(true);
+        let spawned = command.spawn();
+        // Close our copies of the write end, so EOF comes when dokku exits.
+        drop(command);
+        let mut child = spawned.map_err(|source| ExecError::Spawn {
+            bin: self.bin.display().to_string(),
+            source,
+        })?;
+        let reader = tokio::net::unix::pipe::Receiver::from_owned_fd(std::os::fd::OwnedFd::from(reader))?;
+        let mut lines = tokio::io::BufReader::new(reader).split(b'\n');
         let mut exit = Exit {
             code: None,
             last_stderr: None,
             no_changes: false,
         };
-        while out.is_some() || err.is_some() {
-            tokio::select! {
+        loop {
+            let segment = tokio::select! {
                 () = cancel.cancelled() => {
                     let _ = child.kill().await;
                     return Err(ExecError::Cancelled);
                 }
-                seg = async { out.as_mut()?.next_segment().await.transpose() }, if out.is_some() => {
-                    match seg {
-                        Some(bytes) => sink.line(pb::Stream::Stdout, clean(&bytes?)),
-                        None => out = None,
-                    }
+                segment = lines.next_segment() => segment?,
+            };
+            let Some(bytes) = segment else { break };
+            let line = clean(&bytes);
+            let stream = if line.starts_with(" !") {
+                if line.contains("No changes detected") {
+                    exit.no_changes = true;
                 }
-                seg = async { err.as_mut()?.next_segment().await.transpose() }, if err.is_some() => {
-                    match seg {
-                        Some(bytes) => {
-                            let line = clean(&bytes?);
-                            if line.contains("No changes detected") {
-                                exit.no_changes = true;
-                            }
-                            if !line.trim().is_empty() {
-                                exit.last_stderr = Some(line.trim().trim_start_matches('!').trim().to_owned());
-                            }
-                            sink.line(pb::Stream::Stderr, line);
-                        }
-                        None => err = None,
-                    }
-                }
-            }
+                exit.last_stderr = Some(line.trim_start_matches(" !").trim().to_owned());
+                pb::Stream::Stderr
+            } else {
+                pb::Stream::Stdout
+            };
+            sink.line(stream, line);
         }
         let status = tokio::select! {
             () = cancel.cancelled() => {

@@ -402,11 +402,17 @@ impl Engine {
             None => {
                 deployment.state = State::Succeeded;
                 deployment.finished_at_ms = now_ms();
-                let number = self
-                    .store
-                    .releases(&deployment.app, &deployment.env)?
-                    .last()
-                    .map_or(1, |r| r.number + 1);
+                let releases = self.store.releases(&deployment.app, &deployment.env)?;
+                let current = releases.last();
+                // Re-deploying the current image changes nothing: no new release.
+                if current.is_some_and(|r| r.image == deployment.image) {
+                    self.store.save_deployment(deployment, None)?;
+                    self.store.flush().await?;
+                    tracing::info!(deployment = %deployment.id, "deployment succeeded (already at this release)");
+                    self.changed();
+                    return Ok(());
+                }
+                let number = current.map_or(1, |r| r.number + 1);
                 let release = Release {
                     number,
                     app: deployment.app.clone(),

@@ -94,10 +94,15 @@ impl Identity {
         let mut trusted = TrustedKeys::default();
         for (id, public_hex) in &keys {
             let raw = hex::decode(public_hex).with_context(|| format!("key {id} is not hex"))?;
-            trusted.insert_raw(&raw).with_context(|| format!("key {id}"))?;
+            trusted
+                .insert_raw(&raw)
+                .with_context(|| format!("key {id}"))?;
         }
         if trusted.is_empty() {
-            anyhow::bail!("{} lists no command-verification keys", dir.trusted_keys().display());
+            anyhow::bail!(
+                "{} lists no command-verification keys",
+                dir.trusted_keys().display()
+            );
         }
         Ok(Self {
             file,

@@ -104,7 +104,10 @@ pub async fn join(opts: JoinOptions) -> anyhow::Result<()> {
     let cert_der = tls::pem_certificates(response.certificate_pem.as_bytes(), "certificate")?;
     let issued_for = tls::host_id_from_cert(&cert_der[0])?;
     if issued_for != opts.host_id {
-        bail!("the coordinator issued a certificate for {issued_for}, not {}", opts.host_id);
+        bail!(
+            "the coordinator issued a certificate for {issued_for}, not {}",
+            opts.host_id
+        );
     }
     let mut trusted = TrustedKeys::default();
     for key in &response.verification_keys {
@@ -120,7 +123,11 @@ pub async fn join(opts: JoinOptions) -> anyhow::Result<()> {
     write_file(&opts.dir.key(), key.serialize_pem().as_bytes(), 0o600)?;
     write_file(&opts.dir.cert(), response.certificate_pem.as_bytes(), 0o644)?;
     write_file(&opts.dir.ca(), ca_pem.as_bytes(), 0o644)?;
-    write_file(&opts.dir.trusted_keys(), &trusted_keys_json(&trusted)?, 0o644)?;
+    write_file(
+        &opts.dir.trusted_keys(),
+        &trusted_keys_json(&trusted)?,
+        0o644,
+    )?;
     let file = AgentFile {
         server: opts.server,
         server_name,
@@ -128,7 +135,11 @@ pub async fn join(opts: JoinOptions) -> anyhow::Result<()> {
         env: opts.env,
         labels: opts.labels,
     };
-    write_file(&opts.dir.agent_file(), &serde_json::to_vec_pretty(&file)?, 0o644)?;
+    write_file(
+        &opts.dir.agent_file(),
+        &serde_json::to_vec_pretty(&file)?,
+        0o644,
+    )?;
     tracing::info!(host_id = %file.host_id, env = %file.env, "joined");
     Ok(())
 }
@@ -140,11 +151,23 @@ mod tests {
     #[test]
     fn server_urls_split_into_address_and_name() {
         let check = |url: &str, addr: &str, host: &str| {
-            assert_eq!(split_server_url(url).unwrap(), (addr.to_owned(), host.to_owned()), "{url}");
+            assert_eq!(
+                split_server_url(url).unwrap(),
+                (addr.to_owned(), host.to_owned()),
+                "{url}"
+            );
         };
         check("https://127.0.0.1:7443", "127.0.0.1:7443", "127.0.0.1");
-        check("https://fleet.example.com", "fleet.example.com:443", "fleet.example.com");
-        check("https://fleet.example.com:8443/", "fleet.example.com:8443", "fleet.example.com");
+        check(
+            "https://fleet.example.com",
+            "fleet.example.com:443",
+            "fleet.example.com",
+        );
+        check(
+            "https://fleet.example.com:8443/",
+            "fleet.example.com:8443",
+            "fleet.example.com",
+        );
         check("https://[::1]:7443", "[::1]:7443", "::1");
         assert!(split_server_url("http://x:1").is_err());
         assert!(split_server_url("https://").is_err());

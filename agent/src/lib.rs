@@ -53,7 +53,10 @@ impl RunConfig {
 
 /// Runs until `shutdown`: stop taking commands, let a running one finish
 /// (bounded by `shutdown_grace`, then kill it), flush the spool.
-pub async fn run(config: RunConfig, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run(
+    config: RunConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
     // 1. Identity and spool.
     let identity = Identity::load(&config.dir)?;
     let spool = Spool::open(&config.dir.spool())
@@ -100,7 +103,13 @@ pub async fn run(config: RunConfig, shutdown: impl std::future::Future<Output = 
     let dokku = Dokku {
         bin: config.dokku_bin.clone(),
     };
-    let mut worker = tokio::spawn(work(Arc::clone(&ctx), dokku, work_rx, stop_work.clone(), kill_work.clone()));
+    let mut worker = tokio::spawn(work(
+        Arc::clone(&ctx),
+        dokku,
+        work_rx,
+        stop_work.clone(),
+        kill_work.clone(),
+    ));
     let mut link = tokio::spawn(link::run(Arc::clone(&ctx), work_tx, stop_link.clone()));
 
     tokio::select! {
@@ -112,16 +121,25 @@ pub async fn run(config: RunConfig, shutdown: impl std::future::Future<Output = 
     //    command finish within the grace period, then kill it.
     stop_link.cancel();
     stop_work.cancel();
-    if tokio::time::timeout(Duration::from_secs(5), &mut link).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(5), &mut link)
+        .await
+        .is_err()
+    {
         link.abort();
     }
-    if !worker.is_finished() {
-        if tokio::time::timeout(config.shutdown_grace, &mut worker).await.is_err() {
-            tracing::warn!("running command did not finish in time; killing it");
-            kill_work.cancel();
-            if tokio::time::timeout(Duration::from_secs(10), &mut worker).await.is_err() {
-                worker.abort();
-            }
+    // (`is_finished` first: the handle may already have been awaited above.)
+    if !worker.is_finished()
+        && tokio::time::timeout(config.shutdown_grace, &mut worker)
+            .await
+            .is_err()
+    {
+        tracing::warn!("running command did not finish in time; killing it");
+        kill_work.cancel();
+        if tokio::time::timeout(Duration::from_secs(10), &mut worker)
+            .await
+            .is_err()
+        {
+            worker.abort();
         }
     }
     ctx.spool.flush().await?;

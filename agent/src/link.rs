@@ -37,7 +37,11 @@ struct Backoff {
 
 impl Backoff {
     fn new(base: Duration, max: Duration) -> Self {
-        Self { next: base, base, max }
+        Self {
+            next: base,
+            base,
+            max,
+        }
     }
 
     fn reset(&mut self) {

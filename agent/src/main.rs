@@ -21,7 +21,13 @@ struct Args {
     #[arg(long, env = "FLOTILLA_LOG", global = true)]
     log: Option<String>,
     /// Log format.
-    #[arg(long, env = "FLOTILLA_LOG_FORMAT", value_enum, default_value_t, global = true)]
+    #[arg(
+        long,
+        env = "FLOTILLA_LOG_FORMAT",
+        value_enum,
+        default_value_t,
+        global = true
+    )]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Cmd,
@@ -47,12 +53,20 @@ enum Cmd {
         #[arg(long = "label")]
         labels: Vec<String>,
         /// Where the agent keeps its key, certificate and spool.
-        #[arg(long, env = "FLOTILLA_AGENT_DATA_DIR", default_value = "/var/lib/flotilla-agent")]
+        #[arg(
+            long,
+            env = "FLOTILLA_AGENT_DATA_DIR",
+            default_value = "/var/lib/flotilla-agent"
+        )]
         data_dir: PathBuf,
     },
     /// Connect to the coordinator and run the commands it sends, until SIGTERM.
     Run {
-        #[arg(long, env = "FLOTILLA_AGENT_DATA_DIR", default_value = "/var/lib/flotilla-agent")]
+        #[arg(
+            long,
+            env = "FLOTILLA_AGENT_DATA_DIR",
+            default_value = "/var/lib/flotilla-agent"
+        )]
         data_dir: PathBuf,
         /// The dokku executable to run.
         #[arg(long, env = "FLOTILLA_DOKKU_BIN", default_value = "dokku")]

@@ -100,14 +100,18 @@ impl Spool {
     }
 
     fn push(&self, command_id: &str, body: pb::report::Body) -> Result<u64, SpoolError> {
-        let _guard = self.append.lock().map_err(|_| SpoolError::Corrupt("poisoned".into()))?;
+        let _guard = self
+            .append
+            .lock()
+            .map_err(|_| SpoolError::Corrupt("poisoned".into()))?;
         let seq = self.db.generate_id()?;
         let report = pb::Report {
             spool_seq: seq,
             command_id: command_id.to_owned(),
             body: Some(body),
         };
-        self.outgoing.insert(seq.to_be_bytes(), report.encode_to_vec())?;
+        self.outgoing
+            .insert(seq.to_be_bytes(), report.encode_to_vec())?;
         Ok(seq)
     }
 
@@ -131,7 +135,12 @@ impl Spool {
         self.flush().await
     }
 
-    pub fn set_state(&self, command_id: &str, state: CommandState, outcome: Option<&str>) -> Result<(), SpoolError> {
+    pub fn set_state(
+        &self,
+        command_id: &str,
+        state: CommandState,
+        outcome: Option<&str>,
+    ) -> Result<(), SpoolError> {
         if let Some(mut record) = self.command(command_id)? {
             record.state = state;
             record.outcome = outcome.map(str::to_owned);
@@ -154,7 +163,11 @@ impl Spool {
     }
 
     /// Records the result and queues it, durably.
-    pub async fn finish(&self, command_id: &str, result: pb::CommandResult) -> Result<(), SpoolError> {
+    pub async fn finish(
+        &self,
+        command_id: &str,
+        result: pb::CommandResult,
+    ) -> Result<(), SpoolError> {
         let outcome = pb::Outcome::try_from(result.outcome)
             .map(|o| o.as_str_name())
             .unwrap_or("OUTCOME_UNSPECIFIED");
@@ -163,17 +176,26 @@ impl Spool {
         self.flush().await
     }
 
-    pub async fn push_refusal(&self, command_id: &str, refused: pb::Refused) -> Result<(), SpoolError> {
+    pub async fn push_refusal(
+        &self,
+        command_id: &str,
+        refused: pb::Refused,
+    ) -> Result<(), SpoolError> {
         self.push(command_id, pb::report::Body::Refused(refused))?;
         self.flush().await
     }
 
     /// Reports after `after` (exclusive), oldest first, at most `limit`.
-    pub fn pending_after(&self, after: Option<u64>, limit: usize) -> Result<Vec<pb::Report>, SpoolError> {
+    pub fn pending_after(
+        &self,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<pb::Report>, SpoolError> {
         let range = match after {
-            Some(seq) => self
-                .outgoing
-                .range((std::ops::Bound::Excluded(seq.to_be_bytes()), std::ops::Bound::Unbounded)),
+            Some(seq) => self.outgoing.range((
+                std::ops::Bound::Excluded(seq.to_be_bytes()),
+                std::ops::Bound::Unbounded,
+            )),
             None => self.outgoing.range::<[u8; 8], _>(..),
         };
         range

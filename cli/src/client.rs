@@ -31,7 +31,8 @@ fn explain(status: tonic::Status) -> anyhow::Error {
 
 impl Client {
     pub async fn connect(server: &str, ca: &Path, token: String) -> anyhow::Result<Self> {
-        let ca_pem = std::fs::read(ca).with_context(|| format!("read CA certificate {}", ca.display()))?;
+        let ca_pem =
+            std::fs::read(ca).with_context(|| format!("read CA certificate {}", ca.display()))?;
         let host = server
             .strip_prefix("https://")
             .with_context(|| format!("server URL {server:?} must start with https://"))?
@@ -61,7 +62,8 @@ impl Client {
 
     fn req<T>(&self, msg: T) -> tonic::Request<T> {
         let mut req = tonic::Request::new(msg);
-        req.metadata_mut().insert("authorization", self.auth.clone());
+        req.metadata_mut()
+            .insert("authorization", self.auth.clone());
         req
     }
 
@@ -69,7 +71,13 @@ impl Client {
         let req = self.req(pb::ListHostsRequest {
             env: env.unwrap_or_default(),
         });
-        Ok(self.inner.list_hosts(req).await.map_err(explain)?.into_inner().hosts)
+        Ok(self
+            .inner
+            .list_hosts(req)
+            .await
+            .map_err(explain)?
+            .into_inner()
+            .hosts)
     }
 
     pub async fn revoke(&mut self, host_id: &str) -> anyhow::Result<()> {
@@ -80,27 +88,52 @@ impl Client {
         Ok(())
     }
 
-    pub async fn deploy(&mut self, app: &str, env: &str, image: &str) -> anyhow::Result<pb::Deployment> {
+    pub async fn deploy(
+        &mut self,
+        app: &str,
+        env: &str,
+        image: &str,
+    ) -> anyhow::Result<pb::Deployment> {
         let req = self.req(pb::CreateDeploymentRequest {
             app: app.into(),
             env: env.into(),
             image: image.into(),
         });
-        Ok(self.inner.create_deployment(req).await.map_err(explain)?.into_inner())
+        Ok(self
+            .inner
+            .create_deployment(req)
+            .await
+            .map_err(explain)?
+            .into_inner())
     }
 
-    pub async fn rollback(&mut self, app: &str, env: &str, to: Option<&str>) -> anyhow::Result<pb::Deployment> {
+    pub async fn rollback(
+        &mut self,
+        app: &str,
+        env: &str,
+        to: Option<&str>,
+    ) -> anyhow::Result<pb::Deployment> {
         let req = self.req(pb::CreateRollbackRequest {
             app: app.into(),
             env: env.into(),
             to: to.unwrap_or_default().into(),
         });
-        Ok(self.inner.create_rollback(req).await.map_err(explain)?.into_inner())
+        Ok(self
+            .inner
+            .create_rollback(req)
+            .await
+            .map_err(explain)?
+            .into_inner())
     }
 
     pub async fn deployment(&mut self, id: &str) -> anyhow::Result<pb::Deployment> {
         let req = self.req(pb::GetDeploymentRequest { id: id.into() });
-        Ok(self.inner.get_deployment(req).await.map_err(explain)?.into_inner())
+        Ok(self
+            .inner
+            .get_deployment(req)
+            .await
+            .map_err(explain)?
+            .into_inner())
     }
 
     pub async fn deployments(
@@ -114,7 +147,13 @@ impl Client {
             env: env.unwrap_or_default(),
             limit,
         });
-        Ok(self.inner.list_deployments(req).await.map_err(explain)?.into_inner().deployments)
+        Ok(self
+            .inner
+            .list_deployments(req)
+            .await
+            .map_err(explain)?
+            .into_inner()
+            .deployments)
     }
 
     pub async fn releases(&mut self, app: &str, env: &str) -> anyhow::Result<Vec<pb::Release>> {
@@ -122,7 +161,13 @@ impl Client {
             app: app.into(),
             env: env.into(),
         });
-        Ok(self.inner.list_releases(req).await.map_err(explain)?.into_inner().releases)
+        Ok(self
+            .inner
+            .list_releases(req)
+            .await
+            .map_err(explain)?
+            .into_inner()
+            .releases)
     }
 
     pub async fn create_token(&mut self, role: &str, name: Option<&str>) -> anyhow::Result<String> {
@@ -130,14 +175,26 @@ impl Client {
             role: role.into(),
             name: name.unwrap_or_default().into(),
         });
-        Ok(self.inner.create_api_token(req).await.map_err(explain)?.into_inner().token)
+        Ok(self
+            .inner
+            .create_api_token(req)
+            .await
+            .map_err(explain)?
+            .into_inner()
+            .token)
     }
 
     pub async fn create_join_token(&mut self, ttl: Duration) -> anyhow::Result<String> {
         let req = self.req(pb::CreateJoinTokenRequest {
             ttl_seconds: ttl.as_secs().max(1),
         });
-        Ok(self.inner.create_join_token(req).await.map_err(explain)?.into_inner().token)
+        Ok(self
+            .inner
+            .create_join_token(req)
+            .await
+            .map_err(explain)?
+            .into_inner()
+            .token)
     }
 
     /// Prints a deployment's log lines (following it to the end with `follow`).
@@ -198,13 +255,21 @@ impl Client {
 
     /// After `deploy`/`rollback`: print the id (or the status object), and with
     /// `wait` stream the output and return failure if the deployment failed.
-    pub async fn after_create(&mut self, out: Output, d: pb::Deployment, wait: bool) -> anyhow::Result<ExitCode> {
+    pub async fn after_create(
+        &mut self,
+        out: Output,
+        d: pb::Deployment,
+        wait: bool,
+    ) -> anyhow::Result<ExitCode> {
         if !wait {
             match out {
                 Output::Json => output::status(out, &d),
                 Output::Text => {
                     println!("{}", d.id);
-                    eprintln!("{} of {} to {} started; follow it with `flotilla logs {} --follow`", d.kind, d.app, d.env, d.id);
+                    eprintln!(
+                        "{} of {} to {} started; follow it with `flotilla logs {} --follow`",
+                        d.kind, d.app, d.env, d.id
+                    );
                 }
             }
             return Ok(ExitCode::SUCCESS);
@@ -214,8 +279,10 @@ impl Client {
         }
         // In JSON mode stdout carries only the final object; progress goes to stderr.
         let to_stderr = out == Output::Json;
-        self.stream_logs(&d.id, true, |line| output::log_line(Output::Text, line, to_stderr))
-            .await?;
+        self.stream_logs(&d.id, true, |line| {
+            output::log_line(Output::Text, line, to_stderr)
+        })
+        .await?;
         let final_state = self.deployment(&d.id).await?;
         output::status(out, &final_state);
         Ok(if final_state.state == "succeeded" {

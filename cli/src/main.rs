@@ -24,7 +24,13 @@ struct Args {
     #[arg(long, env = "FLOTILLA_TOKEN_FILE", global = true)]
     token_file: Option<PathBuf>,
     /// The API token itself; prefer the FLOTILLA_TOKEN variable or --token-file.
-    #[arg(long = "token", env = "FLOTILLA_TOKEN", hide_env_values = true, hide = true, global = true)]
+    #[arg(
+        long = "token",
+        env = "FLOTILLA_TOKEN",
+        hide_env_values = true,
+        hide = true,
+        global = true
+    )]
     token: Option<String>,
     /// CA certificate that signed the coordinator's certificate (the server's DIR/ca.pem).
     #[arg(long, env = "FLOTILLA_CA_CERT", global = true)]
@@ -134,7 +140,10 @@ enum JoinTokenCmd {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start runtime: {e}");
@@ -162,9 +171,9 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let server = args
         .server
         .context("no coordinator: set FLOTILLA_SERVER or pass --server https://HOST:PORT")?;
-    let ca = args
-        .ca_cert
-        .context("no CA certificate: set FLOTILLA_CA_CERT or pass --ca-cert (the server's ca.pem)")?;
+    let ca = args.ca_cert.context(
+        "no CA certificate: set FLOTILLA_CA_CERT or pass --ca-cert (the server's ca.pem)",
+    )?;
     let mut client = Client::connect(&server, &ca, token).await?;
     let out = args.output;
     match args.command {

@@ -7,11 +7,18 @@ use serde_json::{Value, json};
 use crate::Output;
 
 fn ts(ms: i64) -> Value {
-    if ms > 0 { Value::String(format_ms(ms)) } else { Value::Null }
+    if ms > 0 {
+        Value::String(format_ms(ms))
+    } else {
+        Value::Null
+    }
 }
 
 fn print_json(value: &Value) {
-    println!("{}", serde_json::to_string_pretty(value).unwrap_or_else(|_| "null".into()));
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_else(|_| "null".into())
+    );
 }
 
 pub fn deployment_json(d: &pb::Deployment) -> Value {
@@ -60,7 +67,10 @@ pub fn hosts(out: Output, hosts: &[pb::Host]) {
         eprintln!("no hosts yet; join one with `flotilla-agent join`");
         return;
     }
-    println!("{:<20} {:<12} {:<10} {:<22} {:<8} LABELS", "HOST", "ENV", "STATUS", "LAST SEEN", "VERSION");
+    println!(
+        "{:<20} {:<12} {:<10} {:<22} {:<8} LABELS",
+        "HOST", "ENV", "STATUS", "LAST SEEN", "VERSION"
+    );
     for h in hosts {
         let status = if h.revoked {
             "revoked"
@@ -87,16 +97,36 @@ pub fn status(out: Output, d: &pb::Deployment) {
     if out == Output::Json {
         return print_json(&deployment_json(d));
     }
-    println!("deployment {}: {} {} → {} in {}: {}", d.id, d.kind, d.app, d.image, d.env, d.state);
-    println!("  created {} by {}{}", format_ms(d.created_at_ms), d.created_by,
-        if d.finished_at_ms > 0 { format!(", finished {}", format_ms(d.finished_at_ms)) } else { String::new() });
+    println!(
+        "deployment {}: {} {} → {} in {}: {}",
+        d.id, d.kind, d.app, d.image, d.env, d.state
+    );
+    println!(
+        "  created {} by {}{}",
+        format_ms(d.created_at_ms),
+        d.created_by,
+        if d.finished_at_ms > 0 {
+            format!(", finished {}", format_ms(d.finished_at_ms))
+        } else {
+            String::new()
+        }
+    );
     if !d.error.is_empty() {
         println!("  error: {}", d.error);
     }
-    println!("  {:<20} {:<10} {:<5} {:<40} ERROR", "HOST", "STATE", "EXIT", "IMAGE");
+    println!(
+        "  {:<20} {:<10} {:<5} {:<40} ERROR",
+        "HOST", "STATE", "EXIT", "IMAGE"
+    );
     for h in &d.hosts {
-        let exit = h.exit_code.map(|c| c.to_string()).unwrap_or_else(|| "-".into());
-        println!("  {:<20} {:<10} {:<5} {:<40} {}", h.host_id, h.state, exit, h.image, h.error);
+        let exit = h
+            .exit_code
+            .map(|c| c.to_string())
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "  {:<20} {:<10} {:<5} {:<40} {}",
+            h.host_id, h.state, exit, h.image, h.error
+        );
     }
 }
 
@@ -104,9 +134,21 @@ pub fn deployments(out: Output, list: &[pb::Deployment]) {
     if out == Output::Json {
         return print_json(&Value::Array(list.iter().map(deployment_json).collect()));
     }
-    println!("{:<38} {:<9} {:<20} {:<12} {:<10} {:<21} IMAGE", "ID", "KIND", "APP", "ENV", "STATE", "CREATED");
+    println!(
+        "{:<38} {:<9} {:<20} {:<12} {:<10} {:<21} IMAGE",
+        "ID", "KIND", "APP", "ENV", "STATE", "CREATED"
+    );
     for d in list {
-        println!("{:<38} {:<9} {:<20} {:<12} {:<10} {:<21} {}", d.id, d.kind, d.app, d.env, d.state, format_ms(d.created_at_ms), d.image);
+        println!(
+            "{:<38} {:<9} {:<20} {:<12} {:<10} {:<21} {}",
+            d.id,
+            d.kind,
+            d.app,
+            d.env,
+            d.state,
+            format_ms(d.created_at_ms),
+            d.image
+        );
     }
 }
 
@@ -132,9 +174,19 @@ pub fn releases(out: Output, list: &[pb::Release]) {
         eprintln!("no releases yet");
         return;
     }
-    println!("{:<8} {:<9} {:<21} {:<38} IMAGE", "RELEASE", "KIND", "CREATED", "DEPLOYMENT");
+    println!(
+        "{:<8} {:<9} {:<21} {:<38} IMAGE",
+        "RELEASE", "KIND", "CREATED", "DEPLOYMENT"
+    );
     for r in list.iter().rev() {
-        println!("v{:<7} {:<9} {:<21} {:<38} {}", r.number, r.kind, format_ms(r.created_at_ms), r.deployment_id, r.image);
+        println!(
+            "v{:<7} {:<9} {:<21} {:<38} {}",
+            r.number,
+            r.kind,
+            format_ms(r.created_at_ms),
+            r.deployment_id,
+            r.image
+        );
     }
 }
 

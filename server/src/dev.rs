@@ -93,25 +93,49 @@ pub async fn run_dev(
     }));
 
     let mut agents = Agents::default();
-    let result = start_agents(&opts, &root, &url, &tokens, &agent_bin, &dokku_bin, &mut agents).await;
+    let result = start_agents(
+        &opts,
+        &root,
+        &url,
+        &tokens,
+        &agent_bin,
+        &dokku_bin,
+        &mut agents,
+    )
+    .await;
     if result.is_ok() {
         let admin_token = std::fs::read_to_string(dir.admin_token())?;
-        println!("Flotilla dev fleet is up: coordinator on {url}, {} agent(s) in env {:?}.", opts.agents, opts.env.as_str());
+        println!(
+            "Flotilla dev fleet is up: coordinator on {url}, {} agent(s) in env {:?}.",
+            opts.agents,
+            opts.env.as_str()
+        );
         println!("State and logs: {}", root.display());
         println!();
         println!("Point the CLI at it (in another shell):");
+        if let Some(bin_dir) = agent_bin.parent() {
+            println!("  export PATH={}:$PATH", bin_dir.display());
+        }
         println!("  export FLOTILLA_SERVER={url}");
         println!("  export FLOTILLA_CA_CERT={}", dir.ca_cert().display());
         println!("  export FLOTILLA_TOKEN={}", admin_token.trim());
         println!();
         println!("Then try:");
         println!("  flotilla hosts");
-        println!("  flotilla deploy hello --image nginx:1.27 --env {} --wait", opts.env);
-        println!("  flotilla deploy hello --image nginx:1.28 --env {} --wait", opts.env);
+        println!(
+            "  flotilla deploy hello --image nginx:1.27 --env {} --wait",
+            opts.env
+        );
+        println!(
+            "  flotilla deploy hello --image nginx:1.28 --env {} --wait",
+            opts.env
+        );
         println!("  flotilla rollback hello --env {} --wait", opts.env);
         println!("  flotilla releases hello --env {}", opts.env);
         println!();
-        println!("(fake-dokku fails images whose name contains `unhealthy` or `missing`.) Ctrl-C stops everything.");
+        println!(
+            "(fake-dokku fails images whose name contains `unhealthy` or `missing`.) Ctrl-C stops everything."
+        );
         tokio::select! {
             () = shutdown => {}
             res = agents.any_exited() => eprintln!("an agent exited ({res}); stopping the dev fleet"),
@@ -145,7 +169,14 @@ async fn start_agents(
         let log = std::fs::File::create(agent_dir.join("agent.log"))?;
         let status = Command::new(agent_bin)
             .arg("join")
-            .args(["--server", url, "--host-id", &host_id, "--env", opts.env.as_str()])
+            .args([
+                "--server",
+                url,
+                "--host-id",
+                &host_id,
+                "--env",
+                opts.env.as_str(),
+            ])
             .args(["--label", &format!("slot={}", i + 1)])
             .arg("--data-dir")
             .arg(agent_dir.join("agent"))
@@ -156,7 +187,10 @@ async fn start_agents(
             .await
             .context("run flotilla-agent join")?;
         if !status.success() {
-            bail!("flotilla-agent join for {host_id} failed; see {}", agent_dir.join("agent.log").display());
+            bail!(
+                "flotilla-agent join for {host_id} failed; see {}",
+                agent_dir.join("agent.log").display()
+            );
         }
         let child = Command::new(agent_bin)
             .arg("run")
@@ -212,7 +246,10 @@ impl Agents {
             }
         }
         let all = async { while self.tasks.join_next().await.is_some() {} };
-        if tokio::time::timeout(Duration::from_secs(10), all).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(10), all)
+            .await
+            .is_err()
+        {
             eprintln!("some agents did not stop on SIGTERM within 10s; killing them");
             self.tasks.abort_all();
         }

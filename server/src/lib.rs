@@ -74,14 +74,22 @@ pub async fn run(
     let dir = &config.data_dir;
     let tls = ServerTls::load(dir)?;
     let ca = Ca::load(dir)?;
-    let signing_key = config.signing_key.clone().unwrap_or_else(|| dir.signing_key());
+    let signing_key = config
+        .signing_key
+        .clone()
+        .unwrap_or_else(|| dir.signing_key());
     let signer = pki::load_signer(&signing_key)?;
     let store = Store::open(&dir.state())
         .with_context(|| format!("open store {}", dir.state().display()))?;
     let sessions = Arc::new(Sessions::default());
     tracing::info!(key_id = %signer.key_id(), "command signing key loaded");
     let coordinator = Arc::new(Coordinator {
-        rollout: Engine::new(store.clone(), signer, Arc::clone(&sessions), config.command_ttl),
+        rollout: Engine::new(
+            store.clone(),
+            signer,
+            Arc::clone(&sessions),
+            config.command_ttl,
+        ),
         store,
         sessions,
         ca,
@@ -132,7 +140,10 @@ pub async fn run(
 
     // 5. Stop background tasks (bounded), then make state durable.
     cancel.cancel();
-    if tokio::time::timeout(config.shutdown_grace, sweeper).await.is_err() {
+    if tokio::time::timeout(config.shutdown_grace, sweeper)
+        .await
+        .is_err()
+    {
         tracing::warn!("sweeper did not stop in time");
     }
     coordinator.store.flush().await.context("flush store")?;

@@ -21,7 +21,13 @@ struct Args {
     #[arg(long, env = "FLOTILLA_LOG", global = true)]
     log: Option<String>,
     /// Log format.
-    #[arg(long, env = "FLOTILLA_LOG_FORMAT", value_enum, default_value_t, global = true)]
+    #[arg(
+        long,
+        env = "FLOTILLA_LOG_FORMAT",
+        value_enum,
+        default_value_t,
+        global = true
+    )]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Cmd,

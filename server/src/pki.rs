@@ -112,7 +112,12 @@ pub struct InitOutput {
 /// `localhost`, `127.0.0.1`), command-signing key, admin token (hashed in the
 /// store, the secret in `admin.token`, mode 0600). Refuses an initialised directory.
 pub fn init(dir: &DataDir, server_names: &[String]) -> anyhow::Result<InitOutput> {
-    for existing in [dir.ca_cert(), dir.signing_key(), dir.admin_token(), dir.state()] {
+    for existing in [
+        dir.ca_cert(),
+        dir.signing_key(),
+        dir.admin_token(),
+        dir.state(),
+    ] {
         if existing.exists() {
             bail!(
                 "{} is already initialised ({} exists); refusing to overwrite it",
@@ -218,7 +223,11 @@ impl Ca {
 
     /// Issues a client certificate for `host_id` using only the public key of
     /// the CSR: names, usages and lifetime are the coordinator's, not the agent's.
-    pub fn issue_agent_cert(&self, csr_pem: &str, host_id: &HostId) -> anyhow::Result<(String, i64)> {
+    pub fn issue_agent_cert(
+        &self,
+        csr_pem: &str,
+        host_id: &HostId,
+    ) -> anyhow::Result<(String, i64)> {
         let csr = CertificateSigningRequestParams::from_pem(csr_pem).context("parse CSR")?;
         let mut params = CertificateParams::default();
         params.distinguished_name = rcgen::DistinguishedName::new();
@@ -261,5 +270,6 @@ impl ServerTls {
 /// Loads the command-signing key from `path`.
 pub fn load_signer(path: &Path) -> anyhow::Result<CommandSigner> {
     let pem = read(path)?;
-    CommandSigner::from_pkcs8_pem(&pem).with_context(|| format!("load signing key {}", path.display()))
+    CommandSigner::from_pkcs8_pem(&pem)
+        .with_context(|| format!("load signing key {}", path.display()))
 }

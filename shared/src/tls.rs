@@ -106,7 +106,9 @@ pub fn host_id_from_cert(der: &[u8]) -> Result<HostId, TlsError> {
             return HostId::parse(*dns).map_err(|e| TlsError::Parse(e.to_string()));
         }
     }
-    Err(TlsError::Parse("certificate has no DNS subjectAltName".into()))
+    Err(TlsError::Parse(
+        "certificate has no DNS subjectAltName".into(),
+    ))
 }
 
 /// `notAfter` of a certificate, in milliseconds since the epoch.
@@ -150,11 +152,7 @@ pub async fn probe_server_chain(
             addr: addr.to_owned(),
             source,
         })?;
-    let chain = recorder
-        .chain
-        .lock()
-        .map(|c| c.clone())
-        .unwrap_or_default();
+    let chain = recorder.chain.lock().map(|c| c.clone()).unwrap_or_default();
     Ok(chain)
 }
 

@@ -100,7 +100,11 @@ mod tests {
             &format!("fltjoin1.{}.{}", "a".repeat(43), "z".repeat(64)),
             &format!("fltjoin1.{}.{}.x", "a".repeat(43), "a".repeat(64)),
         ] {
-            assert_eq!(bad.parse::<JoinToken>(), Err(TokenError::JoinFormat), "{bad}");
+            assert_eq!(
+                bad.parse::<JoinToken>(),
+                Err(TokenError::JoinFormat),
+                "{bad}"
+            );
         }
     }
 

@@ -16,11 +16,16 @@ fn deploy_then_rollback_returns_every_host_to_the_previous_release() {
     let (ok, v2) = deploy_wait(s, "shop", "registry.example.com/shop:2.0.0");
     assert!(ok, "{v2}");
     for host in &f.hosts {
-        assert_eq!(host.deployed_image("shop").unwrap(), "registry.example.com/shop:2.0.0");
+        assert_eq!(
+            host.deployed_image("shop").unwrap(),
+            "registry.example.com/shop:2.0.0"
+        );
     }
 
     let out = s
-        .cli(&["rollback", "shop", "--env", "prod", "--wait", "--output", "json"])
+        .cli(&[
+            "rollback", "shop", "--env", "prod", "--wait", "--output", "json",
+        ])
         .unwrap();
     assert!(out.status.success(), "{}", flotilla_tests::text(&out));
     let rb: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -29,7 +34,10 @@ fn deploy_then_rollback_returns_every_host_to_the_previous_release() {
     assert_eq!(rb["image"], "registry.example.com/shop:1.0.0");
     assert_eq!(rb["target_release"], 1);
     for (host, status) in f.hosts.iter().zip(rb["hosts"].as_array().unwrap()) {
-        assert_eq!(host.deployed_image("shop").unwrap(), "registry.example.com/shop:1.0.0");
+        assert_eq!(
+            host.deployed_image("shop").unwrap(),
+            "registry.example.com/shop:1.0.0"
+        );
         assert_eq!(status["host_id"], host.host_id);
         assert_eq!(status["state"], "succeeded");
         assert_eq!(status["exit_code"], 0);
@@ -54,10 +62,15 @@ fn deploy_then_rollback_returns_every_host_to_the_previous_release() {
     );
 
     // Rolling back again returns to 2.0.0; an explicit --to works too.
-    let out = s.cli(&["rollback", "shop", "--env", "prod", "--to", "2", "--wait"]).unwrap();
+    let out = s
+        .cli(&["rollback", "shop", "--env", "prod", "--to", "2", "--wait"])
+        .unwrap();
     assert!(out.status.success(), "{}", flotilla_tests::text(&out));
     for host in &f.hosts {
-        assert_eq!(host.deployed_image("shop").unwrap(), "registry.example.com/shop:2.0.0");
+        assert_eq!(
+            host.deployed_image("shop").unwrap(),
+            "registry.example.com/shop:2.0.0"
+        );
     }
     let deployments = s.json(&["deployments", "--app", "shop"]).unwrap();
     assert_eq!(deployments.as_array().unwrap().len(), 4);
@@ -73,13 +86,24 @@ fn same_image_again_is_already_at_that_release() {
     assert!(ok, "{again}");
     assert_eq!(again["hosts"][0]["state"], "succeeded");
     assert_eq!(again["hosts"][0]["exit_code"], 1);
-    assert_eq!(f.hosts[0].invocations(&["git:from-image", "api", "acme/api:7"]).unwrap(), 2);
-    let log = f.server.cli(&["logs", again["id"].as_str().unwrap()]).unwrap();
+    assert_eq!(
+        f.hosts[0]
+            .invocations(&["git:from-image", "api", "acme/api:7"])
+            .unwrap(),
+        2
+    );
+    let log = f
+        .server
+        .cli(&["logs", again["id"].as_str().unwrap()])
+        .unwrap();
     let log = flotilla_tests::text(&log);
     assert!(log.contains("No changes detected"), "{log}");
     assert!(log.contains("already at acme/api:7"), "{log}");
     // No duplicate release for a no-op deploy.
-    let releases = f.server.json(&["releases", "api", "--env", "prod"]).unwrap();
+    let releases = f
+        .server
+        .json(&["releases", "api", "--env", "prod"])
+        .unwrap();
     assert_eq!(releases.as_array().unwrap().len(), 1);
 }
 
@@ -97,16 +121,26 @@ fn unhealthy_deploy_fails_shows_dokku_output_and_keeps_the_old_release() {
     assert_eq!(hosts[0]["state"], "failed");
     assert_eq!(hosts[0]["exit_code"], 1);
     let error = hosts[0]["error"].as_str().unwrap();
-    assert!(error.contains("Could not start due to 1 failed checks"), "{error}");
+    assert!(
+        error.contains("Could not start due to 1 failed checks"),
+        "{error}"
+    );
     // Stops at the first failure: the second host was never touched.
     assert_eq!(hosts[1]["state"], "pending");
-    assert_eq!(f.hosts[1].invocations(&["git:from-image", "blog", "acme/blog:2-unhealthy"]).unwrap(), 0);
+    assert_eq!(
+        f.hosts[1]
+            .invocations(&["git:from-image", "blog", "acme/blog:2-unhealthy"])
+            .unwrap(),
+        0
+    );
 
     // The Dokku output is in `flotilla logs`, in order.
     let out = s.cli(&["logs", status["id"].as_str().unwrap()]).unwrap();
     let log = String::from_utf8(out.stdout).unwrap();
     let checks = log.find("Running healthcheck").expect(&log);
-    let failed = log.find("Could not start due to 1 failed checks").expect(&log);
+    let failed = log
+        .find("Could not start due to 1 failed checks")
+        .expect(&log);
     assert!(checks < failed, "{log}");
     assert!(log.lines().all(|l| l.starts_with("[web-1] ")), "{log}");
 
@@ -117,7 +151,13 @@ fn unhealthy_deploy_fails_shows_dokku_output_and_keeps_the_old_release() {
     // A failed pull fails too, with Dokku's message.
     let (ok, status) = deploy_wait(s, "blog", "acme/missing:3");
     assert!(!ok);
-    assert!(status["hosts"][0]["error"].as_str().unwrap().contains("Failed to pull image"), "{status}");
+    assert!(
+        status["hosts"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("Failed to pull image"),
+        "{status}"
+    );
     // The failed attempts did not become releases.
     let releases = s.json(&["releases", "blog", "--env", "prod"]).unwrap();
     assert_eq!(releases.as_array().unwrap().len(), 1);
@@ -128,15 +168,34 @@ fn one_active_deployment_per_app_and_environment() {
     let f = fleet(1);
     let s = &f.server;
     // `hang` makes fake-dokku wait for a release file, so the first deploy stays active.
-    let out = s.cli(&["deploy", "svc", "--image", "acme/svc:hang-1", "--env", "prod"]).unwrap();
+    let out = s
+        .cli(&[
+            "deploy",
+            "svc",
+            "--image",
+            "acme/svc:hang-1",
+            "--env",
+            "prod",
+        ])
+        .unwrap();
     assert!(out.status.success(), "{}", flotilla_tests::text(&out));
-    let first = String::from_utf8(out.stdout).unwrap().lines().next().unwrap().to_owned();
+    let first = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .to_owned();
     f.agents[0].log.wait_for("command accepted").unwrap();
 
-    let out = s.cli(&["deploy", "svc", "--image", "acme/svc:2", "--env", "prod"]).unwrap();
+    let out = s
+        .cli(&["deploy", "svc", "--image", "acme/svc:2", "--env", "prod"])
+        .unwrap();
     assert!(!out.status.success());
     let msg = flotilla_tests::text(&out);
-    assert!(msg.contains(&first) && msg.contains("still in progress"), "{msg}");
+    assert!(
+        msg.contains(&first) && msg.contains("still in progress"),
+        "{msg}"
+    );
 
     let release = f.hosts[0].dokku_root.join(".fake-dokku/release");
     std::fs::write(&release, "").unwrap();

@@ -3,6 +3,9 @@
 //!
 //! Needs the workspace binaries: `cargo build --workspace` first (scripts/test does).
 
+// The whole binary is test code: helpers panic on setup failures, like tests do.
+#![allow(clippy::unwrap_used)]
+
 mod deploy;
 mod restart;
 mod trust;
@@ -39,9 +42,15 @@ pub fn fleet(n: usize) -> Fleet {
 /// `flotilla deploy APP --image IMAGE --env prod --wait --output json` → (success, status object).
 pub fn deploy_wait(server: &Server, app: &str, image: &str) -> (bool, serde_json::Value) {
     let out = server
-        .cli(&["deploy", app, "--image", image, "--env", "prod", "--wait", "--output", "json"])
+        .cli(&[
+            "deploy", app, "--image", image, "--env", "prod", "--wait", "--output", "json",
+        ])
         .unwrap();
-    let status: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("deploy printed no JSON ({e}): {}", flotilla_tests::text(&out)));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "deploy printed no JSON ({e}): {}",
+            flotilla_tests::text(&out)
+        )
+    });
     (out.status.success(), status)
 }

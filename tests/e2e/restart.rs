@@ -25,36 +25,88 @@ fn wait_for_log_line(server: &Server, id: &str, needle: &str) {
 fn an_agent_killed_mid_command_reports_it_interrupted_and_never_reruns_anything() {
     let mut f = fleet(2);
     let s = &f.server;
-    let out = s.cli(&["deploy", "shop", "--image", "acme/shop:1", "--env", "prod", "--wait"]).unwrap();
+    let out = s
+        .cli(&[
+            "deploy",
+            "shop",
+            "--image",
+            "acme/shop:1",
+            "--env",
+            "prod",
+            "--wait",
+        ])
+        .unwrap();
     assert!(out.status.success(), "{}", text(&out));
 
     // A deploy that blocks inside dokku until released.
-    let out = s.cli(&["deploy", "shop", "--image", "acme/shop:2-hang", "--env", "prod"]).unwrap();
-    let id = String::from_utf8(out.stdout).unwrap().lines().next().unwrap().to_owned();
+    let out = s
+        .cli(&[
+            "deploy",
+            "shop",
+            "--image",
+            "acme/shop:2-hang",
+            "--env",
+            "prod",
+        ])
+        .unwrap();
+    let id = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .to_owned();
     wait_for_log_line(s, &id, "(fake-dokku) waiting for");
 
     // kill -9 the agent and its dokku child (as systemd would), then restart it.
     f.agents[0].kill9();
     f.agents[0] = f.hosts[0].start().unwrap();
-    f.agents[0].log.wait_for("interrupted by a restart").unwrap();
+    f.agents[0]
+        .log
+        .wait_for("interrupted by a restart")
+        .unwrap();
     let out = s.cli(&["logs", &id, "--follow"]).unwrap();
     assert!(out.status.success());
 
     let status = s.json(&["status", &id]).unwrap();
     assert_eq!(status["state"], "failed", "{status}");
     let error = status["hosts"][0]["error"].as_str().unwrap();
-    assert!(error.contains("interrupted") && error.contains("not re-run"), "{error}");
+    assert!(
+        error.contains("interrupted") && error.contains("not re-run"),
+        "{error}"
+    );
     assert_eq!(status["hosts"][1]["state"], "pending");
 
     // Restart once more: still nothing re-runs.
     f.agents[0].terminate().unwrap();
     f.agents[0] = f.hosts[0].start().unwrap();
-    let out = s.cli(&["deploy", "shop", "--image", "acme/shop:3", "--env", "prod", "--wait"]).unwrap();
+    let out = s
+        .cli(&[
+            "deploy",
+            "shop",
+            "--image",
+            "acme/shop:3",
+            "--env",
+            "prod",
+            "--wait",
+        ])
+        .unwrap();
     assert!(out.status.success(), "{}", text(&out));
     let h = &f.hosts[0];
-    assert_eq!(h.invocations(&["git:from-image", "shop", "acme/shop:1"]).unwrap(), 1);
-    assert_eq!(h.invocations(&["git:from-image", "shop", "acme/shop:2-hang"]).unwrap(), 1);
-    assert_eq!(h.invocations(&["git:from-image", "shop", "acme/shop:3"]).unwrap(), 1);
+    assert_eq!(
+        h.invocations(&["git:from-image", "shop", "acme/shop:1"])
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        h.invocations(&["git:from-image", "shop", "acme/shop:2-hang"])
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        h.invocations(&["git:from-image", "shop", "acme/shop:3"])
+            .unwrap(),
+        1
+    );
     assert_eq!(h.deployed_image("shop").unwrap(), "acme/shop:3");
 }
 
@@ -68,9 +120,21 @@ fn a_coordinator_killed_mid_deployment_resumes_without_losing_or_repeating_anyth
     });
     let out = f
         .server
-        .cli(&["deploy", "api", "--image", "acme/api:1-hang", "--env", "prod"])
+        .cli(&[
+            "deploy",
+            "api",
+            "--image",
+            "acme/api:1-hang",
+            "--env",
+            "prod",
+        ])
         .unwrap();
-    let id = String::from_utf8(out.stdout).unwrap().lines().next().unwrap().to_owned();
+    let id = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .to_owned();
     wait_for_log_line(&f.server, &id, "(fake-dokku) waiting for");
 
     f.server.proc.kill9();
@@ -82,14 +146,24 @@ fn a_coordinator_killed_mid_deployment_resumes_without_losing_or_repeating_anyth
     let before = f.agents[0].log.len();
     let addr = f.server.addr.clone();
     f.server = Server::start(&f.server.data_dir, &addr, &[]).unwrap();
-    f.agents[0].log.wait_for_from("session established", before).unwrap();
-    let out = f.server.cli(&["logs", &id, "--follow", "--output", "json"]).unwrap();
+    f.agents[0]
+        .log
+        .wait_for_from("session established", before)
+        .unwrap();
+    let out = f
+        .server
+        .cli(&["logs", &id, "--follow", "--output", "json"])
+        .unwrap();
     assert!(out.status.success(), "{}", text(&out));
 
     let status = f.server.json(&["status", &id]).unwrap();
     assert_eq!(status["state"], "succeeded", "{status}");
     for host in &f.hosts {
-        assert_eq!(host.invocations(&["git:from-image", "api", "acme/api:1-hang"]).unwrap(), 1);
+        assert_eq!(
+            host.invocations(&["git:from-image", "api", "acme/api:1-hang"])
+                .unwrap(),
+            1
+        );
         assert_eq!(host.deployed_image("api").unwrap(), "acme/api:1-hang");
     }
     // Every line once, in order, per host.

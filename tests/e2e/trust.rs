@@ -15,27 +15,47 @@ fn join_tokens_are_single_use_and_host_ids_unique() {
     let (_, out) = Host::join_with(f.root.path(), s, &token, "web-3", "prod").unwrap();
     assert!(!out.status.success());
     let msg = text(&out);
-    assert!(msg.contains("join token was already used by host web-2"), "{msg}");
+    assert!(
+        msg.contains("join token was already used by host web-2"),
+        "{msg}"
+    );
 
     let fresh = s.join_token().unwrap();
     let (_, out) = Host::join_with(f.root.path(), s, &fresh, "web-1", "prod").unwrap();
     assert!(!out.status.success());
-    assert!(text(&out).contains("host id web-1 is already registered"), "{}", text(&out));
+    assert!(
+        text(&out).contains("host id web-1 is already registered"),
+        "{}",
+        text(&out)
+    );
     // That refusal did not burn the token.
     let (_, out) = Host::join_with(f.root.path(), s, &fresh, "web-4", "prod").unwrap();
     assert!(out.status.success(), "{}", text(&out));
 
     let (_, out) = Host::join_with(f.root.path(), s, "fltjoin1.nonsense", "web-5", "prod").unwrap();
     assert!(!out.status.success());
-    assert!(text(&out).contains("not a Flotilla join token"), "{}", text(&out));
+    assert!(
+        text(&out).contains("not a Flotilla join token"),
+        "{}",
+        text(&out)
+    );
 
     let hosts = s.json(&["hosts"]).unwrap();
-    let ids: Vec<&str> = hosts.as_array().unwrap().iter().map(|h| h["host_id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> = hosts
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["host_id"].as_str().unwrap())
+        .collect();
     assert_eq!(ids, ["web-1", "web-2", "web-4"]);
     let web1 = &hosts[0];
     assert_eq!(web1["connected"], true);
     assert_eq!(web1["env"], "prod");
-    assert!(web1["last_seen"].is_string() && web1["agent_version"].is_string() && web1["labels"].is_object());
+    assert!(
+        web1["last_seen"].is_string()
+            && web1["agent_version"].is_string()
+            && web1["labels"].is_object()
+    );
     assert_eq!(hosts[1]["connected"], false);
 }
 
@@ -52,15 +72,31 @@ fn a_coordinator_with_another_signing_key_cannot_make_an_agent_run_anything() {
     f.server.proc.terminate().unwrap();
     let sessions_before = f.agents[0].log.len();
     let addr = f.server.addr.clone();
-    f.server = Server::start(&f.server.data_dir, &addr, &["--signing-key", rogue.to_str().unwrap()]).unwrap();
-    f.agents[0].log.wait_for_from("session established", sessions_before).unwrap();
+    f.server = Server::start(
+        &f.server.data_dir,
+        &addr,
+        &["--signing-key", rogue.to_str().unwrap()],
+    )
+    .unwrap();
+    f.agents[0]
+        .log
+        .wait_for_from("session established", sessions_before)
+        .unwrap();
 
     let (ok, status) = deploy_wait(&f.server, "shop", "acme/shop:2");
     assert!(!ok);
     let error = status["hosts"][0]["error"].as_str().unwrap();
-    assert!(error.contains("refused by the agent: unknown signing key"), "{error}");
+    assert!(
+        error.contains("refused by the agent: unknown signing key"),
+        "{error}"
+    );
     assert!(f.agents[0].log.contains("command refused"));
-    assert_eq!(f.hosts[0].invocations(&["git:from-image", "shop", "acme/shop:2"]).unwrap(), 0);
+    assert_eq!(
+        f.hosts[0]
+            .invocations(&["git:from-image", "shop", "acme/shop:2"])
+            .unwrap(),
+        0
+    );
     assert_eq!(f.hosts[0].deployed_image("shop").unwrap(), "acme/shop:1");
 }
 
@@ -69,7 +105,16 @@ fn api_tokens_have_roles() {
     let f = fleet(1);
     let s = &f.server;
     let token = |role: &str| {
-        let out = s.cli(&["token", "create", "--role", role, "--name", &format!("{role}-t")]).unwrap();
+        let out = s
+            .cli(&[
+                "token",
+                "create",
+                "--role",
+                role,
+                "--name",
+                &format!("{role}-t"),
+            ])
+            .unwrap();
         assert!(out.status.success(), "{}", text(&out));
         String::from_utf8(out.stdout).unwrap().trim().to_owned()
     };
@@ -78,25 +123,60 @@ fn api_tokens_have_roles() {
 
     let out = flotilla_tests::run(s.cli_as(&viewer, &["hosts"])).unwrap();
     assert!(out.status.success(), "{}", text(&out));
-    let out = flotilla_tests::run(s.cli_as(&viewer, &["deploy", "app", "--image", "a/b:1", "--env", "prod"])).unwrap();
+    let out = flotilla_tests::run(s.cli_as(
+        &viewer,
+        &["deploy", "app", "--image", "a/b:1", "--env", "prod"],
+    ))
+    .unwrap();
     assert!(!out.status.success());
-    assert!(text(&out).contains("permission denied: token \"viewer-t\" has role viewer; this needs deployer"), "{}", text(&out));
+    assert!(
+        text(&out)
+            .contains("permission denied: token \"viewer-t\" has role viewer; this needs deployer"),
+        "{}",
+        text(&out)
+    );
 
-    let out = flotilla_tests::run(s.cli_as(&deployer, &["deploy", "app", "--image", "a/b:1", "--env", "prod", "--wait"])).unwrap();
+    let out = flotilla_tests::run(s.cli_as(
+        &deployer,
+        &[
+            "deploy", "app", "--image", "a/b:1", "--env", "prod", "--wait",
+        ],
+    ))
+    .unwrap();
     assert!(out.status.success(), "{}", text(&out));
-    let out = flotilla_tests::run(s.cli_as(&deployer, &["token", "create", "--role", "admin"])).unwrap();
+    let out =
+        flotilla_tests::run(s.cli_as(&deployer, &["token", "create", "--role", "admin"])).unwrap();
     assert!(!out.status.success());
     assert!(text(&out).contains("this needs admin"), "{}", text(&out));
 
     let out = flotilla_tests::run(s.cli_as("flt_wrong", &["hosts"])).unwrap();
     assert!(!out.status.success());
-    assert!(text(&out).contains("authentication failed: invalid API token"), "{}", text(&out));
+    assert!(
+        text(&out).contains("authentication failed: invalid API token"),
+        "{}",
+        text(&out)
+    );
 
     // Bad input is refused with the rule, never reaching an agent.
-    let out = s.cli(&["deploy", "app;rm -rf /", "--image", "a/b:1", "--env", "prod"]).unwrap();
+    let out = s
+        .cli(&[
+            "deploy",
+            "app;rm -rf /",
+            "--image",
+            "a/b:1",
+            "--env",
+            "prod",
+        ])
+        .unwrap();
     assert!(!out.status.success());
-    assert!(text(&out).contains("app name \"app;rm -rf /\" is invalid"), "{}", text(&out));
-    let out = s.cli(&["deploy", "app", "--image", "--build-dir=/", "--env", "prod"]).unwrap();
+    assert!(
+        text(&out).contains("app name \"app;rm -rf /\" is invalid"),
+        "{}",
+        text(&out)
+    );
+    let out = s
+        .cli(&["deploy", "app", "--image", "--build-dir=/", "--env", "prod"])
+        .unwrap();
     assert!(!out.status.success());
 }
 
@@ -106,13 +186,22 @@ fn revoked_hosts_are_disconnected_and_refused() {
     let s = &f.server;
     let out = s.cli(&["revoke", "web-1"]).unwrap();
     assert!(out.status.success(), "{}", text(&out));
-    f.agents[0].log.wait_for("host web-1 has been revoked").unwrap();
+    f.agents[0]
+        .log
+        .wait_for("host web-1 has been revoked")
+        .unwrap();
     let hosts = s.json(&["hosts"]).unwrap();
     assert_eq!(hosts[0]["revoked"], true);
     assert_eq!(hosts[0]["connected"], false);
-    let out = s.cli(&["deploy", "x", "--image", "a/b:1", "--env", "prod"]).unwrap();
+    let out = s
+        .cli(&["deploy", "x", "--image", "a/b:1", "--env", "prod"])
+        .unwrap();
     assert!(!out.status.success());
-    assert!(text(&out).contains("environment prod has no hosts"), "{}", text(&out));
+    assert!(
+        text(&out).contains("environment prod has no hosts"),
+        "{}",
+        text(&out)
+    );
 }
 
 #[test]
@@ -163,7 +252,13 @@ fn session_needs_a_client_certificate_from_the_coordinators_ca() {
     let cert_pem = client_cert.pem();
     let key_pem = client_key.serialize_pem();
     let err = session(Some((cert_pem.as_bytes(), key_pem.as_bytes()))).unwrap_err();
-    assert!(!err.contains("not registered"), "the handshake itself must refuse it: {err}");
+    assert!(
+        !err.contains("not registered"),
+        "the handshake itself must refuse it: {err}"
+    );
     let err = session(None).unwrap_err();
-    assert!(err.contains("Unauthenticated") && err.contains("client certificate"), "{err}");
+    assert!(
+        err.contains("Unauthenticated") && err.contains("client certificate"),
+        "{err}"
+    );
 }

@@ -194,7 +194,9 @@ pub fn run(mut cmd: Command) -> anyhow::Result<Output> {
     match rx.recv_timeout(WAIT) {
         Ok(out) => Ok(out?),
         Err(_) => {
-            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
             bail!("command timed out after {WAIT:?}: {cmd:?}")
         }
     }
@@ -231,7 +233,13 @@ impl Server {
             .args(extra);
         let proc = Proc::spawn(cmd, "server")?;
         let i = proc.log.wait_for("coordinator listening")?;
-        let line = proc.log.inner.0.lock().map(|l| l[i].clone()).unwrap_or_default();
+        let line = proc
+            .log
+            .inner
+            .0
+            .lock()
+            .map(|l| l[i].clone())
+            .unwrap_or_default();
         let addr = line
             .split("addr=")
             .nth(1)
@@ -288,7 +296,10 @@ impl Server {
     pub fn join_token(&self) -> anyhow::Result<String> {
         let out = self.cli(&["join-token", "create"])?;
         if !out.status.success() {
-            bail!("join-token create: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "join-token create: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         Ok(String::from_utf8(out.stdout)?.trim().to_owned())
     }
@@ -321,7 +332,14 @@ impl Host {
         std::fs::create_dir_all(&host.dokku_root)?;
         let mut cmd = Command::new(bin("flotilla-agent"));
         cmd.arg("join")
-            .args(["--server", &server.url(), "--host-id", host_id, "--env", env])
+            .args([
+                "--server",
+                &server.url(),
+                "--host-id",
+                host_id,
+                "--env",
+                env,
+            ])
             .arg("--data-dir")
             .arg(&host.agent_dir)
             .env("FLOTILLA_JOIN_TOKEN", token);

@@ -14,7 +14,6 @@ use tokio::io::AsyncBufReadExt as _;
 use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 
-
 /// Dokku's exit code for "app does not exist".
 pub const EXIT_APP_MISSING: i32 = 20;
 
@@ -37,10 +36,7 @@ pub struct Exit {
 #[derive(Debug, thiserror::Error)]
 pub enum ExecError {
     #[error("cannot start {bin}: {source}")]
-    Spawn {
-        bin: String,
-        source: std::io::Error,
-    },
+    Spawn { bin: String, source: std::io::Error },
     #[error("reading dokku output failed: {0}")]
     Io(#[from] std::io::Error),
     #[error("interrupted by agent shutdown")]
@@ -81,7 +77,8 @@ impl Dokku {
             bin: self.bin.display().to_string(),
             source,
         })?;
-        let reader = tokio::net::unix::pipe::Receiver::from_owned_fd(std::os::fd::OwnedFd::from(reader))?;
+        let reader =
+            tokio::net::unix::pipe::Receiver::from_owned_fd(std::os::fd::OwnedFd::from(reader))?;
         let mut lines = tokio::io::BufReader::new(reader).split(b'\n');
         let mut exit = Exit {
             code: None,
@@ -122,7 +119,11 @@ impl Dokku {
 
     /// `dokku apps:report APP --app-deploy-source-metadata`: the deployed image
     /// (Dokku's record of truth), or `None` if it cannot tell.
-    pub async fn deployed_image(&self, app: &AppName, cancel: &CancellationToken) -> Option<String> {
+    pub async fn deployed_image(
+        &self,
+        app: &AppName,
+        cancel: &CancellationToken,
+    ) -> Option<String> {
         struct Capture(Vec<String>);
         impl LineSink for Capture {
             fn line(&mut self, stream: pb::Stream, line: String) {
@@ -183,11 +184,15 @@ impl Dokku {
         sink: &mut (dyn LineSink + Send),
         cancel: &CancellationToken,
     ) -> Result<pb::CommandResult, ExecError> {
-        let exists = self.logged(&["apps:exists", app.as_str()], sink, cancel).await?;
+        let exists = self
+            .logged(&["apps:exists", app.as_str()], sink, cancel)
+            .await?;
         match exists.code {
             Some(0) => {}
             Some(EXIT_APP_MISSING) => {
-                let created = self.logged(&["apps:create", app.as_str()], sink, cancel).await?;
+                let created = self
+                    .logged(&["apps:create", app.as_str()], sink, cancel)
+                    .await?;
                 if created.code != Some(0) {
                     return Ok(failed(created.code, describe("apps:create", &created)));
                 }
@@ -195,7 +200,11 @@ impl Dokku {
             _ => return Ok(failed(exists.code, describe("apps:exists", &exists))),
         }
         let deploy = self
-            .logged(&["git:from-image", app.as_str(), image.as_str()], sink, cancel)
+            .logged(
+                &["git:from-image", app.as_str(), image.as_str()],
+                sink,
+                cancel,
+            )
             .await?;
         if deploy.code == Some(0) {
             return Ok(succeeded(deploy.code));
@@ -237,13 +246,16 @@ impl Dokku {
 }
 
 fn clean(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).trim_end_matches('\r').to_owned()
+    String::from_utf8_lossy(bytes)
+        .trim_end_matches('\r')
+        .to_owned()
 }
 
 fn describe(what: &str, exit: &Exit) -> String {
-    let code = exit
-        .code
-        .map_or_else(|| "was killed by a signal".to_owned(), |c| format!("exited with {c}"));
+    let code = exit.code.map_or_else(
+        || "was killed by a signal".to_owned(),
+        |c| format!("exited with {c}"),
+    );
     match &exit.last_stderr {
         Some(msg) => format!("dokku {what} {code}: {msg}"),
         None => format!("dokku {what} {code}"),

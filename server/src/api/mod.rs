@@ -17,7 +17,9 @@ use tonic::{Request, Response, Status};
 
 use crate::Coordinator;
 use crate::rollout::{NewDeployment, RolloutError};
-use crate::store::{ApiToken, AuditEntry, Deployment, DeploymentKind, JoinTokenRecord, Role, StoreError};
+use crate::store::{
+    ApiToken, AuditEntry, Deployment, DeploymentKind, JoinTokenRecord, Role, StoreError,
+};
 
 /// Longest join token lifetime accepted.
 const MAX_JOIN_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -67,10 +69,9 @@ fn arg<T>(what: &str, result: Result<T, flotilla_shared::NameError>) -> Result<T
 impl Api {
     /// Checks the bearer token and that its role is at least `need`.
     fn authorize<T>(&self, req: &Request<T>, need: Role) -> Result<Caller, Status> {
-        let header = req
-            .metadata()
-            .get("authorization")
-            .ok_or_else(|| Status::unauthenticated("missing API token (use --token-file or FLOTILLA_TOKEN)"))?;
+        let header = req.metadata().get("authorization").ok_or_else(|| {
+            Status::unauthenticated("missing API token (use --token-file or FLOTILLA_TOKEN)")
+        })?;
         let token = header
             .to_str()
             .ok()
@@ -129,7 +130,11 @@ pub fn deployment_to_proto(d: &Deployment) -> pb::Deployment {
             .map(|h| pb::HostDeployment {
                 host_id: h.host_id.to_string(),
                 state: h.state.as_str().into(),
-                image: h.image.as_ref().map(ToString::to_string).unwrap_or_default(),
+                image: h
+                    .image
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .unwrap_or_default(),
                 exit_code: h.exit_code,
                 error: h.error.clone(),
                 command_id: h.command_id.clone().unwrap_or_default(),
@@ -144,7 +149,10 @@ type LogStream = Pin<Box<dyn Stream<Item = Result<pb::DeploymentLogLine, Status>
 
 #[tonic::async_trait]
 impl FleetService for Api {
-    async fn list_hosts(&self, req: Request<pb::ListHostsRequest>) -> Result<Response<pb::ListHostsResponse>, Status> {
+    async fn list_hosts(
+        &self,
+        req: Request<pb::ListHostsRequest>,
+    ) -> Result<Response<pb::ListHostsResponse>, Status> {
         self.authorize(&req, Role::Viewer)?;
         let env = req.get_ref().env.clone();
         let c = &self.coordinator;
@@ -166,7 +174,10 @@ impl FleetService for Api {
         Ok(Response::new(pb::ListHostsResponse { hosts }))
     }
 
-    async fn revoke_host(&self, req: Request<pb::RevokeHostRequest>) -> Result<Response<pb::RevokeHostResponse>, Status> {
+    async fn revoke_host(
+        &self,
+        req: Request<pb::RevokeHostRequest>,
+    ) -> Result<Response<pb::RevokeHostResponse>, Status> {
         let caller = self.authorize(&req, Role::Admin)?;
         let raw = req.into_inner().host_id;
         let result = async {
@@ -185,7 +196,10 @@ impl FleetService for Api {
         result.map(Response::new)
     }
 
-    async fn create_deployment(&self, req: Request<pb::CreateDeploymentRequest>) -> Result<Response<pb::Deployment>, Status> {
+    async fn create_deployment(
+        &self,
+        req: Request<pb::CreateDeploymentRequest>,
+    ) -> Result<Response<pb::Deployment>, Status> {
         let caller = self.authorize(&req, Role::Deployer)?;
         let r = req.into_inner();
         let target = format!("{} {} {}", r.app, r.env, r.image);
@@ -205,7 +219,10 @@ impl FleetService for Api {
         result.map(|d| Response::new(deployment_to_proto(&d)))
     }
 
-    async fn create_rollback(&self, req: Request<pb::CreateRollbackRequest>) -> Result<Response<pb::Deployment>, Status> {
+    async fn create_rollback(
+        &self,
+        req: Request<pb::CreateRollbackRequest>,
+    ) -> Result<Response<pb::Deployment>, Status> {
         let caller = self.authorize(&req, Role::Deployer)?;
         let r = req.into_inner();
         let target = format!("{} {} to {:?}", r.app, r.env, r.to);
@@ -224,7 +241,10 @@ impl FleetService for Api {
         result.map(|d| Response::new(deployment_to_proto(&d)))
     }
 
-    async fn get_deployment(&self, req: Request<pb::GetDeploymentRequest>) -> Result<Response<pb::Deployment>, Status> {
+    async fn get_deployment(
+        &self,
+        req: Request<pb::GetDeploymentRequest>,
+    ) -> Result<Response<pb::Deployment>, Status> {
         self.authorize(&req, Role::Viewer)?;
         let id = &req.get_ref().id;
         let d = self
@@ -235,7 +255,10 @@ impl FleetService for Api {
         Ok(Response::new(deployment_to_proto(&d)))
     }
 
-    async fn list_deployments(&self, req: Request<pb::ListDeploymentsRequest>) -> Result<Response<pb::ListDeploymentsResponse>, Status> {
+    async fn list_deployments(
+        &self,
+        req: Request<pb::ListDeploymentsRequest>,
+    ) -> Result<Response<pb::ListDeploymentsResponse>, Status> {
         self.authorize(&req, Role::Viewer)?;
         let r = req.into_inner();
         let limit = if r.limit == 0 { 20 } else { r.limit as usize };
@@ -252,7 +275,10 @@ impl FleetService for Api {
         Ok(Response::new(pb::ListDeploymentsResponse { deployments }))
     }
 
-    async fn list_releases(&self, req: Request<pb::ListReleasesRequest>) -> Result<Response<pb::ListReleasesResponse>, Status> {
+    async fn list_releases(
+        &self,
+        req: Request<pb::ListReleasesRequest>,
+    ) -> Result<Response<pb::ListReleasesResponse>, Status> {
         self.authorize(&req, Role::Viewer)?;
         let r = req.into_inner();
         let app = arg("app", AppName::parse(&r.app))?;
@@ -277,20 +303,31 @@ impl FleetService for Api {
 
     type StreamLogsStream = LogStream;
 
-    async fn stream_logs(&self, req: Request<pb::StreamLogsRequest>) -> Result<Response<Self::StreamLogsStream>, Status> {
+    async fn stream_logs(
+        &self,
+        req: Request<pb::StreamLogsRequest>,
+    ) -> Result<Response<Self::StreamLogsStream>, Status> {
         self.authorize(&req, Role::Viewer)?;
         let r = req.into_inner();
         let c = Arc::clone(&self.coordinator);
         if c.store.deployment(&r.deployment_id)?.is_none() {
-            return Err(Status::not_found(format!("no deployment {:?}", r.deployment_id)));
+            return Err(Status::not_found(format!(
+                "no deployment {:?}",
+                r.deployment_id
+            )));
         }
         let (tx, rx) = tokio::sync::mpsc::channel(256);
         let cancel = self.cancel.child_token();
         tokio::spawn(follow_logs(c, r.deployment_id, r.follow, tx, cancel));
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
-    async fn create_join_token(&self, req: Request<pb::CreateJoinTokenRequest>) -> Result<Response<pb::CreateJoinTokenResponse>, Status> {
+    async fn create_join_token(
+        &self,
+        req: Request<pb::CreateJoinTokenRequest>,
+    ) -> Result<Response<pb::CreateJoinTokenResponse>, Status> {
         let caller = self.authorize(&req, Role::Admin)?;
         let ttl = match req.get_ref().ttl_seconds {
             0 => Duration::from_secs(3600),
@@ -298,10 +335,13 @@ impl FleetService for Api {
         };
         let result = async {
             if ttl > MAX_JOIN_TTL {
-                return Err(Status::invalid_argument("join token ttl may be at most 7 days"));
+                return Err(Status::invalid_argument(
+                    "join token ttl may be at most 7 days",
+                ));
             }
             let secret = random_secret().map_err(internal)?;
-            let expires_at_ms = now_ms().saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
+            let expires_at_ms =
+                now_ms().saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
             self.coordinator.store.put_join_token(
                 &hash_secret(&secret),
                 &JoinTokenRecord {
@@ -322,20 +362,37 @@ impl FleetService for Api {
             })
         }
         .await;
-        self.audit(&caller, "create-join-token", &format!("ttl {}s", ttl.as_secs()), &result);
+        self.audit(
+            &caller,
+            "create-join-token",
+            &format!("ttl {}s", ttl.as_secs()),
+            &result,
+        );
         result.map(Response::new)
     }
 
-    async fn create_api_token(&self, req: Request<pb::CreateApiTokenRequest>) -> Result<Response<pb::CreateApiTokenResponse>, Status> {
+    async fn create_api_token(
+        &self,
+        req: Request<pb::CreateApiTokenRequest>,
+    ) -> Result<Response<pb::CreateApiTokenResponse>, Status> {
         let caller = self.authorize(&req, Role::Admin)?;
         let r = req.into_inner();
         let result = async {
             let role = Role::parse(&r.role).ok_or_else(|| {
-                Status::invalid_argument(format!("unknown role {:?}; use admin, deployer or viewer", r.role))
+                Status::invalid_argument(format!(
+                    "unknown role {:?}; use admin, deployer or viewer",
+                    r.role
+                ))
             })?;
-            let name = if r.name.is_empty() { format!("{}-token", role.as_str()) } else { r.name.clone() };
+            let name = if r.name.is_empty() {
+                format!("{}-token", role.as_str())
+            } else {
+                r.name.clone()
+            };
             if name.len() > 64 || name.chars().any(char::is_control) {
-                return Err(Status::invalid_argument("token name must be at most 64 printable characters"));
+                return Err(Status::invalid_argument(
+                    "token name must be at most 64 printable characters",
+                ));
             }
             let secret = format!("flt_{}", random_secret().map_err(internal)?);
             self.coordinator.store.put_api_token(
@@ -351,7 +408,12 @@ impl FleetService for Api {
             Ok(pb::CreateApiTokenResponse { token: secret })
         }
         .await;
-        self.audit(&caller, "create-api-token", &format!("role {} name {:?}", r.role, r.name), &result);
+        self.audit(
+            &caller,
+            "create-api-token",
+            &format!("role {} name {:?}", r.role, r.name),
+            &result,
+        );
         result.map(Response::new)
     }
 }

@@ -31,17 +31,24 @@ fn internal(err: impl std::fmt::Display) -> Status {
 #[tonic::async_trait]
 impl AgentService for AgentApi {
     #[tracing::instrument(skip_all, fields(rpc = "join", host = %req.get_ref().host_id))]
-    async fn join(&self, req: Request<pb::JoinRequest>) -> Result<Response<pb::JoinResponse>, Status> {
+    async fn join(
+        &self,
+        req: Request<pb::JoinRequest>,
+    ) -> Result<Response<pb::JoinResponse>, Status> {
         let req = req.into_inner();
-        let host_id = HostId::parse(&req.host_id).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let host_id =
+            HostId::parse(&req.host_id).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let env = EnvName::parse(&req.env).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let labels = Labels::try_from(req.labels.into_iter().collect::<std::collections::BTreeMap<_, _>>())
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let labels = Labels::try_from(
+            req.labels
+                .into_iter()
+                .collect::<std::collections::BTreeMap<_, _>>(),
+        )
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let c = &self.coordinator;
-        let (certificate_pem, not_after_ms) = c
-            .ca
-            .issue_agent_cert(&req.csr_pem, &host_id)
-            .map_err(|e| Status::invalid_argument(format!("{e:#}")))?;
+        let (certificate_pem, not_after_ms) =
+            c.ca.issue_agent_cert(&req.csr_pem, &host_id)
+                .map_err(|e| Status::invalid_argument(format!("{e:#}")))?;
         let now = now_ms();
         let host = Host {
             host_id: host_id.clone(),
@@ -54,7 +61,10 @@ impl AgentService for AgentApi {
             cert_not_after_ms: not_after_ms,
         };
         let token_hash = flotilla_shared::token::hash_secret(&req.token);
-        let outcome = c.store.join_host(&token_hash, &host, now).map_err(internal)?;
+        let outcome = c
+            .store
+            .join_host(&token_hash, &host, now)
+            .map_err(internal)?;
         let result = match &outcome {
             JoinOutcome::Joined => Ok(()),
             JoinOutcome::UnknownToken => Err(Status::permission_denied(
@@ -66,7 +76,9 @@ impl AgentService for AgentApi {
             ))),
             JoinOutcome::AlreadyUsed { by, at_ms } => Err(Status::permission_denied(format!(
                 "join token was already used{} at {}; join tokens are single-use, create a new one",
-                by.as_ref().map(|h| format!(" by host {h}")).unwrap_or_default(),
+                by.as_ref()
+                    .map(|h| format!(" by host {h}"))
+                    .unwrap_or_default(),
                 format_ms(*at_ms)
             ))),
             JoinOutcome::HostExists => Err(Status::already_exists(format!(
@@ -118,10 +130,16 @@ impl AgentService for AgentApi {
         let c = Arc::clone(&self.coordinator);
         let host = c.store.host(&host_id).map_err(internal)?;
         match host {
-            None => return Err(Status::permission_denied(format!("host {host_id} is not registered"))),
+            None => {
+                return Err(Status::permission_denied(format!(
+                    "host {host_id} is not registered"
+                )));
+            }
             Some(h) if h.revoked => {
                 tracing::warn!(%host_id, "revoked host refused");
-                return Err(Status::permission_denied(format!("host {host_id} has been revoked")));
+                return Err(Status::permission_denied(format!(
+                    "host {host_id} has been revoked"
+                )));
             }
             Some(_) => {}
         }
@@ -138,12 +156,20 @@ impl AgentService for AgentApi {
                         },
                     );
                 }
-                Err(e) => tracing::error!(command = %entry.command_id, "undecodable outbox entry: {e}"),
+                Err(e) => {
+                    tracing::error!(command = %entry.command_id, "undecodable outbox entry: {e}")
+                }
             }
         }
         let inbound = req.into_inner();
         let cancel = self.cancel.child_token();
-        tokio::spawn(handle_inbound(c, host_id, session_id, inbound, cancel.clone()));
+        tokio::spawn(handle_inbound(
+            c,
+            host_id,
+            session_id,
+            inbound,
+            cancel.clone(),
+        ));
         // The stream ends when the session's sender is dropped: on reconnect,
         // revocation, or shutdown (`Sessions::clear`).
         let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
@@ -203,7 +229,9 @@ async fn handle_inbound(
                     break;
                 }
                 let ack = pb::CoordinatorMessage {
-                    msg: Some(pb::coordinator_message::Msg::Ack(pb::ReportAck { up_to: seq })),
+                    msg: Some(pb::coordinator_message::Msg::Ack(pb::ReportAck {
+                        up_to: seq,
+                    })),
                 };
                 if !c.sessions.send(&host_id, ack) {
                     break;

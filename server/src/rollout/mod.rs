@@ -32,13 +32,17 @@ pub enum RolloutError {
     },
     #[error("{app} has no releases in {env} to roll back to")]
     NoReleases { app: AppName, env: EnvName },
-    #[error("{app} in {env} has no earlier release with a different image than the current {current}")]
+    #[error(
+        "{app} in {env} has no earlier release with a different image than the current {current}"
+    )]
     NoPreviousRelease {
         app: AppName,
         env: EnvName,
         current: ImageRef,
     },
-    #[error("{app} in {env} has no release {to:?} (give a release number or an image from `flotilla releases`)")]
+    #[error(
+        "{app} in {env} has no release {to:?} (give a release number or an image from `flotilla releases`)"
+    )]
     UnknownRelease {
         app: AppName,
         env: EnvName,

@@ -9,8 +9,8 @@
 use std::path::Path;
 
 use flotilla_shared::{AppName, EnvName, HostId, ImageRef, Labels};
-use serde::{Deserialize, Serialize};
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 
 #[derive(Debug, thiserror::Error)]
@@ -308,7 +308,12 @@ impl Store {
 
     /// Atomically consumes a join token and registers `host`, so a token can be
     /// used once and a host id claimed once, even under concurrent joins.
-    pub fn join_host(&self, token_hash: &str, host: &Host, now_ms: i64) -> Result<JoinOutcome, StoreError> {
+    pub fn join_host(
+        &self,
+        token_hash: &str,
+        host: &Host,
+        now_ms: i64,
+    ) -> Result<JoinOutcome, StoreError> {
         let host_bytes = encode(host)?;
         let outcome = (&self.join_tokens, &self.hosts).transaction(|(tokens, hosts)| {
             let Some(raw) = tokens.get(token_hash)? else {
@@ -391,7 +396,11 @@ impl Store {
     }
 
     /// The active deployment of an app in an environment, if any.
-    pub fn active_deployment(&self, app: &AppName, env: &EnvName) -> Result<Option<String>, StoreError> {
+    pub fn active_deployment(
+        &self,
+        app: &AppName,
+        env: &EnvName,
+    ) -> Result<Option<String>, StoreError> {
         Ok(self
             .active
             .get(pair_key(app.as_str(), env.as_str()))?
@@ -400,7 +409,10 @@ impl Store {
 
     /// Inserts a new deployment and marks it active for its app and environment,
     /// unless another one is. Returns the id of the active one on conflict.
-    pub fn insert_deployment(&self, deployment: &Deployment) -> Result<Result<(), String>, StoreError> {
+    pub fn insert_deployment(
+        &self,
+        deployment: &Deployment,
+    ) -> Result<Result<(), String>, StoreError> {
         let bytes = encode(deployment)?;
         let key = pair_key(deployment.app.as_str(), deployment.env.as_str());
         let outcome = (&self.deployments, &self.active).transaction(|(deployments, active)| {
@@ -416,22 +428,31 @@ impl Store {
 
     /// Saves a deployment. When it is final, it stops being the active one, and
     /// `release` (if any) is appended to the release history in the same transaction.
-    pub fn save_deployment(&self, deployment: &Deployment, release: Option<&Release>) -> Result<(), StoreError> {
+    pub fn save_deployment(
+        &self,
+        deployment: &Deployment,
+        release: Option<&Release>,
+    ) -> Result<(), StoreError> {
         let bytes = encode(deployment)?;
         let release_bytes = release.map(encode).transpose()?;
         let key = pair_key(deployment.app.as_str(), deployment.env.as_str());
-        (&self.deployments, &self.active, &self.releases).transaction(|(deployments, active, releases)| {
-            deployments.insert(deployment.id.as_bytes(), bytes.clone())?;
-            if deployment.state.is_final()
-                && active.get(&key)?.as_deref() == Some(deployment.id.as_bytes())
-            {
-                active.remove(key.as_slice())?;
-            }
-            if let (Some(release), Some(bytes)) = (release, &release_bytes) {
-                releases.insert(release_key(&release.app, &release.env, release.number), bytes.clone())?;
-            }
-            Ok(())
-        })?;
+        (&self.deployments, &self.active, &self.releases).transaction(
+            |(deployments, active, releases)| {
+                deployments.insert(deployment.id.as_bytes(), bytes.clone())?;
+                if deployment.state.is_final()
+                    && active.get(&key)?.as_deref() == Some(deployment.id.as_bytes())
+                {
+                    active.remove(key.as_slice())?;
+                }
+                if let (Some(release), Some(bytes)) = (release, &release_bytes) {
+                    releases.insert(
+                        release_key(&release.app, &release.env, release.number),
+                        bytes.clone(),
+                    )?;
+                }
+                Ok(())
+            },
+        )?;
         Ok(())
     }
 
@@ -452,12 +473,14 @@ impl Store {
             host_id: host.host_id.clone(),
         })?;
         let outbox_key = pair_key(host.host_id.as_str(), command_id);
-        (&self.deployments, &self.outbox, &self.commands).transaction(|(deployments, outbox, commands)| {
-            deployments.insert(deployment.id.as_bytes(), bytes.clone())?;
-            outbox.insert(outbox_key.as_slice(), signed)?;
-            commands.insert(command_id.as_bytes(), cmd.clone())?;
-            Ok(())
-        })?;
+        (&self.deployments, &self.outbox, &self.commands).transaction(
+            |(deployments, outbox, commands)| {
+                deployments.insert(deployment.id.as_bytes(), bytes.clone())?;
+                outbox.insert(outbox_key.as_slice(), signed)?;
+                commands.insert(command_id.as_bytes(), cmd.clone())?;
+                Ok(())
+            },
+        )?;
         Ok(())
     }
 
@@ -506,7 +529,12 @@ impl Store {
     // ----- logs -----
 
     /// Stores a log line; storing the same (command, seq) twice keeps one copy.
-    pub fn put_log(&self, deployment_id: &str, host_index: u32, line: &LogLine) -> Result<(), StoreError> {
+    pub fn put_log(
+        &self,
+        deployment_id: &str,
+        host_index: u32,
+        line: &LogLine,
+    ) -> Result<(), StoreError> {
         self.logs
             .insert(log_key(deployment_id, host_index, line.seq), encode(line)?)?;
         Ok(())

@@ -191,9 +191,9 @@ fn check_domain(value: &str) -> Result<(), NameError> {
     const KIND: &str = "domain";
     check_len(KIND, value, 253)?;
     let bytes = value.as_bytes();
-    let body_ok = bytes.iter().all(|b| {
-        b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'*' | b'-')
-    });
+    let body_ok = bytes
+        .iter()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'*' | b'-'));
     let first = bytes[0];
     let last = bytes[bytes.len() - 1];
     if body_ok && first != b'-' && first != b'.' && last != b'.' && !value.contains("..") {
@@ -226,7 +226,9 @@ fn check_image_ref(value: &str) -> Result<(), NameError> {
         };
         let algo_ok = !algo.is_empty()
             && algo.bytes().all(|b| {
-                b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'+' | b'.' | b'_' | b'-')
+                b.is_ascii_lowercase()
+                    || b.is_ascii_digit()
+                    || matches!(b, b'+' | b'.' | b'_' | b'-')
             });
         let hex_ok = hex.len() >= 32 && hex.bytes().all(|b| b.is_ascii_hexdigit());
         if !algo_ok || !hex_ok {
@@ -325,7 +327,10 @@ fn path_component_ok(component: &str) -> bool {
 /// Host labels (`region=eu`), keys and values restricted so they are safe in
 /// logs, selectors and certificates.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(try_from = "BTreeMap<String, String>", into = "BTreeMap<String, String>")]
+#[serde(
+    try_from = "BTreeMap<String, String>",
+    into = "BTreeMap<String, String>"
+)]
 pub struct Labels(BTreeMap<String, String>);
 
 impl Labels {
@@ -360,7 +365,11 @@ impl TryFrom<BTreeMap<String, String>> for Labels {
         for (k, v) in &map {
             check_len("label key", k, 63)?;
             if !ok(k) {
-                return Err(invalid("label key", k, "must be letters, digits, '.', '_' or '-'"));
+                return Err(invalid(
+                    "label key",
+                    k,
+                    "must be letters, digits, '.', '_' or '-'",
+                ));
             }
             if v.len() > 63 || !ok(v) {
                 return Err(invalid(

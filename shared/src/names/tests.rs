@@ -16,8 +16,20 @@ fn app_names_follow_dokku() {
         check::<AppName>(good, true);
     }
     for bad in [
-        "", "-web", ".web", "Web", "web_app", "web app", "web;rm -rf /", "web$(id)", "web`id`",
-        "web\nx", "wéb", "--force", "web/../x", "web&",
+        "",
+        "-web",
+        ".web",
+        "Web",
+        "web_app",
+        "web app",
+        "web;rm -rf /",
+        "web$(id)",
+        "web`id`",
+        "web\nx",
+        "wéb",
+        "--force",
+        "web/../x",
+        "web&",
     ] {
         check::<AppName>(bad, false);
     }
@@ -31,7 +43,17 @@ fn host_ids_and_envs_are_dns_labels() {
         check::<HostId>(good, true);
         check::<EnvName>(good, true);
     }
-    for bad in ["", "-h", "h-", "H1", "h.1", "h_1", "h 1", "h;x", &"a".repeat(64)] {
+    for bad in [
+        "",
+        "-h",
+        "h-",
+        "H1",
+        "h.1",
+        "h_1",
+        "h 1",
+        "h;x",
+        &"a".repeat(64),
+    ] {
         check::<HostId>(bad, false);
         check::<EnvName>(bad, false);
     }
@@ -82,7 +104,17 @@ fn domains_follow_dokku() {
     for good in ["example.com", "*.example.com", "a-b.c", "localhost"] {
         check::<Domain>(good, true);
     }
-    for bad in ["", "Example.com", "-x.com", ".x.com", "x.com.", "a..b", "a b", "a_b.com", "x;y"] {
+    for bad in [
+        "",
+        "Example.com",
+        "-x.com",
+        ".x.com",
+        "x.com.",
+        "a..b",
+        "a b",
+        "a_b.com",
+        "x;y",
+    ] {
         check::<Domain>(bad, false);
     }
 }

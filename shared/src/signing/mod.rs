@@ -358,13 +358,14 @@ pub fn verify(
                 format!("signature is {} bytes, not 64", signed.signature.len()),
             )
         })?;
-    key.verify_strict(&signed.envelope, &signature).map_err(|_| {
-        refuse(
-            RefusalReason::BadSignature,
-            None,
-            "signature does not match the envelope".into(),
-        )
-    })?;
+    key.verify_strict(&signed.envelope, &signature)
+        .map_err(|_| {
+            refuse(
+                RefusalReason::BadSignature,
+                None,
+                "signature does not match the envelope".into(),
+            )
+        })?;
     let envelope = pb::CommandEnvelope::decode(signed.envelope.as_slice()).map_err(|e| {
         refuse(
             RefusalReason::Malformed,

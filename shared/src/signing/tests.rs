@@ -140,7 +140,10 @@ fn verification_refuses_every_bad_case() {
                 // A valid signature over bytes that are not an envelope.
                 s.envelope = vec![0xff, 0xff, 0xff];
             },
-            ..case("garbage envelope (signature no longer matches)", Some(BadSignature))
+            ..case(
+                "garbage envelope (signature no longer matches)",
+                Some(BadSignature),
+            )
         },
     ];
 
@@ -183,7 +186,10 @@ fn garbage_signed_by_a_trusted_key_is_malformed() {
         key_id: signer.key_id().to_string(),
     };
     let host = HostId::parse("web-1").unwrap();
-    let err = verify(&signed, &keys, &host, NOW, VerifyPolicy::default(), &|_| false).unwrap_err();
+    let err = verify(&signed, &keys, &host, NOW, VerifyPolicy::default(), &|_| {
+        false
+    })
+    .unwrap_err();
     assert_eq!(err.reason, RefusalReason::Malformed);
 }
 

@@ -73,6 +73,18 @@ pub struct Identity {
     pub key_pem: Vec<u8>,
     pub ca_pem: Vec<u8>,
     pub trusted: TrustedKeys,
+    /// `issued_at` of the last key-set update applied (0: keys from join).
+    pub keys_updated_at_ms: i64,
+}
+
+/// `trusted-keys.json`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TrustedKeysFile {
+    /// `issued_at` of the coordinator's key set these came from (0 at join).
+    updated_at_ms: i64,
+    /// Key id → hex of the raw ed25519 public key.
+    keys: BTreeMap<String, String>,
 }
 
 fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
@@ -89,10 +101,10 @@ impl Identity {
         }
         let file: AgentFile = serde_json::from_slice(&read(&dir.agent_file())?)
             .with_context(|| format!("parse {}", dir.agent_file().display()))?;
-        let keys: BTreeMap<String, String> = serde_json::from_slice(&read(&dir.trusted_keys())?)
+        let stored: TrustedKeysFile = serde_json::from_slice(&read(&dir.trusted_keys())?)
             .with_context(|| format!("parse {}", dir.trusted_keys().display()))?;
         let mut trusted = TrustedKeys::default();
-        for (id, public_hex) in &keys {
+        for (id, public_hex) in &stored.keys {
             let raw = hex::decode(public_hex).with_context(|| format!("key {id} is not hex"))?;
             trusted
                 .insert_raw(&raw)
@@ -110,6 +122,7 @@ impl Identity {
             key_pem: read(&dir.key())?,
             ca_pem: read(&dir.ca())?,
             trusted,
+            keys_updated_at_ms: stored.updated_at_ms,
         })
     }
 }
@@ -130,11 +143,22 @@ pub fn write_file(path: &Path, contents: &[u8], mode: u32) -> anyhow::Result<()>
     fs::rename(&tmp, path).with_context(|| format!("rename to {}", path.display()))
 }
 
-/// The trusted keys as stored (key id → hex public key).
-pub fn trusted_keys_json(keys: &TrustedKeys) -> anyhow::Result<Vec<u8>> {
-    let map: BTreeMap<String, String> = keys
-        .iter()
-        .map(|(id, key)| (id.to_string(), hex::encode(key.as_bytes())))
-        .collect();
-    Ok(serde_json::to_vec_pretty(&map)?)
+/// Stores the trusted keys atomically.
+pub fn write_trusted_keys(
+    dir: &AgentDir,
+    keys: &TrustedKeys,
+    updated_at_ms: i64,
+) -> anyhow::Result<()> {
+    let file = TrustedKeysFile {
+        updated_at_ms,
+        keys: keys
+            .iter()
+            .map(|(id, key)| (id.to_string(), hex::encode(key.as_bytes())))
+            .collect(),
+    };
+    write_file(
+        &dir.trusted_keys(),
+        &serde_json::to_vec_pretty(&file)?,
+        0o644,
+    )
 }

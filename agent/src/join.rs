@@ -11,7 +11,7 @@ use flotilla_shared::token::JoinToken;
 use flotilla_shared::{EnvName, HostId, Labels};
 use rcgen::{CertificateParams, KeyPair};
 
-use crate::identity::{AgentDir, AgentFile, trusted_keys_json, write_file};
+use crate::identity::{AgentDir, AgentFile, write_file, write_trusted_keys};
 
 pub struct JoinOptions {
     pub server: String,
@@ -123,11 +123,7 @@ pub async fn join(opts: JoinOptions) -> anyhow::Result<()> {
     write_file(&opts.dir.key(), key.serialize_pem().as_bytes(), 0o600)?;
     write_file(&opts.dir.cert(), response.certificate_pem.as_bytes(), 0o644)?;
     write_file(&opts.dir.ca(), ca_pem.as_bytes(), 0o644)?;
-    write_file(
-        &opts.dir.trusted_keys(),
-        &trusted_keys_json(&trusted)?,
-        0o644,
-    )?;
+    write_trusted_keys(&opts.dir, &trusted, 0)?;
     let file = AgentFile {
         server: opts.server,
         server_name,

@@ -87,6 +87,8 @@ pub async fn run(
     tracing::info!(host_id = %identity.file.host_id, env = %identity.file.env, server = %identity.file.server, "agent starting");
 
     let ctx = Arc::new(Ctx {
+        dir: config.dir.clone(),
+        trusted: std::sync::RwLock::new((identity.trusted.clone(), identity.keys_updated_at_ms)),
         identity,
         spool,
         reports: Notify::new(),

@@ -3,23 +3,27 @@
 //! unacknowledged report is re-sent from the spool after a reconnect.
 //! Protobuf stops here and in `exec`; commands reach the worker verified.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use flotilla_proto::v1 as pb;
 use flotilla_proto::v1::agent_service_client::AgentServiceClient;
-use flotilla_shared::signing::{self, VerifiedCommand, VerifyPolicy};
+use flotilla_shared::signing::{self, TrustedKeys, VerifiedCommand, VerifyPolicy};
 use flotilla_shared::time::now_ms;
 use prost::Message as _;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use crate::identity::Identity;
+use crate::identity::{AgentDir, Identity, write_trusted_keys};
 use crate::spool::Spool;
 
 /// Shared by the link, the pump and the worker.
 pub struct Ctx {
+    pub dir: AgentDir,
     pub identity: Identity,
+    /// The command-verification keys and when they were last updated; starts
+    /// as `identity.trusted`, replaced by verified key-set updates.
+    pub trusted: RwLock<(TrustedKeys, i64)>,
     pub spool: Spool,
     /// Signalled whenever a report is added to the spool.
     pub reports: Notify,
@@ -198,8 +202,36 @@ async fn handle(
         Some(pb::coordinator_message::Msg::Command(signed)) => {
             handle_command(ctx, work, &signed).await?;
         }
+        Some(pb::coordinator_message::Msg::KeyUpdate(update)) => update_keys(ctx, &update)?,
         None => {}
     }
+    Ok(())
+}
+
+/// Applies a key-set update if a trusted key signed it and it is newer than
+/// the last one; the new set is written to disk before it is used.
+fn update_keys(ctx: &Ctx, update: &pb::KeySetUpdate) -> anyhow::Result<()> {
+    let (current, updated_at) = ctx
+        .trusted
+        .read()
+        .map(|t| t.clone())
+        .map_err(|_| anyhow::anyhow!("trusted keys lock poisoned"))?;
+    let set = match signing::verify_key_set(update, &current) {
+        Ok(set) => set,
+        Err(e) => {
+            tracing::warn!("key-set update refused: {e}");
+            return Ok(());
+        }
+    };
+    if set.issued_at_ms <= updated_at || set.keys == current {
+        return Ok(());
+    }
+    write_trusted_keys(&ctx.dir, &set.keys, set.issued_at_ms)?;
+    let ids: Vec<String> = set.keys.iter().map(|(id, _)| id.to_string()).collect();
+    if let Ok(mut trusted) = ctx.trusted.write() {
+        *trusted = (set.keys, set.issued_at_ms);
+    }
+    tracing::info!(keys = ?ids, "command-verification keys updated");
     Ok(())
 }
 
@@ -212,9 +244,14 @@ async fn handle_command(
 ) -> anyhow::Result<()> {
     let id = &ctx.identity;
     let spool = &ctx.spool;
+    let trusted = ctx
+        .trusted
+        .read()
+        .map(|t| t.0.clone())
+        .map_err(|_| anyhow::anyhow!("trusted keys lock poisoned"))?;
     let verified = signing::verify(
         signed,
-        &id.trusted,
+        &trusted,
         &id.file.host_id,
         now_ms(),
         ctx.policy,

@@ -35,6 +35,9 @@ pub struct ServeConfig {
     pub data_dir: DataDir,
     /// Signing key to use instead of `DATA_DIR/signing.key` (rotation, tests).
     pub signing_key: Option<PathBuf>,
+    /// Keys signed with before a rotation: agents that trust one of them are
+    /// told (in a key-set update signed by it) to trust the new key too.
+    pub previous_signing_keys: Vec<PathBuf>,
     /// How long a signed command stays valid.
     pub command_ttl: Duration,
     /// How often commands that expired undelivered are failed.
@@ -48,6 +51,7 @@ impl ServeConfig {
         Self {
             data_dir,
             signing_key: None,
+            previous_signing_keys: Vec::new(),
             command_ttl: Duration::from_secs(600),
             sweep_interval: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(10),
@@ -61,6 +65,10 @@ pub struct Coordinator {
     pub sessions: Arc<Sessions>,
     pub rollout: Engine,
     pub ca: Ca,
+    /// Sent to every agent at the start of its session (key rotation).
+    pub key_update: flotilla_proto::v1::KeySetUpdate,
+    /// The keys agents should trust: the signing key, then previous ones.
+    pub verification_keys: Vec<ed25519_dalek::VerifyingKey>,
 }
 
 /// Serves until `shutdown` completes, then stops in order: end agent sessions
@@ -79,10 +87,24 @@ pub async fn run(
         .clone()
         .unwrap_or_else(|| dir.signing_key());
     let signer = pki::load_signer(&signing_key)?;
+    let previous = config
+        .previous_signing_keys
+        .iter()
+        .map(|p| pki::load_signer(p))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut verification_keys = vec![signer.verifying_key()];
+    verification_keys.extend(previous.iter().map(|p| p.verifying_key()));
+    let mut signers = vec![&signer];
+    signers.extend(previous.iter());
+    let key_update = flotilla_shared::signing::sign_key_set(
+        &verification_keys,
+        flotilla_shared::time::now_ms(),
+        &signers,
+    );
     let store = Store::open(&dir.state())
         .with_context(|| format!("open store {}", dir.state().display()))?;
     let sessions = Arc::new(Sessions::default());
-    tracing::info!(key_id = %signer.key_id(), "command signing key loaded");
+    tracing::info!(key_id = %signer.key_id(), previous = previous.len(), "command signing key loaded");
     let coordinator = Arc::new(Coordinator {
         rollout: Engine::new(
             store.clone(),
@@ -93,6 +115,8 @@ pub async fn run(
         store,
         sessions,
         ca,
+        key_update,
+        verification_keys,
     });
 
     // 2. Continue what a previous run left unfinished.

@@ -56,6 +56,11 @@ enum Cmd {
         /// Sign commands with this PKCS#8 PEM ed25519 key instead of DIR/signing.key.
         #[arg(long, env = "FLOTILLA_SIGNING_KEY")]
         signing_key: Option<PathBuf>,
+        /// A key commands were signed with before a rotation (repeatable). Agents
+        /// that trust it are sent, signed with it, the new key set. Drop it once
+        /// every agent has connected and no deployment from before is in flight.
+        #[arg(long = "previous-signing-key")]
+        previous_signing_keys: Vec<PathBuf>,
         /// How long a signed command stays valid (an agent refuses it after that).
         #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
         command_ttl: Duration,
@@ -102,10 +107,12 @@ fn real_main(args: Args) -> anyhow::Result<()> {
             data_dir,
             listen,
             signing_key,
+            previous_signing_keys,
             command_ttl,
         } => {
             let mut config = ServeConfig::new(DataDir::new(data_dir));
             config.signing_key = signing_key;
+            config.previous_signing_keys = previous_signing_keys;
             config.command_ttl = command_ttl;
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(async {

@@ -262,3 +262,66 @@ fn session_needs_a_client_certificate_from_the_coordinators_ca() {
         "{err}"
     );
 }
+
+#[test]
+fn signing_keys_rotate_through_a_key_set_signed_by_the_old_key() {
+    let mut f = fleet(1);
+    let (ok, _) = deploy_wait(&f.server, "shop", "acme/shop:1");
+    assert!(ok);
+    let old_key = f.server.data_dir.join("signing.key");
+    let new_key = f.root.path().join("new.key");
+    let new = flotilla_shared::signing::CommandSigner::generate().unwrap();
+    std::fs::write(&new_key, new.to_pkcs8_pem().unwrap()).unwrap();
+    let restart = |f: &mut crate::Fleet, args: &[&str]| {
+        f.server.proc.terminate().unwrap();
+        let before = f.agents[0].log.len();
+        let addr = f.server.addr.clone();
+        f.server = Server::start(&f.server.data_dir, &addr, args).unwrap();
+        f.agents[0]
+            .log
+            .wait_for_from("session established", before)
+            .unwrap();
+        before
+    };
+
+    // Step 1: sign with the new key, vouched for by the old one.
+    let before = restart(
+        &mut f,
+        &[
+            "--signing-key",
+            new_key.to_str().unwrap(),
+            "--previous-signing-key",
+            old_key.to_str().unwrap(),
+        ],
+    );
+    f.agents[0]
+        .log
+        .wait_for_from("command-verification keys updated", before)
+        .unwrap();
+    let (ok, status) = deploy_wait(&f.server, "shop", "acme/shop:2");
+    assert!(ok, "{status}");
+    let trusted = std::fs::read_to_string(f.hosts[0].agent_dir.join("trusted-keys.json")).unwrap();
+    assert!(trusted.contains(new.key_id().as_str()), "{trusted}");
+
+    // Step 2: drop the old key; agents now trust only the new one.
+    let before = restart(&mut f, &["--signing-key", new_key.to_str().unwrap()]);
+    f.agents[0]
+        .log
+        .wait_for_from("command-verification keys updated", before)
+        .unwrap();
+    let (ok, _) = deploy_wait(&f.server, "shop", "acme/shop:3");
+    assert!(ok);
+
+    // The retired key no longer makes anything run.
+    restart(&mut f, &[]);
+    let (ok, status) = deploy_wait(&f.server, "shop", "acme/shop:4");
+    assert!(!ok);
+    assert!(
+        status["hosts"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("unknown signing key"),
+        "{status}"
+    );
+    assert_eq!(f.hosts[0].deployed_image("shop").unwrap(), "acme/shop:3");
+}

@@ -102,10 +102,14 @@ impl AgentService for AgentApi {
         Ok(Response::new(pb::JoinResponse {
             certificate_pem,
             ca_pem: c.ca.cert_pem.clone(),
-            verification_keys: vec![pb::VerificationKey {
-                key_id: c.rollout.signer().key_id().to_string(),
-                public_key: c.rollout.signer().verifying_key().to_bytes().to_vec(),
-            }],
+            verification_keys: c
+                .verification_keys
+                .iter()
+                .map(|key| pb::VerificationKey {
+                    key_id: flotilla_shared::signing::KeyId::of(key).to_string(),
+                    public_key: key.to_bytes().to_vec(),
+                })
+                .collect(),
         }))
     }
 
@@ -145,7 +149,16 @@ impl AgentService for AgentApi {
         }
         let (session_id, rx) = c.sessions.register(&host_id);
         tracing::info!(%host_id, session_id, "agent connected");
-        // Re-send everything the agent has not accepted yet, oldest first.
+        // The current key set first (rotation), then everything the agent has
+        // not accepted yet, oldest first.
+        c.sessions.send(
+            &host_id,
+            pb::CoordinatorMessage {
+                msg: Some(pb::coordinator_message::Msg::KeyUpdate(
+                    c.key_update.clone(),
+                )),
+            },
+        );
         for entry in c.store.outbox(&host_id).map_err(internal)? {
             match pb::SignedCommand::decode(entry.signed.as_slice()) {
                 Ok(signed) => {

@@ -122,7 +122,7 @@ impl CommandSigner {
 }
 
 /// The set of command-verification keys an agent trusts, by key id.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TrustedKeys(BTreeMap<KeyId, VerifyingKey>);
 
 impl TrustedKeys {
@@ -439,6 +439,82 @@ pub fn verify(
         issued_at_ms: envelope.issued_at_ms,
         expires_at_ms: envelope.expires_at_ms,
         action,
+    })
+}
+
+/// Why a key-set update was not applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeySetError {
+    #[error("key set is signed by no key this agent trusts")]
+    Untrusted,
+    #[error("key set is malformed: {0}")]
+    Malformed(String),
+}
+
+/// A verified key set: the keys and when the coordinator issued it.
+#[derive(Debug, Clone)]
+pub struct KeySet {
+    pub keys: TrustedKeys,
+    pub issued_at_ms: i64,
+}
+
+/// Builds a key-set update listing `keys` (the signing key first), signed by
+/// every key in `signers`, so an agent that trusts any of them accepts it.
+pub fn sign_key_set(
+    keys: &[VerifyingKey],
+    issued_at_ms: i64,
+    signers: &[&CommandSigner],
+) -> pb::KeySetUpdate {
+    let key_set = pb::KeySet {
+        public_keys: keys.iter().map(|k| k.as_bytes().to_vec()).collect(),
+        issued_at_ms,
+    }
+    .encode_to_vec();
+    let signatures = signers
+        .iter()
+        .map(|s| pb::KeySignature {
+            key_id: s.key_id().to_string(),
+            signature: s.key.sign(&key_set).to_bytes().to_vec(),
+        })
+        .collect();
+    pb::KeySetUpdate {
+        key_set,
+        signatures,
+    }
+}
+
+/// Verifies a key-set update against the keys already trusted.
+pub fn verify_key_set(
+    update: &pb::KeySetUpdate,
+    trusted: &TrustedKeys,
+) -> Result<KeySet, KeySetError> {
+    if update.key_set.len() > MAX_ENVELOPE_BYTES {
+        return Err(KeySetError::Malformed("oversized".into()));
+    }
+    let signed_by_trusted = update.signatures.iter().any(|sig| {
+        let Some(key) = trusted.get(&sig.key_id) else {
+            return false;
+        };
+        <[u8; 64]>::try_from(sig.signature.as_slice())
+            .map(|b| Signature::from_bytes(&b))
+            .is_ok_and(|signature| key.verify_strict(&update.key_set, &signature).is_ok())
+    });
+    if !signed_by_trusted {
+        return Err(KeySetError::Untrusted);
+    }
+    let set = pb::KeySet::decode(update.key_set.as_slice())
+        .map_err(|e| KeySetError::Malformed(e.to_string()))?;
+    let mut keys = TrustedKeys::default();
+    for raw in &set.public_keys {
+        keys.insert_raw(raw)
+            .map_err(|e| KeySetError::Malformed(e.to_string()))?;
+    }
+    if keys.is_empty() {
+        return Err(KeySetError::Malformed("no keys".into()));
+    }
+    Ok(KeySet {
+        keys,
+        issued_at_ms: set.issued_at_ms,
     })
 }
 

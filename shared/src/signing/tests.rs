@@ -228,3 +228,43 @@ fn pkcs8_pem_round_trips_and_reads_openssl_output() {
     assert!(CommandSigner::from_pkcs8_pem("not a key").is_err());
     assert!(!format!("{signer:?}").contains(&pem));
 }
+
+#[test]
+fn key_sets_need_a_signature_from_a_trusted_key() {
+    let old = CommandSigner::generate().unwrap();
+    let new = CommandSigner::generate().unwrap();
+    let rogue = CommandSigner::generate().unwrap();
+    let mut trusted = TrustedKeys::default();
+    trusted.insert(old.verifying_key());
+
+    // Rotation: the new set is signed by the new key and the old one.
+    let update = sign_key_set(
+        &[new.verifying_key(), old.verifying_key()],
+        NOW,
+        &[&new, &old],
+    );
+    let set = verify_key_set(&update, &trusted).unwrap();
+    assert_eq!(set.issued_at_ms, NOW);
+    assert!(set.keys.get(new.key_id().as_str()).is_some());
+    assert!(set.keys.get(old.key_id().as_str()).is_some());
+
+    // Signed only by keys the agent does not trust: refused.
+    let update = sign_key_set(&[rogue.verifying_key()], NOW, &[&rogue, &new]);
+    assert_eq!(
+        verify_key_set(&update, &trusted).unwrap_err(),
+        KeySetError::Untrusted
+    );
+
+    // A signature claiming a trusted key id but made by another key: refused.
+    let mut update = sign_key_set(&[rogue.verifying_key()], NOW, &[&rogue]);
+    update.signatures[0].key_id = old.key_id().to_string();
+    assert_eq!(
+        verify_key_set(&update, &trusted).unwrap_err(),
+        KeySetError::Untrusted
+    );
+
+    // Tampered set bytes: refused.
+    let mut update = sign_key_set(&[new.verifying_key()], NOW, &[&old]);
+    update.key_set.push(0);
+    assert!(verify_key_set(&update, &trusted).is_err());
+}

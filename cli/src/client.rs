@@ -170,10 +170,18 @@ impl Client {
             .releases)
     }
 
-    pub async fn create_token(&mut self, role: &str, name: Option<&str>) -> anyhow::Result<String> {
+    pub async fn create_token(
+        &mut self,
+        role: &str,
+        name: Option<&str>,
+        apps: Vec<String>,
+        envs: Vec<String>,
+    ) -> anyhow::Result<String> {
         let req = self.req(pb::CreateApiTokenRequest {
             role: role.into(),
             name: name.unwrap_or_default().into(),
+            apps,
+            envs,
         });
         Ok(self
             .inner
@@ -182,6 +190,17 @@ impl Client {
             .map_err(explain)?
             .into_inner()
             .token)
+    }
+
+    pub async fn audit(&mut self, limit: u32) -> anyhow::Result<Vec<pb::AuditEntry>> {
+        let req = self.req(pb::ListAuditRequest { limit });
+        Ok(self
+            .inner
+            .list_audit(req)
+            .await
+            .map_err(explain)?
+            .into_inner()
+            .entries)
     }
 
     pub async fn create_join_token(&mut self, ttl: Duration) -> anyhow::Result<String> {

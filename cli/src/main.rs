@@ -113,6 +113,11 @@ enum Cmd {
     /// One-time tokens that let an agent join (admin).
     #[command(subcommand)]
     JoinToken(JoinTokenCmd),
+    /// Who did what, when, and how it ended: every mutating call (admin).
+    Audit {
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
 }
 
 #[derive(Subcommand)]
@@ -125,6 +130,12 @@ enum TokenCmd {
         /// A name for audit logs, e.g. `ci-web`.
         #[arg(long)]
         name: Option<String>,
+        /// Only these apps may be deployed or rolled back with it (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        apps: Vec<String>,
+        /// Only in these environments (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        envs: Vec<String>,
     },
 }
 
@@ -204,9 +215,20 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             output::status(out, &d);
         }
         Cmd::Logs { id, follow } => client.logs(out, &id, follow).await?,
-        Cmd::Token(TokenCmd::Create { role, name }) => {
-            println!("{}", client.create_token(&role, name.as_deref()).await?);
+        Cmd::Token(TokenCmd::Create {
+            role,
+            name,
+            apps,
+            envs,
+        }) => {
+            println!(
+                "{}",
+                client
+                    .create_token(&role, name.as_deref(), apps, envs)
+                    .await?
+            );
         }
+        Cmd::Audit { limit } => output::audit(out, &client.audit(limit).await?),
         Cmd::JoinToken(JoinTokenCmd::Create { ttl }) => {
             println!("{}", client.create_join_token(ttl).await?);
         }

@@ -205,3 +205,32 @@ pub fn log_line(out: Output, l: &pb::DeploymentLogLine, to_stderr: bool) {
         println!("{text}");
     }
 }
+
+pub fn audit(out: Output, entries: &[pb::AuditEntry]) {
+    if out == Output::Json {
+        let list: Vec<Value> = entries
+            .iter()
+            .map(|e| {
+                json!({
+                    "at": ts(e.at_ms), "actor": e.actor, "action": e.action,
+                    "target": e.target, "outcome": e.outcome,
+                })
+            })
+            .collect();
+        return print_json(&Value::Array(list));
+    }
+    println!(
+        "{:<21} {:<16} {:<18} {:<40} OUTCOME",
+        "AT", "ACTOR", "ACTION", "TARGET"
+    );
+    for e in entries {
+        println!(
+            "{:<21} {:<16} {:<18} {:<40} {}",
+            format_ms(e.at_ms),
+            e.actor,
+            e.action,
+            e.target,
+            e.outcome
+        );
+    }
+}

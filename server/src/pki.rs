@@ -189,6 +189,8 @@ pub fn init(dir: &DataDir, server_names: &[String]) -> anyhow::Result<InitOutput
             role: Role::Admin,
             created_at_ms: flotilla_shared::time::now_ms(),
             created_by: "init".into(),
+            apps: Vec::new(),
+            envs: Vec::new(),
         },
     )?;
     store.db_flush_blocking()?;

@@ -149,6 +149,73 @@ fn api_tokens_have_roles() {
     assert!(!out.status.success());
     assert!(text(&out).contains("this needs admin"), "{}", text(&out));
 
+    // A scoped token deploys only its apps, in its environments.
+    let out = s
+        .cli(&[
+            "token",
+            "create",
+            "--role",
+            "deployer",
+            "--name",
+            "team-shop",
+            "--apps",
+            "shop",
+            "--envs",
+            "prod",
+        ])
+        .unwrap();
+    let scoped = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let out = flotilla_tests::run(s.cli_as(
+        &scoped,
+        &[
+            "deploy", "shop", "--image", "a/shop:1", "--env", "prod", "--wait",
+        ],
+    ))
+    .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let out = flotilla_tests::run(s.cli_as(
+        &scoped,
+        &["deploy", "blog", "--image", "a/blog:1", "--env", "prod"],
+    ))
+    .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains(
+            "scoped to apps [shop] in environments [prod]; it may not change blog in prod"
+        ),
+        "{}",
+        text(&out)
+    );
+
+    // Every mutating call is audited, refused attempts included.
+    let audit = s.json(&["audit"]).unwrap();
+    let rows: Vec<String> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            format!(
+                "{} {} {}",
+                e["actor"].as_str().unwrap(),
+                e["action"].as_str().unwrap(),
+                e["outcome"].as_str().unwrap()
+            )
+        })
+        .collect();
+    let has = |needle: &str| rows.iter().any(|r| r.contains(needle));
+    assert!(has("viewer-t deploy PermissionDenied"), "{rows:#?}");
+    assert!(
+        has("deployer-t create-api-token PermissionDenied"),
+        "{rows:#?}"
+    );
+    assert!(has("deployer-t deploy ok"), "{rows:#?}");
+    assert!(has("team-shop deploy PermissionDenied"), "{rows:#?}");
+    assert!(has("admin create-api-token ok"), "{rows:#?}");
+    assert!(
+        !audit.to_string().contains(&deployer),
+        "the audit log must not hold token secrets"
+    );
+
     let out = flotilla_tests::run(s.cli_as("flt_wrong", &["hosts"])).unwrap();
     assert!(!out.status.success());
     assert!(

@@ -34,6 +34,33 @@ pub struct Api {
 pub struct Caller {
     pub name: String,
     pub role: Role,
+    pub token: ApiToken,
+}
+
+impl Caller {
+    /// Refuses unless the token's scope covers `app` in `env`.
+    fn check_scope(&self, app: &AppName, env: &EnvName) -> Result<(), Status> {
+        if self.token.covers(app, env) {
+            return Ok(());
+        }
+        Err(Status::permission_denied(format!(
+            "token {:?} is scoped to apps [{}] in environments [{}]; it may not change {app} in {env}",
+            self.name,
+            join(&self.token.apps),
+            join(&self.token.envs),
+        )))
+    }
+}
+
+fn join<T: std::fmt::Display>(items: &[T]) -> String {
+    if items.is_empty() {
+        return "all".into();
+    }
+    items
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn internal(err: impl std::fmt::Display) -> Status {
@@ -67,8 +94,9 @@ fn arg<T>(what: &str, result: Result<T, flotilla_shared::NameError>) -> Result<T
 }
 
 impl Api {
-    /// Checks the bearer token and that its role is at least `need`.
-    fn authorize<T>(&self, req: &Request<T>, need: Role) -> Result<Caller, Status> {
+    /// Checks the bearer token and that its role is at least `need`. `action`
+    /// names the call in the audit log when a mutating call is refused.
+    fn authorize<T>(&self, req: &Request<T>, need: Role, action: &str) -> Result<Caller, Status> {
         let header = req.metadata().get("authorization").ok_or_else(|| {
             Status::unauthenticated("missing API token (use --token-file or FLOTILLA_TOKEN)")
         })?;
@@ -83,16 +111,31 @@ impl Api {
             .api_token(&hash_secret(token.trim()))?
             .ok_or_else(|| Status::unauthenticated("invalid API token"))?;
         if record.role < need {
-            return Err(Status::permission_denied(format!(
+            let status = Status::permission_denied(format!(
                 "token {:?} has role {}; this needs {}",
                 record.name,
                 record.role.as_str(),
                 need.as_str()
-            )));
+            ));
+            // Refused attempts to change something are audited too.
+            if need > Role::Viewer {
+                let entry = AuditEntry {
+                    at_ms: now_ms(),
+                    actor: record.name.clone(),
+                    action: action.to_owned(),
+                    target: String::new(),
+                    outcome: format!("{:?}: {}", status.code(), status.message()),
+                };
+                if let Err(e) = self.coordinator.store.audit(&entry) {
+                    tracing::error!("cannot write audit entry: {e}");
+                }
+            }
+            return Err(status);
         }
         Ok(Caller {
-            name: record.name,
+            name: record.name.clone(),
             role: record.role,
+            token: record,
         })
     }
 
@@ -153,7 +196,7 @@ impl FleetService for Api {
         &self,
         req: Request<pb::ListHostsRequest>,
     ) -> Result<Response<pb::ListHostsResponse>, Status> {
-        self.authorize(&req, Role::Viewer)?;
+        self.authorize(&req, Role::Viewer, "read")?;
         let env = req.get_ref().env.clone();
         let c = &self.coordinator;
         let hosts = c
@@ -178,7 +221,7 @@ impl FleetService for Api {
         &self,
         req: Request<pb::RevokeHostRequest>,
     ) -> Result<Response<pb::RevokeHostResponse>, Status> {
-        let caller = self.authorize(&req, Role::Admin)?;
+        let caller = self.authorize(&req, Role::Admin, "revoke-host")?;
         let raw = req.into_inner().host_id;
         let result = async {
             let host_id = arg("host id", HostId::parse(&raw))?;
@@ -200,13 +243,16 @@ impl FleetService for Api {
         &self,
         req: Request<pb::CreateDeploymentRequest>,
     ) -> Result<Response<pb::Deployment>, Status> {
-        let caller = self.authorize(&req, Role::Deployer)?;
+        let caller = self.authorize(&req, Role::Deployer, "deploy")?;
         let r = req.into_inner();
         let target = format!("{} {} {}", r.app, r.env, r.image);
         let result = async {
+            let app = arg("app", AppName::parse(&r.app))?;
+            let env = arg("environment", EnvName::parse(&r.env))?;
+            caller.check_scope(&app, &env)?;
             let new = NewDeployment {
-                app: arg("app", AppName::parse(&r.app))?,
-                env: arg("environment", EnvName::parse(&r.env))?,
+                app,
+                env,
                 kind: DeploymentKind::Deploy,
                 image: arg("image", ImageRef::parse(&r.image))?,
                 created_by: caller.name.clone(),
@@ -223,12 +269,13 @@ impl FleetService for Api {
         &self,
         req: Request<pb::CreateRollbackRequest>,
     ) -> Result<Response<pb::Deployment>, Status> {
-        let caller = self.authorize(&req, Role::Deployer)?;
+        let caller = self.authorize(&req, Role::Deployer, "rollback")?;
         let r = req.into_inner();
         let target = format!("{} {} to {:?}", r.app, r.env, r.to);
         let result = async {
             let app = arg("app", AppName::parse(&r.app))?;
             let env = arg("environment", EnvName::parse(&r.env))?;
+            caller.check_scope(&app, &env)?;
             let to = Some(r.to.trim()).filter(|t| !t.is_empty());
             Ok(self
                 .coordinator
@@ -245,7 +292,7 @@ impl FleetService for Api {
         &self,
         req: Request<pb::GetDeploymentRequest>,
     ) -> Result<Response<pb::Deployment>, Status> {
-        self.authorize(&req, Role::Viewer)?;
+        self.authorize(&req, Role::Viewer, "read")?;
         let id = &req.get_ref().id;
         let d = self
             .coordinator
@@ -259,7 +306,7 @@ impl FleetService for Api {
         &self,
         req: Request<pb::ListDeploymentsRequest>,
     ) -> Result<Response<pb::ListDeploymentsResponse>, Status> {
-        self.authorize(&req, Role::Viewer)?;
+        self.authorize(&req, Role::Viewer, "read")?;
         let r = req.into_inner();
         let limit = if r.limit == 0 { 20 } else { r.limit as usize };
         let deployments = self
@@ -279,7 +326,7 @@ impl FleetService for Api {
         &self,
         req: Request<pb::ListReleasesRequest>,
     ) -> Result<Response<pb::ListReleasesResponse>, Status> {
-        self.authorize(&req, Role::Viewer)?;
+        self.authorize(&req, Role::Viewer, "read")?;
         let r = req.into_inner();
         let app = arg("app", AppName::parse(&r.app))?;
         let env = arg("environment", EnvName::parse(&r.env))?;
@@ -307,7 +354,7 @@ impl FleetService for Api {
         &self,
         req: Request<pb::StreamLogsRequest>,
     ) -> Result<Response<Self::StreamLogsStream>, Status> {
-        self.authorize(&req, Role::Viewer)?;
+        self.authorize(&req, Role::Viewer, "read")?;
         let r = req.into_inner();
         let c = Arc::clone(&self.coordinator);
         if c.store.deployment(&r.deployment_id)?.is_none() {
@@ -328,7 +375,7 @@ impl FleetService for Api {
         &self,
         req: Request<pb::CreateJoinTokenRequest>,
     ) -> Result<Response<pb::CreateJoinTokenResponse>, Status> {
-        let caller = self.authorize(&req, Role::Admin)?;
+        let caller = self.authorize(&req, Role::Admin, "create-join-token")?;
         let ttl = match req.get_ref().ttl_seconds {
             0 => Duration::from_secs(3600),
             s => Duration::from_secs(s),
@@ -375,7 +422,7 @@ impl FleetService for Api {
         &self,
         req: Request<pb::CreateApiTokenRequest>,
     ) -> Result<Response<pb::CreateApiTokenResponse>, Status> {
-        let caller = self.authorize(&req, Role::Admin)?;
+        let caller = self.authorize(&req, Role::Admin, "create-api-token")?;
         let r = req.into_inner();
         let result = async {
             let role = Role::parse(&r.role).ok_or_else(|| {
@@ -394,6 +441,16 @@ impl FleetService for Api {
                     "token name must be at most 64 printable characters",
                 ));
             }
+            let apps = r
+                .apps
+                .iter()
+                .map(|a| arg("scope app", AppName::parse(a)))
+                .collect::<Result<Vec<_>, _>>()?;
+            let envs = r
+                .envs
+                .iter()
+                .map(|e| arg("scope environment", EnvName::parse(e)))
+                .collect::<Result<Vec<_>, _>>()?;
             let secret = format!("flt_{}", random_secret().map_err(internal)?);
             self.coordinator.store.put_api_token(
                 &hash_secret(&secret),
@@ -402,6 +459,8 @@ impl FleetService for Api {
                     role,
                     created_at_ms: now_ms(),
                     created_by: caller.name.clone(),
+                    apps,
+                    envs,
                 },
             )?;
             self.coordinator.store.flush().await?;
@@ -411,10 +470,38 @@ impl FleetService for Api {
         self.audit(
             &caller,
             "create-api-token",
-            &format!("role {} name {:?}", r.role, r.name),
+            &format!(
+                "role {} name {:?} apps {:?} envs {:?}",
+                r.role, r.name, r.apps, r.envs
+            ),
             &result,
         );
         result.map(Response::new)
+    }
+
+    async fn list_audit(
+        &self,
+        req: Request<pb::ListAuditRequest>,
+    ) -> Result<Response<pb::ListAuditResponse>, Status> {
+        self.authorize(&req, Role::Admin, "read-audit")?;
+        let limit = match req.get_ref().limit {
+            0 => 100,
+            n => n as usize,
+        };
+        let entries = self
+            .coordinator
+            .store
+            .audit_log(limit)?
+            .into_iter()
+            .map(|e| pb::AuditEntry {
+                at_ms: e.at_ms,
+                actor: e.actor,
+                action: e.action,
+                target: e.target,
+                outcome: e.outcome,
+            })
+            .collect();
+        Ok(Response::new(pb::ListAuditResponse { entries }))
     }
 }
 

@@ -69,6 +69,20 @@ pub struct ApiToken {
     pub role: Role,
     pub created_at_ms: i64,
     pub created_by: String,
+    /// Apps this token may deploy and roll back; empty means all.
+    #[serde(default)]
+    pub apps: Vec<AppName>,
+    /// Environments this token may deploy to; empty means all.
+    #[serde(default)]
+    pub envs: Vec<EnvName>,
+}
+
+impl ApiToken {
+    /// Whether the token's scope covers `app` in `env`.
+    pub fn covers(&self, app: &AppName, env: &EnvName) -> bool {
+        (self.apps.is_empty() || self.apps.contains(app))
+            && (self.envs.is_empty() || self.envs.contains(env))
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -576,11 +590,13 @@ impl Store {
         Ok(())
     }
 
-    pub fn audit_log(&self) -> Result<Vec<AuditEntry>, StoreError> {
+    /// The newest `limit` audit entries, newest first.
+    pub fn audit_log(&self, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
         self.audit
             .iter()
-            .values()
-            .map(|v| decode("audit", &v?))
+            .rev()
+            .take(limit)
+            .map(|item| decode("audit", &item?.1))
             .collect()
     }
 }

@@ -1,8 +1,9 @@
 //! The agent's data directory: what `join` writes and `run` reads.
 //!
-//! `agent.json` (server URL, host id, env, labels), `agent.key` (0600, the
-//! TLS client key), `agent.pem` (its certificate), `ca.pem` (the pinned
-//! coordinator CA), `trusted-keys.json` (command-verification keys), `spool/`.
+//! `agent.json` (server URL, host id, env, labels), `identity.pem` (0600: the
+//! TLS client certificate and its key in one file, so renewal replaces both
+//! in one atomic rename), `ca.pem` (the pinned coordinator CA),
+//! `trusted-keys.json` (command-verification keys), `spool/`.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -41,11 +42,9 @@ impl AgentDir {
     pub fn agent_file(&self) -> PathBuf {
         self.0.join("agent.json")
     }
-    pub fn key(&self) -> PathBuf {
-        self.0.join("agent.key")
-    }
-    pub fn cert(&self) -> PathBuf {
-        self.0.join("agent.pem")
+    /// Client certificate followed by its private key (PEM, mode 0600).
+    pub fn identity(&self) -> PathBuf {
+        self.0.join("identity.pem")
     }
     pub fn ca(&self) -> PathBuf {
         self.0.join("ca.pem")
@@ -69,8 +68,8 @@ impl AgentDir {
 /// Everything `run` needs, loaded and checked.
 pub struct Identity {
     pub file: AgentFile,
-    pub cert_pem: Vec<u8>,
-    pub key_pem: Vec<u8>,
+    /// Certificate and key PEM blocks (`identity.pem`).
+    pub identity_pem: Vec<u8>,
     pub ca_pem: Vec<u8>,
     pub trusted: TrustedKeys,
     /// `issued_at` of the last key-set update applied (0: keys from join).
@@ -118,13 +117,18 @@ impl Identity {
         }
         Ok(Self {
             file,
-            cert_pem: read(&dir.cert())?,
-            key_pem: read(&dir.key())?,
+            identity_pem: read(&dir.identity())?,
             ca_pem: read(&dir.ca())?,
             trusted,
             keys_updated_at_ms: stored.updated_at_ms,
         })
     }
+}
+
+/// Stores a client certificate and its key together, atomically.
+pub fn write_identity(dir: &AgentDir, certificate_pem: &str, key_pem: &str) -> anyhow::Result<()> {
+    let both = format!("{}\n{}", certificate_pem.trim_end(), key_pem);
+    write_file(&dir.identity(), both.as_bytes(), 0o600)
 }
 
 /// Writes a new file atomically (temp file + rename) with `mode`.

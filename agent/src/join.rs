@@ -11,7 +11,7 @@ use flotilla_shared::token::JoinToken;
 use flotilla_shared::{EnvName, HostId, Labels};
 use rcgen::{CertificateParams, KeyPair};
 
-use crate::identity::{AgentDir, AgentFile, write_file, write_trusted_keys};
+use crate::identity::{AgentDir, AgentFile, write_file, write_identity, write_trusted_keys};
 
 pub struct JoinOptions {
     pub server: String,
@@ -120,8 +120,7 @@ pub async fn join(opts: JoinOptions) -> anyhow::Result<()> {
     }
 
     opts.dir.create()?;
-    write_file(&opts.dir.key(), key.serialize_pem().as_bytes(), 0o600)?;
-    write_file(&opts.dir.cert(), response.certificate_pem.as_bytes(), 0o644)?;
+    write_identity(&opts.dir, &response.certificate_pem, &key.serialize_pem())?;
     write_file(&opts.dir.ca(), ca_pem.as_bytes(), 0o644)?;
     write_trusted_keys(&opts.dir, &trusted, 0)?;
     let file = AgentFile {

@@ -19,6 +19,7 @@ pub mod exec;
 pub mod identity;
 pub mod join;
 pub mod link;
+pub mod renew;
 pub mod spool;
 
 use exec::{Dokku, Numbered};
@@ -37,6 +38,8 @@ pub struct RunConfig {
     pub shutdown_grace: Duration,
     pub heartbeat: Duration,
     pub backoff_max: Duration,
+    /// Renew the client certificate when it expires within this.
+    pub renew_before: Duration,
 }
 
 impl RunConfig {
@@ -47,6 +50,7 @@ impl RunConfig {
             shutdown_grace: Duration::from_secs(60),
             heartbeat: Duration::from_secs(15),
             backoff_max: Duration::from_secs(30),
+            renew_before: Duration::from_secs(30 * 24 * 3600),
         }
     }
 }
@@ -89,6 +93,8 @@ pub async fn run(
     let ctx = Arc::new(Ctx {
         dir: config.dir.clone(),
         trusted: std::sync::RwLock::new((identity.trusted.clone(), identity.keys_updated_at_ms)),
+        identity_pem: std::sync::RwLock::new(identity.identity_pem.clone()),
+        renew_before: config.renew_before,
         identity,
         spool,
         reports: Notify::new(),
@@ -186,14 +192,15 @@ async fn work(
 }
 
 fn warn_if_cert_expires_soon(identity: &Identity) {
-    let Ok(certs) = flotilla_shared::tls::pem_certificates(&identity.cert_pem, "agent.pem") else {
-        return;
-    };
-    if let Ok(not_after) = flotilla_shared::tls::not_after_ms(&certs[0]) {
-        let left = not_after - flotilla_shared::time::now_ms();
-        if left < 14 * 24 * 3600 * 1000 {
-            tracing::warn!(expires = %flotilla_shared::time::format_ms(not_after),
-                "agent certificate expires soon; re-join the host to renew it");
-        }
+    match renew::remaining_ms(&identity.identity_pem) {
+        Ok(left) if left <= 0 => tracing::error!(
+            "the client certificate has expired; the coordinator will refuse this agent. Re-join the host"
+        ),
+        Ok(left) if left < 7 * 24 * 3600 * 1000 => tracing::warn!(
+            days_left = left / (24 * 3600 * 1000),
+            "the client certificate expires soon; it is renewed automatically once connected"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!("cannot read the client certificate's expiry: {e:#}"),
     }
 }

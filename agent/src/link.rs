@@ -24,6 +24,10 @@ pub struct Ctx {
     /// The command-verification keys and when they were last updated; starts
     /// as `identity.trusted`, replaced by verified key-set updates.
     pub trusted: RwLock<(TrustedKeys, i64)>,
+    /// Client certificate and key (PEM); replaced when renewed.
+    pub identity_pem: RwLock<Vec<u8>>,
+    /// Renew the client certificate when it expires within this.
+    pub renew_before: Duration,
     pub spool: Spool,
     /// Signalled whenever a report is added to the spool.
     pub reports: Notify,
@@ -96,10 +100,15 @@ async fn session(
 ) -> anyhow::Result<()> {
     use anyhow::Context as _;
     let id = &ctx.identity;
+    let identity_pem = ctx
+        .identity_pem
+        .read()
+        .map(|pem| pem.clone())
+        .map_err(|_| anyhow::anyhow!("identity lock poisoned"))?;
     let tls = flotilla_shared::tls::client_config(
         &id.ca_pem,
         &id.file.server_name,
-        Some((&id.cert_pem, &id.key_pem)),
+        Some((&identity_pem, &identity_pem)),
     );
     let endpoint = tonic::transport::Channel::from_shared(id.file.server.clone())
         .context("server URL")?
@@ -112,6 +121,7 @@ async fn session(
         () = cancel.cancelled() => return Ok(()),
         c = endpoint.connect() => c.with_context(|| format!("connect to {}", id.file.server))?,
     };
+    renew(ctx, &channel).await;
     let (tx, rx) = mpsc::channel::<pb::AgentMessage>(64);
     tx.send(pb::AgentMessage {
         msg: Some(pb::agent_message::Msg::Hello(pb::Hello {
@@ -120,7 +130,7 @@ async fn session(
     })
     .await
     .context("queue hello")?;
-    let mut client = AgentServiceClient::new(channel);
+    let mut client = AgentServiceClient::new(channel.clone());
     let response = tokio::select! {
         () = cancel.cancelled() => return Ok(()),
         r = client.session(tokio_stream::wrappers::ReceiverStream::new(rx)) => r,
@@ -134,9 +144,12 @@ async fn session(
     let pump = tokio::spawn(pump(Arc::clone(ctx), tx.clone(), session_cancel.clone()));
     let mut heartbeat = tokio::time::interval(ctx.heartbeat);
     heartbeat.tick().await;
+    let mut renewal = tokio::time::interval(RENEWAL_CHECK);
+    renewal.tick().await;
     let result = loop {
         tokio::select! {
             () = cancel.cancelled() => break Ok(()),
+            _ = renewal.tick() => renew(ctx, &channel).await,
             _ = heartbeat.tick() => {
                 let hb = pb::AgentMessage { msg: Some(pb::agent_message::Msg::Heartbeat(pb::Heartbeat {})) };
                 if tx.send(hb).await.is_err() {
@@ -157,6 +170,16 @@ async fn session(
     session_cancel.cancel();
     let _ = pump.await;
     result
+}
+
+/// How often a long session checks whether the certificate needs renewal.
+const RENEWAL_CHECK: Duration = Duration::from_secs(6 * 3600);
+
+/// Renews the client certificate if due; failures are logged and retried later.
+async fn renew(ctx: &Ctx, channel: &tonic::transport::Channel) {
+    if let Err(e) = crate::renew::renew_if_due(ctx, channel.clone(), ctx.renew_before).await {
+        tracing::warn!("certificate renewal failed (will retry): {e:#}");
+    }
 }
 
 /// Sends spool reports in order, from the oldest unacknowledged one, then

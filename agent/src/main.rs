@@ -77,6 +77,9 @@ enum Cmd {
         /// Longest wait between reconnection attempts (backoff doubles up to this, with jitter).
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         reconnect_max: Duration,
+        /// Renew the client certificate (90 days) once it expires within this.
+        #[arg(long, default_value = "30days", value_parser = humantime::parse_duration)]
+        renew_before: Duration,
     },
 }
 
@@ -116,11 +119,13 @@ fn real_main(args: Args) -> anyhow::Result<()> {
             dokku_bin,
             shutdown_grace,
             reconnect_max,
+            renew_before,
         } => {
             let mut config = RunConfig::new(AgentDir::new(data_dir));
             config.dokku_bin = dokku_bin;
             config.shutdown_grace = shutdown_grace;
             config.backoff_max = reconnect_max;
+            config.renew_before = renew_before;
             runtime.block_on(run(config, flotilla_shared::shutdown::signal()))
         }
     }

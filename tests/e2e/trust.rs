@@ -392,3 +392,36 @@ fn signing_keys_rotate_through_a_key_set_signed_by_the_old_key() {
     );
     assert_eq!(f.hosts[0].deployed_image("shop").unwrap(), "acme/shop:3");
 }
+
+#[test]
+fn agents_renew_their_client_certificate_before_it_expires() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mut f = fleet(1);
+    let path = f.hosts[0].agent_dir.join("identity.pem");
+    let before = std::fs::read_to_string(&path).unwrap();
+
+    // Make the 90-day certificate "due" by asking for renewal 10 years ahead.
+    f.agents[0].terminate().unwrap();
+    f.agents[0] = f.hosts[0]
+        .start_with(&["--renew-before", "3650days"])
+        .unwrap();
+    f.agents[0]
+        .log
+        .wait_for("client certificate renewed")
+        .unwrap();
+    let after = std::fs::read_to_string(&path).unwrap();
+    assert_ne!(before, after);
+    assert!(after.contains("BEGIN CERTIFICATE") && after.contains("PRIVATE KEY"));
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    // The renewed identity is the one used from now on.
+    f.agents[0].terminate().unwrap();
+    f.agents[0] = f.hosts[0].start().unwrap();
+    let (ok, _) = deploy_wait(&f.server, "shop", "acme/shop:1");
+    assert!(ok);
+    let audit = f.server.json(&["audit"]).unwrap().to_string();
+    assert!(audit.contains("renew-certificate"), "{audit}");
+}

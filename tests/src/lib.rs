@@ -359,6 +359,11 @@ impl Host {
 
     /// Starts `flotilla-agent run` and waits for its session.
     pub fn start(&self) -> anyhow::Result<Proc> {
+        self.start_with(&[])
+    }
+
+    /// Like `start`, with extra `run` arguments.
+    pub fn start_with(&self, extra: &[&str]) -> anyhow::Result<Proc> {
         let mut cmd = Command::new(bin("flotilla-agent"));
         cmd.arg("run")
             .arg("--data-dir")
@@ -366,6 +371,7 @@ impl Host {
             .arg("--dokku-bin")
             .arg(bin("fake-dokku"))
             .args(["--reconnect-max", "500ms", "--shutdown-grace", "5s"])
+            .args(extra)
             .env("DOKKU_ROOT", &self.dokku_root);
         let proc = Proc::spawn(cmd, &self.host_id)?;
         proc.log.wait_for("session established")?;

@@ -21,6 +21,33 @@ pub struct AgentApi {
     pub cancel: CancellationToken,
 }
 
+impl AgentApi {
+    /// The registered, non-revoked host a request's client certificate names.
+    /// rustls already checked the certificate chains to our CA.
+    fn authenticated_host<T>(&self, req: &Request<T>) -> Result<HostId, Status> {
+        let certs = req.peer_certs().ok_or_else(|| {
+            Status::unauthenticated("a client certificate from the coordinator's CA is required")
+        })?;
+        let leaf = certs
+            .first()
+            .ok_or_else(|| Status::unauthenticated("no client certificate"))?;
+        let host_id = flotilla_shared::tls::host_id_from_cert(leaf)
+            .map_err(|e| Status::unauthenticated(format!("bad client certificate: {e}")))?;
+        match self.coordinator.store.host(&host_id).map_err(internal)? {
+            None => Err(Status::permission_denied(format!(
+                "host {host_id} is not registered"
+            ))),
+            Some(h) if h.revoked => {
+                tracing::warn!(%host_id, "revoked host refused");
+                Err(Status::permission_denied(format!(
+                    "host {host_id} has been revoked"
+                )))
+            }
+            Some(_) => Ok(host_id),
+        }
+    }
+}
+
 type SessionStream = Pin<Box<dyn Stream<Item = Result<pb::CoordinatorMessage, Status>> + Send>>;
 
 fn internal(err: impl std::fmt::Display) -> Status {
@@ -113,6 +140,32 @@ impl AgentService for AgentApi {
         }))
     }
 
+    #[tracing::instrument(skip_all, fields(rpc = "renew"))]
+    async fn renew(
+        &self,
+        req: Request<pb::RenewRequest>,
+    ) -> Result<Response<pb::RenewResponse>, Status> {
+        let host_id = self.authenticated_host(&req)?;
+        let c = &self.coordinator;
+        let (certificate_pem, not_after_ms) =
+            c.ca.issue_agent_cert(&req.get_ref().csr_pem, &host_id)
+                .map_err(|e| Status::invalid_argument(format!("{e:#}")))?;
+        c.store
+            .update_host(&host_id, |h| h.cert_not_after_ms = not_after_ms)
+            .map_err(internal)?;
+        let audit = AuditEntry {
+            at_ms: now_ms(),
+            actor: format!("agent:{host_id}"),
+            action: "renew-certificate".into(),
+            target: host_id.to_string(),
+            outcome: "ok".into(),
+        };
+        c.store.audit(&audit).map_err(internal)?;
+        c.store.flush().await.map_err(internal)?;
+        tracing::info!(%host_id, expires = %format_ms(not_after_ms), "agent certificate renewed");
+        Ok(Response::new(pb::RenewResponse { certificate_pem }))
+    }
+
     type SessionStream = SessionStream;
 
     #[tracing::instrument(skip_all, fields(rpc = "session"))]
@@ -123,30 +176,8 @@ impl AgentService for AgentApi {
         if self.cancel.is_cancelled() {
             return Err(Status::unavailable("coordinator is shutting down"));
         }
-        let certs = req.peer_certs().ok_or_else(|| {
-            Status::unauthenticated("a client certificate from the coordinator's CA is required")
-        })?;
-        let leaf = certs
-            .first()
-            .ok_or_else(|| Status::unauthenticated("no client certificate"))?;
-        let host_id = flotilla_shared::tls::host_id_from_cert(leaf)
-            .map_err(|e| Status::unauthenticated(format!("bad client certificate: {e}")))?;
+        let host_id = self.authenticated_host(&req)?;
         let c = Arc::clone(&self.coordinator);
-        let host = c.store.host(&host_id).map_err(internal)?;
-        match host {
-            None => {
-                return Err(Status::permission_denied(format!(
-                    "host {host_id} is not registered"
-                )));
-            }
-            Some(h) if h.revoked => {
-                tracing::warn!(%host_id, "revoked host refused");
-                return Err(Status::permission_denied(format!(
-                    "host {host_id} has been revoked"
-                )));
-            }
-            Some(_) => {}
-        }
         let (session_id, rx) = c.sessions.register(&host_id);
         tracing::info!(%host_id, session_id, "agent connected");
         // The current key set first (rotation), then everything the agent has

@@ -237,3 +237,106 @@ impl Spool {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use flotilla_shared::signing::Action;
+    use flotilla_shared::{AppName, HostId, ImageRef};
+
+    use super::*;
+
+    fn command(id: &str) -> VerifiedCommand {
+        VerifiedCommand {
+            command_id: id.into(),
+            host_id: HostId::parse("web-1").unwrap(),
+            deployment_id: "d-1".into(),
+            issued_at_ms: 1,
+            expires_at_ms: 2,
+            action: Action::Deploy {
+                app: AppName::parse("shop").unwrap(),
+                image: ImageRef::parse("acme/shop:1").unwrap(),
+            },
+        }
+    }
+
+    fn log(seq: u64) -> pb::LogLine {
+        pb::LogLine {
+            seq,
+            stream: pb::Stream::Stdout.into(),
+            line: format!("line {seq}"),
+            at_ms: 0,
+        }
+    }
+
+    fn kinds(reports: &[pb::Report]) -> Vec<&'static str> {
+        reports
+            .iter()
+            .map(|r| match r.body {
+                Some(pb::report::Body::Accepted(_)) => "accepted",
+                Some(pb::report::Body::Log(_)) => "log",
+                Some(pb::report::Body::Result(_)) => "result",
+                Some(pb::report::Body::Refused(_)) => "refused",
+                None => "none",
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn reports_stay_until_acked_and_commands_are_remembered_across_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let spool = Spool::open(dir.path()).unwrap();
+            assert!(!spool.seen("c-1"));
+            spool.accept(&command("c-1")).await.unwrap();
+            assert!(spool.seen("c-1"));
+            spool.mark_running("c-1").await.unwrap();
+            spool.push_log("c-1", log(0)).unwrap();
+            spool.push_log("c-1", log(1)).unwrap();
+            let all = spool.pending_after(None, 100).unwrap();
+            assert_eq!(kinds(&all), ["accepted", "log", "log"]);
+            let seqs: Vec<u64> = all.iter().map(|r| r.spool_seq).collect();
+            assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+
+            // A cumulative ack drops exactly the reports up to it.
+            assert_eq!(spool.ack(seqs[1]).unwrap(), 2);
+            assert_eq!(kinds(&spool.pending_after(None, 100).unwrap()), ["log"]);
+            assert_eq!(
+                kinds(&spool.pending_after(Some(seqs[2]), 100).unwrap()),
+                Vec::<&str>::new()
+            );
+            spool.flush().await.unwrap();
+        }
+        // After a restart: the command is still seen, still unfinished, and
+        // the unacknowledged report is still there.
+        let spool = Spool::open(dir.path()).unwrap();
+        assert!(spool.seen("c-1"));
+        let unfinished = spool.unfinished().unwrap();
+        assert_eq!(unfinished.len(), 1);
+        assert_eq!(unfinished[0].state, CommandState::Running);
+        assert_eq!(kinds(&spool.pending_after(None, 100).unwrap()), ["log"]);
+
+        spool
+            .finish(
+                "c-1",
+                pb::CommandResult {
+                    outcome: pb::Outcome::Interrupted.into(),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert!(spool.unfinished().unwrap().is_empty());
+        assert_eq!(
+            kinds(&spool.pending_after(None, 100).unwrap()),
+            ["log", "result"]
+        );
+        // New sequence numbers keep growing after a restart.
+        let after: Vec<u64> = spool
+            .pending_after(None, 100)
+            .unwrap()
+            .iter()
+            .map(|r| r.spool_seq)
+            .collect();
+        assert!(after[0] < after[1]);
+    }
+}

@@ -14,6 +14,9 @@ use tokio::io::AsyncBufReadExt as _;
 use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 
+#[cfg(test)]
+mod tests;
+
 /// Dokku's exit code for "app does not exist".
 pub const EXIT_APP_MISSING: i32 = 20;
 
@@ -85,13 +88,30 @@ impl Dokku {
             last_stderr: None,
             no_changes: false,
         };
+        let mut status = None;
         loop {
-            let segment = tokio::select! {
-                () = cancel.cancelled() => {
-                    let _ = child.kill().await;
-                    return Err(ExecError::Cancelled);
+            let segment = if status.is_some() {
+                // dokku exited; a process it left behind may still hold the
+                // pipe open, so the rest of the output gets a bounded wait.
+                match tokio::time::timeout(DRAIN_AFTER_EXIT, lines.next_segment()).await {
+                    Ok(segment) => segment?,
+                    Err(_) => {
+                        tracing::warn!("dokku exited but its output stayed open; stopped reading");
+                        break;
+                    }
                 }
-                segment = lines.next_segment() => segment?,
+            } else {
+                tokio::select! {
+                    () = cancel.cancelled() => {
+                        let _ = child.kill().await;
+                        return Err(ExecError::Cancelled);
+                    }
+                    exited = child.wait() => {
+                        status = Some(exited?);
+                        continue;
+                    }
+                    segment = lines.next_segment() => segment?,
+                }
             };
             let Some(bytes) = segment else { break };
             let line = clean(&bytes);
@@ -106,12 +126,15 @@ impl Dokku {
             };
             sink.line(stream, line);
         }
-        let status = tokio::select! {
-            () = cancel.cancelled() => {
-                let _ = child.kill().await;
-                return Err(ExecError::Cancelled);
-            }
-            status = child.wait() => status?,
+        let status = match status {
+            Some(status) => status,
+            None => tokio::select! {
+                () = cancel.cancelled() => {
+                    let _ = child.kill().await;
+                    return Err(ExecError::Cancelled);
+                }
+                status = child.wait() => status?,
+            },
         };
         exit.code = status.code();
         Ok(exit)
@@ -245,10 +268,21 @@ impl Dokku {
     }
 }
 
+/// Longest line kept; longer ones are cut (a runaway line must not exhaust memory or the spool).
+const MAX_LINE_BYTES: usize = 16 * 1024;
+
+/// How long output is still read after dokku exits.
+const DRAIN_AFTER_EXIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 fn clean(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes)
+    let cut = &bytes[..bytes.len().min(MAX_LINE_BYTES)];
+    let mut line = String::from_utf8_lossy(cut)
         .trim_end_matches('\r')
-        .to_owned()
+        .to_owned();
+    if bytes.len() > MAX_LINE_BYTES {
+        line.push_str(" …[line truncated]");
+    }
+    line
 }
 
 fn describe(what: &str, exit: &Exit) -> String {

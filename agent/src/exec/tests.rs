@@ -1,0 +1,270 @@
+//! The executor against a scripted stand-in (a test fixture; the agent itself
+//! never uses a shell): argument vectors, line order, exit-code handling.
+
+use std::os::unix::fs::PermissionsExt as _;
+
+use super::*;
+
+/// A fake `dokku` whose behaviour for each subcommand is a shell snippet.
+/// Every invocation's argv is appended to `calls`, one argument per line.
+fn fixture(dir: &std::path::Path, git_from_image: &str, report: &str) -> Dokku {
+    let calls = dir.join("calls");
+    let script = format!(
+        r#"#!/bin/sh
+for a in "$@"; do printf '%s\n' "$a" >> '{calls}'; done
+printf -- '--\n' >> '{calls}'
+case "$1" in
+  apps:exists) echo ' !     App shop does not exist' >&2; exit 20 ;;
+  apps:create) echo "-----> Creating $2..." ;;
+  git:from-image) {git_from_image} ;;
+  apps:report) {report} ;;
+esac
+"#,
+        calls = calls.display()
+    );
+    let bin = dir.join("dokku");
+    std::fs::write(&bin, script).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    Dokku { bin }
+}
+
+fn calls(dir: &std::path::Path) -> Vec<Vec<String>> {
+    std::fs::read_to_string(dir.join("calls"))
+        .unwrap()
+        .split("--\n")
+        .filter(|c| !c.is_empty())
+        .map(|c| c.lines().map(str::to_owned).collect())
+        .collect()
+}
+
+#[derive(Default)]
+struct Lines(Vec<(pb::Stream, String)>);
+
+impl LineSink for Lines {
+    fn line(&mut self, stream: pb::Stream, line: String) {
+        self.0.push((stream, line));
+    }
+}
+
+fn deploy(image: &str) -> Action {
+    Action::Deploy {
+        app: AppName::parse("shop").unwrap(),
+        image: ImageRef::parse(image).unwrap(),
+    }
+}
+
+#[tokio::test]
+async fn creates_a_missing_app_then_deploys_with_exact_arguments_and_line_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let dokku = fixture(
+        dir.path(),
+        "echo '-----> one'; echo ' !     two' >&2; echo '-----> three'; echo ' !     four' >&2",
+        "echo acme/shop:1",
+    );
+    let mut lines = Lines::default();
+    let result = dokku
+        .execute(
+            &deploy("acme/shop:1"),
+            &mut lines,
+            &CancellationToken::new(),
+        )
+        .await;
+    assert_eq!(
+        result.outcome,
+        i32::from(pb::Outcome::Succeeded),
+        "{result:?}"
+    );
+    assert_eq!(result.exit_code, Some(0));
+    assert_eq!(result.deployed_image, "acme/shop:1");
+    assert_eq!(
+        calls(dir.path()),
+        [
+            vec!["apps:exists", "shop"],
+            vec!["apps:create", "shop"],
+            vec!["git:from-image", "shop", "acme/shop:1"],
+            vec!["apps:report", "shop", "--app-deploy-source-metadata"],
+        ]
+    );
+    let dokku_lines: Vec<_> = lines
+        .0
+        .iter()
+        .filter(|(s, _)| *s != pb::Stream::Agent)
+        .map(|(s, l)| (*s, l.as_str()))
+        .collect();
+    assert_eq!(
+        dokku_lines,
+        [
+            (pb::Stream::Stderr, " !     App shop does not exist"),
+            (pb::Stream::Stdout, "-----> Creating shop..."),
+            (pb::Stream::Stdout, "-----> one"),
+            (pb::Stream::Stderr, " !     two"),
+            (pb::Stream::Stdout, "-----> three"),
+            (pb::Stream::Stderr, " !     four"),
+        ]
+    );
+    assert!(lines.0.iter().any(|(s, l)| *s == pb::Stream::Agent && l == "$ dokku git:from-image shop acme/shop:1"));
+}
+
+#[tokio::test]
+async fn no_changes_for_the_deployed_image_is_success() {
+    let dir = tempfile::tempdir().unwrap();
+    let dokku = fixture(
+        dir.path(),
+        "echo ' !     No changes detected, skipping git commit' >&2; exit 1",
+        "echo acme/shop:1",
+    );
+    let mut lines = Lines::default();
+    let result = dokku
+        .execute(
+            &deploy("acme/shop:1"),
+            &mut lines,
+            &CancellationToken::new(),
+        )
+        .await;
+    assert_eq!(
+        result.outcome,
+        i32::from(pb::Outcome::Succeeded),
+        "{result:?}"
+    );
+    assert_eq!(result.exit_code, Some(1));
+    assert!(
+        lines
+            .0
+            .iter()
+            .any(|(_, l)| l.contains("already at acme/shop:1"))
+    );
+}
+
+#[tokio::test]
+async fn no_changes_for_another_image_and_other_failures_fail_with_dokkus_message() {
+    let dir = tempfile::tempdir().unwrap();
+    // Dokku says "no changes" but reports a different image: not a success.
+    let dokku = fixture(
+        dir.path(),
+        "echo ' !     No changes detected, skipping git commit' >&2; exit 1",
+        "echo acme/shop:0",
+    );
+    let result = dokku
+        .execute(
+            &deploy("acme/shop:1"),
+            &mut Lines::default(),
+            &CancellationToken::new(),
+        )
+        .await;
+    assert_eq!(result.outcome, i32::from(pb::Outcome::Failed));
+
+    let dir = tempfile::tempdir().unwrap();
+    let dokku = fixture(
+        dir.path(),
+        "echo ' !     Could not start due to 1 failed checks (web.1)' >&2; exit 1",
+        "echo acme/shop:0",
+    );
+    let result = dokku
+        .execute(
+            &deploy("acme/shop:1"),
+            &mut Lines::default(),
+            &CancellationToken::new(),
+        )
+        .await;
+    assert_eq!(result.outcome, i32::from(pb::Outcome::Failed));
+    assert_eq!(result.exit_code, Some(1));
+    assert_eq!(
+        result.error,
+        "dokku git:from-image exited with 1: Could not start due to 1 failed checks (web.1)"
+    );
+    assert_eq!(result.deployed_image, "acme/shop:0");
+}
+
+/// Cancels the run as soon as dokku prints `needle` (an event, not a timer).
+struct CancelOn {
+    needle: &'static str,
+    cancel: CancellationToken,
+}
+
+impl LineSink for CancelOn {
+    fn line(&mut self, _: pb::Stream, line: String) {
+        if line == self.needle {
+            self.cancel.cancel();
+        }
+    }
+}
+
+#[tokio::test]
+async fn cancelling_kills_dokku_and_reports_interrupted() {
+    let dir = tempfile::tempdir().unwrap();
+    let dokku = fixture(dir.path(), "echo started; exec sleep 600", "echo x");
+    let cancel = CancellationToken::new();
+    let mut sink = CancelOn {
+        needle: "started",
+        cancel: cancel.clone(),
+    };
+    let action = deploy("acme/shop:1");
+    let result = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        dokku.execute(&action, &mut sink, &cancel),
+    )
+    .await
+    .expect("cancel must end the run");
+    assert_eq!(
+        result.outcome,
+        i32::from(pb::Outcome::Interrupted),
+        "{result:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_missing_dokku_binary_is_a_clear_failure() {
+    let dokku = Dokku {
+        bin: "/nonexistent/dokku".into(),
+    };
+    let result = dokku
+        .execute(
+            &deploy("acme/shop:1"),
+            &mut Lines::default(),
+            &CancellationToken::new(),
+        )
+        .await;
+    assert_eq!(result.outcome, i32::from(pb::Outcome::Failed));
+    assert!(
+        result.error.contains("cannot start /nonexistent/dokku"),
+        "{}",
+        result.error
+    );
+}
+
+#[tokio::test]
+async fn a_process_left_holding_the_output_does_not_hang_the_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    // dokku exits at once, but leaves a background process with its stdout.
+    let pid_file = dir.path().join("bg.pid");
+    let script = format!(
+        "echo deployed; sleep 600 & echo $! > '{}'; exit 0",
+        pid_file.display()
+    );
+    let dokku = fixture(dir.path(), &script, "echo acme/shop:1");
+    let result = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        dokku.execute(
+            &deploy("acme/shop:1"),
+            &mut Lines::default(),
+            &CancellationToken::new(),
+        ),
+    )
+    .await
+    .expect("must not wait for the background process");
+    let pid = std::fs::read_to_string(&pid_file).unwrap();
+    let _ = std::process::Command::new("kill").arg(pid.trim()).status();
+    assert_eq!(
+        result.outcome,
+        i32::from(pb::Outcome::Succeeded),
+        "{result:?}"
+    );
+}
+
+#[test]
+fn huge_lines_are_cut() {
+    let line = clean(&vec![b'x'; MAX_LINE_BYTES * 2]);
+    assert!(line.len() < MAX_LINE_BYTES + 64);
+    assert!(line.ends_with("[line truncated]"));
+    assert_eq!(clean(b"ok\r"), "ok");
+}

@@ -1,0 +1,199 @@
+use super::*;
+
+fn host(id: &str) -> Host {
+    Host {
+        host_id: HostId::parse(id).unwrap(),
+        env: EnvName::parse("prod").unwrap(),
+        labels: Labels::default(),
+        agent_version: "test".into(),
+        joined_at_ms: 1,
+        last_seen_ms: 0,
+        revoked: false,
+        cert_not_after_ms: 0,
+    }
+}
+
+fn join_token(expires_at_ms: i64) -> JoinTokenRecord {
+    JoinTokenRecord {
+        expires_at_ms,
+        created_by: "test".into(),
+        used_by: None,
+        used_at_ms: 0,
+    }
+}
+
+fn deployment(id: &str, state: State) -> Deployment {
+    Deployment {
+        id: id.into(),
+        app: AppName::parse("shop").unwrap(),
+        env: EnvName::parse("prod").unwrap(),
+        kind: DeploymentKind::Deploy,
+        image: ImageRef::parse("acme/shop:1").unwrap(),
+        state,
+        created_at_ms: 1,
+        finished_at_ms: 0,
+        created_by: "test".into(),
+        hosts: Vec::new(),
+        error: String::new(),
+        target_release: 0,
+    }
+}
+
+#[test]
+fn join_tokens_are_single_use_expire_and_host_ids_are_unique() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    store.put_join_token("t1", &join_token(100)).unwrap();
+    store.put_join_token("t2", &join_token(100)).unwrap();
+    store.put_join_token("old", &join_token(10)).unwrap();
+
+    assert!(matches!(
+        store.join_host("nope", &host("a"), 50).unwrap(),
+        JoinOutcome::UnknownToken
+    ));
+    assert!(matches!(
+        store.join_host("old", &host("a"), 50).unwrap(),
+        JoinOutcome::Expired { at_ms: 10 }
+    ));
+    assert!(matches!(
+        store.join_host("t1", &host("a"), 50).unwrap(),
+        JoinOutcome::Joined
+    ));
+    match store.join_host("t1", &host("b"), 60).unwrap() {
+        JoinOutcome::AlreadyUsed { by, at_ms } => {
+            assert_eq!(by.unwrap().as_str(), "a");
+            assert_eq!(at_ms, 50);
+        }
+        other => panic!("{other:?}"),
+    }
+    // A clash on the host id does not use up the token.
+    assert!(matches!(
+        store.join_host("t2", &host("a"), 60).unwrap(),
+        JoinOutcome::HostExists
+    ));
+    assert!(matches!(
+        store.join_host("t2", &host("b"), 60).unwrap(),
+        JoinOutcome::Joined
+    ));
+    let ids: Vec<String> = store
+        .hosts()
+        .unwrap()
+        .into_iter()
+        .map(|h| h.host_id.to_string())
+        .collect();
+    assert_eq!(ids, ["a", "b"]);
+}
+
+#[test]
+fn one_active_deployment_per_app_and_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let first = deployment("d1", State::Running);
+    assert_eq!(store.insert_deployment(&first).unwrap(), Ok(()));
+    assert_eq!(
+        store
+            .insert_deployment(&deployment("d2", State::Pending))
+            .unwrap(),
+        Err("d1".into())
+    );
+
+    let mut done = first.clone();
+    done.state = State::Succeeded;
+    let release = Release {
+        number: 1,
+        app: done.app.clone(),
+        env: done.env.clone(),
+        image: done.image.clone(),
+        deployment_id: done.id.clone(),
+        kind: DeploymentKind::Deploy,
+        created_at_ms: 2,
+    };
+    store.save_deployment(&done, Some(&release)).unwrap();
+    assert_eq!(store.active_deployment(&done.app, &done.env).unwrap(), None);
+    assert_eq!(
+        store
+            .insert_deployment(&deployment("d2", State::Pending))
+            .unwrap(),
+        Ok(())
+    );
+    // Newest first.
+    let ids: Vec<String> = store
+        .deployments()
+        .unwrap()
+        .into_iter()
+        .map(|d| d.id)
+        .collect();
+    assert_eq!(ids, ["d2", "d1"]);
+}
+
+#[test]
+fn releases_are_per_app_and_environment_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let mut n = 0;
+    for (app, env, number) in [
+        ("shop", "prod", 1),
+        ("shop", "staging", 1),
+        ("shop", "prod", 2),
+        ("shopx", "prod", 1),
+        ("shop", "prod", 300),
+    ] {
+        n += 1;
+        let mut d = deployment(&format!("d{n}"), State::Succeeded);
+        d.app = AppName::parse(app).unwrap();
+        d.env = EnvName::parse(env).unwrap();
+        let release = Release {
+            number,
+            app: d.app.clone(),
+            env: d.env.clone(),
+            image: ImageRef::parse(format!("acme/{app}:{number}")).unwrap(),
+            deployment_id: d.id.clone(),
+            kind: DeploymentKind::Deploy,
+            created_at_ms: n,
+        };
+        store.save_deployment(&d, Some(&release)).unwrap();
+    }
+    let prod: Vec<u64> = store
+        .releases(
+            &AppName::parse("shop").unwrap(),
+            &EnvName::parse("prod").unwrap(),
+        )
+        .unwrap()
+        .into_iter()
+        .map(|r| r.number)
+        .collect();
+    assert_eq!(prod, [1, 2, 300]);
+}
+
+#[test]
+fn log_lines_are_idempotent_and_paged_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let line = |host: &str, seq| LogLine {
+        host_id: HostId::parse(host).unwrap(),
+        seq,
+        stream: "stdout".into(),
+        line: format!("{host} {seq}"),
+        at_ms: 0,
+    };
+    for seq in [2, 0, 1, 1] {
+        store.put_log("d1", 1, &line("b", seq)).unwrap();
+    }
+    for seq in 0..300 {
+        store.put_log("d1", 0, &line("a", seq)).unwrap();
+    }
+    store.put_log("d10", 0, &line("z", 0)).unwrap();
+    let mut all = Vec::new();
+    let mut cursor = None;
+    loop {
+        let (page, next) = store.logs_after("d1", cursor.as_deref(), 128).unwrap();
+        if page.is_empty() {
+            break;
+        }
+        all.extend(page.into_iter().map(|l| l.line));
+        cursor = next;
+    }
+    let mut expected: Vec<String> = (0..300).map(|s| format!("a {s}")).collect();
+    expected.extend((0..3).map(|s| format!("b {s}")));
+    assert_eq!(all, expected);
+}

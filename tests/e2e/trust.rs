@@ -425,3 +425,52 @@ fn agents_renew_their_client_certificate_before_it_expires() {
     let audit = f.server.json(&["audit"]).unwrap().to_string();
     assert!(audit.contains("renew-certificate"), "{audit}");
 }
+
+#[test]
+fn init_refuses_an_initialised_directory_and_serve_takes_an_openssl_key() {
+    let root = tempfile::tempdir().unwrap();
+    let data_dir = Server::init(root.path()).unwrap();
+    for file in ["ca.pem", "signing.key", "admin.token"] {
+        assert!(data_dir.join(file).is_file(), "{file}");
+    }
+    let mode = |f: &str| {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::metadata(data_dir.join(f))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode("admin.token"), 0o600);
+    assert_eq!(mode("signing.key"), 0o600);
+    assert_eq!(mode("ca.key"), 0o600);
+    let err = Server::init(root.path()).unwrap_err().to_string();
+    assert!(
+        err.contains("already initialised") && err.contains("refusing to overwrite"),
+        "{err}"
+    );
+
+    // A key from `openssl genpkey -algorithm ed25519` is a valid signing key.
+    let key = root.path().join("openssl.key");
+    let status = std::process::Command::new("openssl")
+        .args(["genpkey", "-algorithm", "ed25519", "-out"])
+        .arg(&key)
+        .status()
+        .expect("openssl is needed for this test (apt-get install openssl)");
+    assert!(status.success());
+    let expected = flotilla_shared::signing::CommandSigner::from_pkcs8_pem(
+        &std::fs::read_to_string(&key).unwrap(),
+    )
+    .unwrap();
+    let server = Server::start(
+        &data_dir,
+        "127.0.0.1:0",
+        &["--signing-key", key.to_str().unwrap()],
+    )
+    .unwrap();
+    server
+        .proc
+        .log
+        .wait_for(&format!("key_id={}", expected.key_id()))
+        .unwrap();
+}

@@ -16,14 +16,15 @@ use anyhow::{Context as _, bail};
 /// Longest wait for any one event in a test.
 pub const WAIT: Duration = Duration::from_secs(60);
 
-/// A workspace binary (`flotilla-server`, `flotilla-agent`, `flotilla`, `fake-dokku`),
-/// found next to the test executable's `deps/` directory.
+/// A workspace binary (`flotilla-server`, `flotilla-agent`, `flotilla`, `fake-dokku`)
+/// in the same target directory as the running executable (test binaries live
+/// one level down, in `deps/`).
 pub fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target directory");
+    let exe = std::env::current_exe().expect("executable path");
+    let mut dir = exe.parent().expect("executable directory").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
     let path = dir.join(name);
     assert!(
         path.is_file(),

@@ -144,7 +144,14 @@ pub fn write_file(path: &Path, contents: &[u8], mode: u32) -> anyhow::Result<()>
     file.write_all(contents)
         .and_then(|()| file.sync_all())
         .with_context(|| format!("write {}", tmp.display()))?;
-    fs::rename(&tmp, path).with_context(|| format!("rename to {}", path.display()))
+    fs::rename(&tmp, path).with_context(|| format!("rename to {}", path.display()))?;
+    // Make the rename itself durable.
+    if let Some(parent) = path.parent() {
+        fs::File::open(parent)
+            .and_then(|d| d.sync_all())
+            .with_context(|| format!("sync {}", parent.display()))?;
+    }
+    Ok(())
 }
 
 /// Stores the trusted keys atomically.

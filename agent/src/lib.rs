@@ -120,9 +120,12 @@ pub async fn run(
     ));
     let mut link = tokio::spawn(link::run(Arc::clone(&ctx), work_tx, stop_link.clone()));
 
+    let mut failure = None;
     tokio::select! {
         () = shutdown => {}
-        res = &mut worker => tracing::error!("worker stopped unexpectedly: {res:?}"),
+        res = &mut worker => {
+            failure = Some(format!("the command worker stopped unexpectedly: {res:?}"));
+        }
     }
 
     // 4. Shutdown order: stop the link (no new commands), let the running
@@ -151,6 +154,10 @@ pub async fn run(
         }
     }
     ctx.spool.flush().await?;
+    if let Some(failure) = failure {
+        // Exit non-zero so the service manager restarts the agent.
+        anyhow::bail!(failure);
+    }
     tracing::info!("agent stopped");
     Ok(())
 }
@@ -170,7 +177,21 @@ async fn work(
         };
         let id = cmd.command_id.clone();
         if let Err(e) = ctx.spool.mark_running(&id).await {
-            tracing::error!(command = %id, "cannot record command start: {e}");
+            // Without the mark a crash would be reported as "not run": don't run.
+            tracing::error!(command = %id, "cannot record command start; not running it: {e}");
+            let result = pb::CommandResult {
+                outcome: pb::Outcome::Failed.into(),
+                exit_code: None,
+                error: format!(
+                    "the agent could not record the command start, so it did not run it: {e}"
+                ),
+                deployed_image: String::new(),
+            };
+            if let Err(e) = ctx.spool.finish(&id, result).await {
+                tracing::error!(command = %id, "cannot record the result: {e}");
+            }
+            ctx.reports.notify_one();
+            continue;
         }
         let spool = &ctx.spool;
         let reports = &ctx.reports;

@@ -42,7 +42,7 @@ enum Cmd {
         server: String,
         /// The join token (prefer FLOTILLA_JOIN_TOKEN: arguments are visible in `ps`).
         #[arg(long, env = "FLOTILLA_JOIN_TOKEN", hide_env_values = true)]
-        token: JoinToken,
+        token: String,
         /// This host's id: one DNS label, unique in the fleet (e.g. web-eu-1).
         #[arg(long)]
         host_id: HostId,
@@ -102,6 +102,8 @@ fn real_main(args: Args) -> anyhow::Result<()> {
             data_dir,
         } => {
             let labels = Labels::from_pairs(labels.iter().map(String::as_str))?;
+            // Parsed here, not by clap, whose errors would print the secret.
+            let token: JoinToken = token.parse()?;
             let dir = AgentDir::new(data_dir);
             runtime.block_on(join(JoinOptions {
                 server,

@@ -162,7 +162,9 @@ impl Spool {
         Ok(())
     }
 
-    /// Records the result and queues it, durably.
+    /// Queues the result, then records the command as finished, durably. In
+    /// that order: a crash in between re-reports it as interrupted after the
+    /// real result, which the coordinator ignores; the other order could lose it.
     pub async fn finish(
         &self,
         command_id: &str,
@@ -171,8 +173,9 @@ impl Spool {
         let outcome = pb::Outcome::try_from(result.outcome)
             .map(|o| o.as_str_name())
             .unwrap_or("OUTCOME_UNSPECIFIED");
-        self.set_state(command_id, CommandState::Finished, Some(outcome))?;
         self.push(command_id, pb::report::Body::Result(result))?;
+        self.flush().await?;
+        self.set_state(command_id, CommandState::Finished, Some(outcome))?;
         self.flush().await
     }
 

@@ -121,9 +121,6 @@ impl Proc {
             .stderr(Stdio::piped())
             .env("RUST_BACKTRACE", "0")
             .env("FLOTILLA_LOG", "info");
-        // Own process group, so killing it also kills any dokku child, as
-        // systemd's KillMode=control-group would.
-        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         let mut child = cmd.spawn().with_context(|| format!("start {label}"))?;
         let log = LogWatch::default();
         if let Some(stderr) = child.stderr.take() {
@@ -136,15 +133,16 @@ impl Proc {
         self.child.id()
     }
 
-    fn signal_group(&self, signal: &str) {
-        let _ = Command::new("kill")
-            .args([signal, "--", &format!("-{}", self.child.id())])
-            .status();
-    }
-
-    /// SIGKILL to the whole process group, then reap.
+    /// SIGKILL to the process and every descendant (dokku runs in a process
+    /// group of its own), as systemd's KillMode=control-group would; then reap.
     pub fn kill9(&mut self) {
-        self.signal_group("-KILL");
+        let mut pids = descendants(self.child.id());
+        pids.push(self.child.id());
+        for pid in pids {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
         let _ = self.child.wait();
     }
 
@@ -160,10 +158,45 @@ impl Proc {
 impl Drop for Proc {
     fn drop(&mut self) {
         if matches!(self.child.try_wait(), Ok(None)) {
-            self.signal_group("-KILL");
-            let _ = self.child.wait();
+            self.kill9();
         }
     }
+}
+
+/// Every descendant of `pid`, from /proc (children before grandchildren).
+pub fn descendants(pid: u32) -> Vec<u32> {
+    let mut parents = std::collections::HashMap::<u32, Vec<u32>>::new();
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            let Some(child) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            // `pid (comm) state ppid …`; comm may contain spaces, so split after ')'.
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<u32>().ok());
+            if let Some(ppid) = ppid {
+                parents.entry(ppid).or_default().push(child);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    let mut queue = vec![pid];
+    while let Some(p) = queue.pop() {
+        for &c in parents.get(&p).map(Vec::as_slice).unwrap_or_default() {
+            out.push(c);
+            queue.push(c);
+        }
+    }
+    out
 }
 
 fn wait_exit(child: &mut Child, limit: Duration) -> anyhow::Result<ExitStatus> {

@@ -72,6 +72,8 @@ impl Dokku {
             .stdin(Stdio::null())
             .stdout(writer.try_clone()?)
             .stderr(writer)
+            // Its own process group, so cancelling kills what dokku started too.
+            .process_group(0)
             .kill_on_drop(true);
         let spawned = command.spawn();
         // Close our copies of the write end, so EOF comes when dokku exits.
@@ -82,39 +84,43 @@ impl Dokku {
         })?;
         let reader =
             tokio::net::unix::pipe::Receiver::from_owned_fd(std::os::fd::OwnedFd::from(reader))?;
-        let mut lines = tokio::io::BufReader::new(reader).split(b'\n');
+        let mut lines = LineReader::new(reader);
         let mut exit = Exit {
             code: None,
             last_stderr: None,
             no_changes: false,
         };
         let mut status = None;
+        let mut drain_until = None;
         loop {
-            let segment = if status.is_some() {
+            let line = if let Some(deadline) = drain_until {
                 // dokku exited; a process it left behind may still hold the
-                // pipe open, so the rest of the output gets a bounded wait.
-                match tokio::time::timeout(DRAIN_AFTER_EXIT, lines.next_segment()).await {
-                    Ok(segment) => segment?,
-                    Err(_) => {
-                        tracing::warn!("dokku exited but its output stayed open; stopped reading");
-                        break;
-                    }
+                // pipe open, so the rest of the output gets one bounded wait.
+                tokio::select! {
+                    () = cancel.cancelled() => break,
+                    read = tokio::time::timeout_at(deadline, lines.next_line()) => match read {
+                        Ok(line) => line?,
+                        Err(_) => {
+                            tracing::warn!("dokku exited but its output stayed open; stopped reading");
+                            break;
+                        }
+                    },
                 }
             } else {
                 tokio::select! {
                     () = cancel.cancelled() => {
-                        let _ = child.kill().await;
+                        kill_group(&mut child).await;
                         return Err(ExecError::Cancelled);
                     }
                     exited = child.wait() => {
                         status = Some(exited?);
+                        drain_until = Some(tokio::time::Instant::now() + DRAIN_AFTER_EXIT);
                         continue;
                     }
-                    segment = lines.next_segment() => segment?,
+                    line = lines.next_line() => line?,
                 }
             };
-            let Some(bytes) = segment else { break };
-            let line = clean(&bytes);
+            let Some(line) = line else { break };
             let stream = if line.starts_with(" !") {
                 if line.contains("No changes detected") {
                     exit.no_changes = true;
@@ -130,7 +136,7 @@ impl Dokku {
             Some(status) => status,
             None => tokio::select! {
                 () = cancel.cancelled() => {
-                    let _ = child.kill().await;
+                    kill_group(&mut child).await;
                     return Err(ExecError::Cancelled);
                 }
                 status = child.wait() => status?,
@@ -268,21 +274,78 @@ impl Dokku {
     }
 }
 
-/// Longest line kept; longer ones are cut (a runaway line must not exhaust memory or the spool).
+/// Longest line kept; longer ones are cut while reading, so a runaway line
+/// cannot exhaust memory or the spool.
 const MAX_LINE_BYTES: usize = 16 * 1024;
 
 /// How long output is still read after dokku exits.
 const DRAIN_AFTER_EXIT: std::time::Duration = std::time::Duration::from_secs(2);
 
-fn clean(bytes: &[u8]) -> String {
-    let cut = &bytes[..bytes.len().min(MAX_LINE_BYTES)];
-    let mut line = String::from_utf8_lossy(cut)
-        .trim_end_matches('\r')
-        .to_owned();
-    if bytes.len() > MAX_LINE_BYTES {
-        line.push_str(" …[line truncated]");
+/// SIGKILL to dokku's whole process group, then reap it.
+async fn kill_group(child: &mut tokio::process::Child) {
+    if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
     }
-    line
+    let _ = child.kill().await;
+}
+
+/// Splits output into lines of at most `MAX_LINE_BYTES` (the excess is dropped
+/// and the line marked), never buffering more than that per line.
+struct LineReader<R> {
+    inner: tokio::io::BufReader<R>,
+    line: Vec<u8>,
+    overflow: bool,
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> LineReader<R> {
+    fn new(inner: R) -> Self {
+        Self {
+            inner: tokio::io::BufReader::new(inner),
+            line: Vec::new(),
+            overflow: false,
+        }
+    }
+
+    /// The next line without its line ending; `None` at the end. Cancel-safe:
+    /// a partly read line stays in `self`.
+    async fn next_line(&mut self) -> std::io::Result<Option<String>> {
+        loop {
+            let buf = self.inner.fill_buf().await?;
+            if buf.is_empty() {
+                if self.line.is_empty() && !self.overflow {
+                    return Ok(None);
+                }
+                return Ok(Some(self.take()));
+            }
+            let newline = buf.iter().position(|&b| b == b'\n');
+            let chunk = &buf[..newline.unwrap_or(buf.len())];
+            let room = MAX_LINE_BYTES.saturating_sub(self.line.len());
+            if chunk.len() > room {
+                self.overflow = true;
+            }
+            self.line.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            let used = newline.map_or(buf.len(), |i| i + 1);
+            self.inner.consume(used);
+            if newline.is_some() {
+                return Ok(Some(self.take()));
+            }
+        }
+    }
+
+    fn take(&mut self) -> String {
+        let mut line = String::from_utf8_lossy(&self.line)
+            .trim_end_matches('\r')
+            .to_owned();
+        if self.overflow {
+            line.push_str(" …[line truncated]");
+        }
+        self.line.clear();
+        self.overflow = false;
+        line
+    }
 }
 
 fn describe(what: &str, exit: &Exit) -> String {

@@ -261,10 +261,20 @@ async fn a_process_left_holding_the_output_does_not_hang_the_agent() {
     );
 }
 
-#[test]
-fn huge_lines_are_cut() {
-    let line = clean(&vec![b'x'; MAX_LINE_BYTES * 2]);
-    assert!(line.len() < MAX_LINE_BYTES + 64);
-    assert!(line.ends_with("[line truncated]"));
-    assert_eq!(clean(b"ok\r"), "ok");
+#[tokio::test]
+async fn lines_are_split_and_huge_lines_cut_while_reading() {
+    let mut input = b"one\r\ntwo\n".to_vec();
+    input.extend(vec![b'x'; MAX_LINE_BYTES * 3]);
+    input.extend(b"\nlast without newline");
+    let mut reader = LineReader::new(input.as_slice());
+    assert_eq!(reader.next_line().await.unwrap().as_deref(), Some("one"));
+    assert_eq!(reader.next_line().await.unwrap().as_deref(), Some("two"));
+    let huge = reader.next_line().await.unwrap().unwrap();
+    assert_eq!(huge.len(), MAX_LINE_BYTES + " …[line truncated]".len());
+    assert!(huge.ends_with("[line truncated]"));
+    assert_eq!(
+        reader.next_line().await.unwrap().as_deref(),
+        Some("last without newline")
+    );
+    assert_eq!(reader.next_line().await.unwrap(), None);
 }

@@ -451,6 +451,11 @@ impl FleetService for Api {
                 .iter()
                 .map(|e| arg("scope environment", EnvName::parse(e)))
                 .collect::<Result<Vec<_>, _>>()?;
+            if role == Role::Admin && (!apps.is_empty() || !envs.is_empty()) {
+                return Err(Status::invalid_argument(
+                    "admin tokens cannot be scoped (an admin can create tokens); scope deployer or viewer tokens",
+                ));
+            }
             let secret = format!("flt_{}", random_secret().map_err(internal)?);
             self.coordinator.store.put_api_token(
                 &hash_secret(&secret),

@@ -64,6 +64,10 @@ pub struct NewDeployment {
     pub target_release: u64,
 }
 
+/// How long after a command's expiry an unaccepted host is failed: twice the
+/// agents' allowed clock skew.
+const SWEEP_GRACE_MS: i64 = 120_000;
+
 pub struct Engine {
     store: Store,
     signer: CommandSigner,
@@ -221,7 +225,9 @@ impl Engine {
     /// Fails hosts whose command expired before their agent accepted it.
     pub async fn sweep_expired(&self) -> Result<(), RolloutError> {
         let _guard = self.lock.lock().await;
-        let now = now_ms();
+        // Agents' clocks may run behind ours by the allowed skew: an agent can
+        // accept a command until then, and its report needs time to arrive.
+        let now = now_ms().saturating_sub(SWEEP_GRACE_MS);
         for mut deployment in self.store.deployments()? {
             if deployment.state.is_final() {
                 continue;
@@ -345,7 +351,8 @@ impl Engine {
                     tracing::info!(%host, command = %report.command_id, "agent already had this command");
                     return Ok(());
                 }
-                if entry.state.is_final() {
+                if entry.state.is_final() || entry.accepted {
+                    // An accepted command's outcome comes as its result.
                     return Ok(());
                 }
                 let reason = reason.map_or("unknown reason", RefusalReason::as_str);

@@ -378,20 +378,28 @@ impl Store {
     }
 
     /// Read-modify-write of one host record; `None` if the host is unknown.
+    /// A compare-and-swap loop: a concurrent update is retried, a corrupt
+    /// record is an error (never silently dropped).
     pub fn update_host(
         &self,
         host_id: &HostId,
         f: impl Fn(&mut Host),
     ) -> Result<Option<Host>, StoreError> {
-        let mut result = None;
-        self.hosts.fetch_and_update(host_id.as_str(), |old| {
-            let mut host: Host = decode("hosts", old?).ok()?;
+        loop {
+            let Some(old) = self.hosts.get(host_id.as_str())? else {
+                return Ok(None);
+            };
+            let mut host: Host = decode("hosts", &old)?;
             f(&mut host);
-            let bytes = encode(&host).ok()?;
-            result = Some(host);
-            Some(bytes)
-        })?;
-        Ok(result)
+            let new = encode(&host)?;
+            if self
+                .hosts
+                .compare_and_swap(host_id.as_str(), Some(old), Some(new))?
+                .is_ok()
+            {
+                return Ok(Some(host));
+            }
+        }
     }
 
     // ----- deployments -----

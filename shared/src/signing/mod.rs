@@ -318,7 +318,9 @@ impl Default for VerifyPolicy {
 
 /// Verifies `signed` for `host` at time `now_ms`. `seen` answers whether a
 /// command id was already accepted on this host (the replay check); it is asked
-/// only after the signature holds, so forged ids never touch the store.
+/// only after the signature and target hold (forged ids never touch the store)
+/// and before the time checks (a re-sent, since expired command that this
+/// host accepted is reported as a replay, not as a new refusal).
 pub fn verify(
     signed: &pb::SignedCommand,
     keys: &TrustedKeys,
@@ -388,6 +390,15 @@ pub fn verify(
             format!("addressed to {:?}, this is {host}", envelope.host_id),
         ));
     }
+    // Before the time checks: a re-sent command this host already accepted is
+    // a replay (its result is on the way), even if it has expired since.
+    if seen(&envelope.command_id) {
+        return Err(refuse(
+            RefusalReason::Replayed,
+            id,
+            "this command id was already accepted; it never runs twice".into(),
+        ));
+    }
     if now_ms >= envelope.expires_at_ms {
         return Err(refuse(
             RefusalReason::Expired,
@@ -425,13 +436,6 @@ pub fn verify(
     }
     let action = Action::from_proto(envelope.action)
         .map_err(|e| refuse(RefusalReason::Malformed, id, format!("bad action: {e}")))?;
-    if seen(&envelope.command_id) {
-        return Err(refuse(
-            RefusalReason::Replayed,
-            id,
-            "this command id was already accepted; it never runs twice".into(),
-        ));
-    }
     Ok(VerifiedCommand {
         command_id: envelope.command_id,
         host_id: host.clone(),

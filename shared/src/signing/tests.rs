@@ -102,6 +102,11 @@ fn verification_refuses_every_bad_case() {
             ..case("replayed command id", Some(Replayed))
         },
         Case {
+            already_seen: true,
+            envelope: |e| e.expires_at_ms = NOW - 1,
+            ..case("replayed after expiry is still a replay", Some(Replayed))
+        },
+        Case {
             envelope: |e| e.nonce = vec![0; MAX_ENVELOPE_BYTES],
             ..case("oversized envelope", Some(Oversized))
         },

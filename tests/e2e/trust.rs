@@ -251,12 +251,33 @@ fn api_tokens_have_roles() {
 fn revoked_hosts_are_disconnected_and_refused() {
     let f = fleet(1);
     let s = &f.server;
+    // A deploy in flight on the host when it is revoked fails (no result can come).
+    let out = s
+        .cli(&["deploy", "x", "--image", "a/x:hang", "--env", "prod"])
+        .unwrap();
+    let id = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .to_owned();
+    f.agents[0].log.wait_for("command accepted").unwrap();
     let out = s.cli(&["revoke", "web-1"]).unwrap();
     assert!(out.status.success(), "{}", text(&out));
     f.agents[0]
         .log
         .wait_for("host web-1 has been revoked")
         .unwrap();
+    let status = s.json(&["status", &id]).unwrap();
+    assert_eq!(status["state"], "failed", "{status}");
+    assert!(
+        status["hosts"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("revoked"),
+        "{status}"
+    );
+    std::fs::write(f.hosts[0].dokku_root.join(".fake-dokku/release"), "").unwrap();
     let hosts = s.json(&["hosts"]).unwrap();
     assert_eq!(hosts[0]["revoked"], true);
     assert_eq!(hosts[0]["connected"], false);

@@ -136,8 +136,9 @@ impl Proc {
     /// SIGKILL to the process and every descendant (dokku runs in a process
     /// group of its own), as systemd's KillMode=control-group would; then reap.
     pub fn kill9(&mut self) {
-        let mut pids = descendants(self.child.id());
-        pids.push(self.child.id());
+        // The process first, so it cannot observe its children dying.
+        let mut pids = vec![self.child.id()];
+        pids.extend(descendants(self.child.id()));
         for pid in pids {
             let _ = Command::new("kill")
                 .args(["-KILL", &pid.to_string()])

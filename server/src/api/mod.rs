@@ -231,6 +231,13 @@ impl FleetService for Api {
                 .ok_or_else(|| Status::not_found(format!("no host {host_id}")))?;
             c.store.flush().await?;
             c.sessions.disconnect(&host_id);
+            let failed = c
+                .rollout
+                .fail_host(&host_id, "the host was revoked while its command was in flight")
+                .await?;
+            if failed > 0 {
+                tracing::warn!(%host_id, failed, "deployments with a command on the revoked host failed");
+            }
             tracing::warn!(%host_id, by = %caller.name, "host revoked");
             Ok(pb::RevokeHostResponse {})
         }

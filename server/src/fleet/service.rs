@@ -14,7 +14,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::Coordinator;
-use crate::store::{AuditEntry, Host, JoinOutcome};
+use crate::rollout::RolloutError;
+use crate::store::{AuditEntry, Host, JoinOutcome, StoreError};
 
 pub struct AgentApi {
     pub coordinator: Arc<Coordinator>,
@@ -73,6 +74,15 @@ impl AgentService for AgentApi {
         )
         .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let c = &self.coordinator;
+        let token_hash = flotilla_shared::token::hash_secret(&req.token);
+        // Unknown tokens are refused before any work (and not audited: anyone
+        // who can reach the port could fill the audit log with them).
+        if c.store.join_token(&token_hash).map_err(internal)?.is_none() {
+            tracing::warn!("join with an unknown token refused");
+            return Err(Status::permission_denied(
+                "join token is not valid; create one with `flotilla join-token create`",
+            ));
+        }
         let (certificate_pem, not_after_ms) =
             c.ca.issue_agent_cert(&req.csr_pem, &host_id)
                 .map_err(|e| Status::invalid_argument(format!("{e:#}")))?;
@@ -87,7 +97,6 @@ impl AgentService for AgentApi {
             revoked: false,
             cert_not_after_ms: not_after_ms,
         };
-        let token_hash = flotilla_shared::token::hash_secret(&req.token);
         let outcome = c
             .store
             .join_host(&token_hash, &host, now)
@@ -179,6 +188,18 @@ impl AgentService for AgentApi {
         let host_id = self.authenticated_host(&req)?;
         let c = Arc::clone(&self.coordinator);
         let (session_id, rx) = c.sessions.register(&host_id);
+        // A revocation between the check above and the registration would
+        // otherwise leave this session alive: check again now that it is visible.
+        if c.store
+            .host(&host_id)
+            .map_err(internal)?
+            .is_none_or(|h| h.revoked)
+        {
+            c.sessions.unregister(&host_id, session_id);
+            return Err(Status::permission_denied(format!(
+                "host {host_id} has been revoked"
+            )));
+        }
         tracing::info!(%host_id, session_id, "agent connected");
         // The current key set first (rotation), then everything the agent has
         // not accepted yet, oldest first.
@@ -262,10 +283,18 @@ async fn handle_inbound(
             Some(pb::agent_message::Msg::Heartbeat(_)) => touch(None),
             Some(pb::agent_message::Msg::Report(report)) => {
                 let seq = report.spool_seq;
-                if let Err(e) = c.rollout.on_report(&host_id, report).await {
-                    // Not acked: the agent re-sends it after reconnecting.
-                    tracing::error!(%host_id, "cannot apply report {seq}: {e}");
-                    break;
+                match c.rollout.on_report(&host_id, report).await {
+                    Ok(()) => {}
+                    // A record that cannot be decoded will never apply: skip the
+                    // report (acked below) instead of blocking every later one.
+                    Err(RolloutError::Store(e @ StoreError::Corrupt { .. })) => {
+                        tracing::error!(%host_id, "report {seq} skipped: {e}");
+                    }
+                    Err(e) => {
+                        // Not acked: the agent re-sends it after reconnecting.
+                        tracing::error!(%host_id, "cannot apply report {seq}: {e}");
+                        break;
+                    }
                 }
                 // Durable before the agent is allowed to forget it.
                 if let Err(e) = c.store.flush().await {

@@ -253,6 +253,34 @@ impl Engine {
         Ok(())
     }
 
+    /// Fails every command in flight on `host` (it was revoked: no result
+    /// will come), so its deployments end instead of waiting forever.
+    pub async fn fail_host(&self, host: &HostId, reason: &str) -> Result<usize, RolloutError> {
+        let _guard = self.lock.lock().await;
+        let mut n = 0;
+        for mut deployment in self.store.deployments()? {
+            if deployment.state.is_final() {
+                continue;
+            }
+            let mut changed = false;
+            for entry in &mut deployment.hosts {
+                if &entry.host_id == host && entry.state == State::Running {
+                    entry.state = State::Failed;
+                    entry.error = reason.to_owned();
+                    if let Some(command_id) = &entry.command_id {
+                        self.store.remove_from_outbox(host, command_id)?;
+                    }
+                    changed = true;
+                }
+            }
+            if changed {
+                n += 1;
+                self.advance(&mut deployment).await?;
+            }
+        }
+        Ok(n)
+    }
+
     /// Applies one report from `host`'s agent. Duplicates are harmless: a
     /// report for a command that is already settled changes nothing.
     pub async fn on_report(&self, host: &HostId, report: pb::Report) -> Result<(), RolloutError> {

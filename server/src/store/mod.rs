@@ -323,6 +323,13 @@ impl Store {
         Ok(())
     }
 
+    pub fn join_token(&self, hash: &str) -> Result<Option<JoinTokenRecord>, StoreError> {
+        self.join_tokens
+            .get(hash)?
+            .map(|v| decode("join_tokens", &v))
+            .transpose()
+    }
+
     /// Atomically consumes a join token and registers `host`, so a token can be
     /// used once and a host id claimed once, even under concurrent joins.
     pub fn join_host(

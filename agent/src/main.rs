@@ -72,13 +72,13 @@ enum Cmd {
         #[arg(long, env = "FLOTILLA_DOKKU_BIN", default_value = "dokku")]
         dokku_bin: PathBuf,
         /// On SIGTERM, how long a running deploy may continue before it is killed.
-        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        #[arg(long, env = "FLOTILLA_SHUTDOWN_GRACE", default_value = "60s", value_parser = humantime::parse_duration)]
         shutdown_grace: Duration,
         /// Longest wait between reconnection attempts (backoff doubles up to this, with jitter).
-        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        #[arg(long, env = "FLOTILLA_RECONNECT_MAX", default_value = "30s", value_parser = humantime::parse_duration)]
         reconnect_max: Duration,
         /// Renew the client certificate (90 days) once it expires within this.
-        #[arg(long, default_value = "30days", value_parser = humantime::parse_duration)]
+        #[arg(long, env = "FLOTILLA_RENEW_BEFORE", default_value = "30days", value_parser = humantime::parse_duration)]
         renew_before: Duration,
     },
 }

@@ -192,6 +192,23 @@ impl Client {
             .token)
     }
 
+    pub async fn tokens(&mut self) -> anyhow::Result<Vec<pb::ApiToken>> {
+        let req = self.req(pb::ListApiTokensRequest {});
+        Ok(self
+            .inner
+            .list_api_tokens(req)
+            .await
+            .map_err(explain)?
+            .into_inner()
+            .tokens)
+    }
+
+    pub async fn revoke_token(&mut self, id: &str) -> anyhow::Result<()> {
+        let req = self.req(pb::RevokeApiTokenRequest { id: id.into() });
+        self.inner.revoke_api_token(req).await.map_err(explain)?;
+        Ok(())
+    }
+
     pub async fn audit(&mut self, limit: u32) -> anyhow::Result<Vec<pb::AuditEntry>> {
         let req = self.req(pb::ListAuditRequest { limit });
         Ok(self
@@ -284,9 +301,9 @@ impl Client {
             match out {
                 Output::Json => output::status(out, &d),
                 Output::Text => {
-                    println!("{}", d.id);
+                    crate::output::outln!("{}", d.id);
                     eprintln!(
-                        "{} of {} to {} started; follow it with `flotilla logs {} --follow`",
+                        "{} of {} in {} started; follow it with `flotilla logs {} --follow`",
                         d.kind, d.app, d.env, d.id
                     );
                 }
@@ -294,7 +311,7 @@ impl Client {
             return Ok(ExitCode::SUCCESS);
         }
         if out == Output::Text {
-            println!("{}", d.id);
+            crate::output::outln!("{}", d.id);
         }
         // In JSON mode stdout carries only the final object; progress goes to stderr.
         let to_stderr = out == Output::Json;

@@ -15,7 +15,7 @@ use client::Client;
 
 /// Deploy web apps to a fleet of Dokku hosts through a Flotilla coordinator.
 #[derive(Parser)]
-#[command(version, about, long_about = None)]
+#[command(name = "flotilla", version, about, long_about = None)]
 struct Args {
     /// Coordinator URL, e.g. https://flotilla.example.com:7443.
     #[arg(long, env = "FLOTILLA_SERVER", global = true)]
@@ -122,6 +122,10 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum TokenCmd {
+    /// List API tokens (ids, names, roles, scopes; never the secrets).
+    List,
+    /// Revoke an API token by the id `token list` shows.
+    Revoke { id: String },
     /// Create an API token; prints only the token.
     Create {
         /// admin, deployer (deploy and roll back) or viewer (read only).
@@ -191,7 +195,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         Cmd::Hosts { env } => output::hosts(out, &client.hosts(env).await?),
         Cmd::Revoke { host_id } => {
             client.revoke(&host_id).await?;
-            println!("revoked {host_id}");
+            crate::output::outln!("revoked {host_id}");
         }
         Cmd::Deploy {
             app,
@@ -221,16 +225,21 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             apps,
             envs,
         }) => {
-            println!(
+            crate::output::outln!(
                 "{}",
                 client
                     .create_token(&role, name.as_deref(), apps, envs)
                     .await?
             );
         }
+        Cmd::Token(TokenCmd::List) => output::tokens(out, &client.tokens().await?),
+        Cmd::Token(TokenCmd::Revoke { id }) => {
+            client.revoke_token(&id).await?;
+            crate::output::outln!("revoked token {id}");
+        }
         Cmd::Audit { limit } => output::audit(out, &client.audit(limit).await?),
         Cmd::JoinToken(JoinTokenCmd::Create { ttl }) => {
-            println!("{}", client.create_join_token(ttl).await?);
+            crate::output::outln!("{}", client.create_join_token(ttl).await?);
         }
     }
     Ok(ExitCode::SUCCESS)

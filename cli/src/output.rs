@@ -6,6 +6,23 @@ use serde_json::{Value, json};
 
 use crate::Output;
 
+/// `println!` that ends the process quietly when stdout is closed (`| head`),
+/// instead of panicking on the broken pipe.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let mut stdout = std::io::stdout().lock();
+        if let Err(e) = writeln!(stdout, $($arg)*).and_then(|()| stdout.flush()) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+            eprintln!("error: cannot write output: {e}");
+            std::process::exit(1);
+        }
+    }};
+}
+pub(crate) use outln;
+
 fn ts(ms: i64) -> Value {
     if ms > 0 {
         Value::String(format_ms(ms))
@@ -15,7 +32,7 @@ fn ts(ms: i64) -> Value {
 }
 
 fn print_json(value: &Value) {
-    println!(
+    outln!(
         "{}",
         serde_json::to_string_pretty(value).unwrap_or_else(|_| "null".into())
     );
@@ -67,9 +84,13 @@ pub fn hosts(out: Output, hosts: &[pb::Host]) {
         eprintln!("no hosts yet; join one with `flotilla-agent join`");
         return;
     }
-    println!(
+    outln!(
         "{:<20} {:<12} {:<10} {:<22} {:<8} LABELS",
-        "HOST", "ENV", "STATUS", "LAST SEEN", "VERSION"
+        "HOST",
+        "ENV",
+        "STATUS",
+        "LAST SEEN",
+        "VERSION"
     );
     for h in hosts {
         let status = if h.revoked {
@@ -81,7 +102,7 @@ pub fn hosts(out: Output, hosts: &[pb::Host]) {
         };
         let mut labels: Vec<String> = h.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
         labels.sort();
-        println!(
+        outln!(
             "{:<20} {:<12} {:<10} {:<22} {:<8} {}",
             h.host_id,
             h.env,
@@ -97,11 +118,16 @@ pub fn status(out: Output, d: &pb::Deployment) {
     if out == Output::Json {
         return print_json(&deployment_json(d));
     }
-    println!(
+    outln!(
         "deployment {}: {} {} → {} in {}: {}",
-        d.id, d.kind, d.app, d.image, d.env, d.state
+        d.id,
+        d.kind,
+        d.app,
+        d.image,
+        d.env,
+        d.state
     );
-    println!(
+    outln!(
         "  created {} by {}{}",
         format_ms(d.created_at_ms),
         d.created_by,
@@ -112,20 +138,27 @@ pub fn status(out: Output, d: &pb::Deployment) {
         }
     );
     if !d.error.is_empty() {
-        println!("  error: {}", d.error);
+        outln!("  error: {}", d.error);
     }
-    println!(
+    outln!(
         "  {:<20} {:<10} {:<5} {:<40} ERROR",
-        "HOST", "STATE", "EXIT", "IMAGE"
+        "HOST",
+        "STATE",
+        "EXIT",
+        "IMAGE"
     );
     for h in &d.hosts {
         let exit = h
             .exit_code
             .map(|c| c.to_string())
             .unwrap_or_else(|| "-".into());
-        println!(
+        outln!(
             "  {:<20} {:<10} {:<5} {:<40} {}",
-            h.host_id, h.state, exit, h.image, h.error
+            h.host_id,
+            h.state,
+            exit,
+            h.image,
+            h.error
         );
     }
 }
@@ -134,12 +167,17 @@ pub fn deployments(out: Output, list: &[pb::Deployment]) {
     if out == Output::Json {
         return print_json(&Value::Array(list.iter().map(deployment_json).collect()));
     }
-    println!(
+    outln!(
         "{:<38} {:<9} {:<20} {:<12} {:<10} {:<21} IMAGE",
-        "ID", "KIND", "APP", "ENV", "STATE", "CREATED"
+        "ID",
+        "KIND",
+        "APP",
+        "ENV",
+        "STATE",
+        "CREATED"
     );
     for d in list {
-        println!(
+        outln!(
             "{:<38} {:<9} {:<20} {:<12} {:<10} {:<21} {}",
             d.id,
             d.kind,
@@ -174,12 +212,15 @@ pub fn releases(out: Output, list: &[pb::Release]) {
         eprintln!("no releases yet");
         return;
     }
-    println!(
+    outln!(
         "{:<8} {:<9} {:<21} {:<38} IMAGE",
-        "RELEASE", "KIND", "CREATED", "DEPLOYMENT"
+        "RELEASE",
+        "KIND",
+        "CREATED",
+        "DEPLOYMENT"
     );
     for r in list.iter().rev() {
-        println!(
+        outln!(
             "v{:<7} {:<9} {:<21} {:<38} {}",
             r.number,
             r.kind,
@@ -202,7 +243,7 @@ pub fn log_line(out: Output, l: &pb::DeploymentLogLine, to_stderr: bool) {
     if to_stderr {
         eprintln!("{text}");
     } else {
-        println!("{text}");
+        outln!("{text}");
     }
 }
 
@@ -219,12 +260,15 @@ pub fn audit(out: Output, entries: &[pb::AuditEntry]) {
             .collect();
         return print_json(&Value::Array(list));
     }
-    println!(
+    outln!(
         "{:<21} {:<16} {:<18} {:<40} OUTCOME",
-        "AT", "ACTOR", "ACTION", "TARGET"
+        "AT",
+        "ACTOR",
+        "ACTION",
+        "TARGET"
     );
     for e in entries {
-        println!(
+        outln!(
             "{:<21} {:<16} {:<18} {:<40} {}",
             format_ms(e.at_ms),
             e.actor,
@@ -232,5 +276,51 @@ pub fn audit(out: Output, entries: &[pb::AuditEntry]) {
             e.target,
             e.outcome
         );
+    }
+}
+
+pub fn tokens(out: Output, tokens: &[pb::ApiToken]) {
+    if out == Output::Json {
+        let list: Vec<Value> = tokens
+            .iter()
+            .map(|t| {
+                json!({
+                    "id": t.id, "name": t.name, "role": t.role, "apps": t.apps, "envs": t.envs,
+                    "created_at": ts(t.created_at_ms), "created_by": t.created_by,
+                })
+            })
+            .collect();
+        return print_json(&Value::Array(list));
+    }
+    outln!(
+        "{:<13} {:<20} {:<9} {:<21} {:<12} SCOPE",
+        "ID",
+        "NAME",
+        "ROLE",
+        "CREATED",
+        "BY"
+    );
+    for t in tokens {
+        let scope = match (t.apps.is_empty(), t.envs.is_empty()) {
+            (true, true) => "all".to_owned(),
+            _ => format!("apps={} envs={}", or_all(&t.apps), or_all(&t.envs)),
+        };
+        outln!(
+            "{:<13} {:<20} {:<9} {:<21} {:<12} {}",
+            t.id,
+            t.name,
+            t.role,
+            format_ms(t.created_at_ms),
+            t.created_by,
+            scope
+        );
+    }
+}
+
+fn or_all(items: &[String]) -> String {
+    if items.is_empty() {
+        "all".into()
+    } else {
+        items.join(",")
     }
 }

@@ -59,10 +59,14 @@ enum Cmd {
         /// A key commands were signed with before a rotation (repeatable). Agents
         /// that trust it are sent, signed with it, the new key set. Drop it once
         /// every agent has connected and no deployment from before is in flight.
-        #[arg(long = "previous-signing-key")]
+        #[arg(
+            long = "previous-signing-key",
+            env = "FLOTILLA_PREVIOUS_SIGNING_KEYS",
+            value_delimiter = ','
+        )]
         previous_signing_keys: Vec<PathBuf>,
         /// How long a signed command stays valid (an agent refuses it after that).
-        #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+        #[arg(long, env = "FLOTILLA_COMMAND_TTL", default_value = "10m", value_parser = humantime::parse_duration)]
         command_ttl: Duration,
     },
     /// Run a local dev fleet: a coordinator plus N agents on simulated Dokku

@@ -148,6 +148,23 @@ pub fn init(dir: &DataDir, server_names: &[String]) -> anyhow::Result<InitOutput
     let issuer = Issuer::new(ca_params, ca_key);
 
     // 2. The server certificate.
+    for name in server_names {
+        let is_ip = name.parse::<std::net::IpAddr>().is_ok();
+        let is_dns = !name.is_empty()
+            && name.len() <= 253
+            && name.split('.').all(|label| {
+                !label.is_empty()
+                    && label.len() <= 63
+                    && !label.starts_with('-')
+                    && !label.ends_with('-')
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            });
+        if !is_ip && !is_dns {
+            bail!("--server-name {name:?} is neither a DNS name nor an IP address");
+        }
+    }
     let mut names: Vec<String> = server_names.to_vec();
     for default in ["localhost", "127.0.0.1"] {
         if !names.iter().any(|n| n == default) {

@@ -20,9 +20,14 @@ pub enum LogFormat {
 /// Installs the global subscriber. `filter` uses `RUST_LOG` syntax (e.g.
 /// `info,flotilla_agent=debug`); `default` applies when it is `None`.
 pub fn init(format: LogFormat, filter: Option<&str>, default: &str) {
-    let filter = filter
-        .and_then(|f| EnvFilter::try_new(f).ok())
-        .unwrap_or_else(|| EnvFilter::new(default));
+    let filter = match filter.map(EnvFilter::try_new) {
+        Some(Ok(filter)) => filter,
+        Some(Err(e)) => {
+            eprintln!("warning: ignoring invalid log filter ({e}); using {default:?}");
+            EnvFilter::new(default)
+        }
+        None => EnvFilter::new(default),
+    };
     let registry = tracing_subscriber::registry().with(filter);
     let ansi = std::io::stderr().is_terminal();
     let result = match format {
@@ -51,7 +56,6 @@ pub fn exit_on_error(result: anyhow::Result<()>) -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
         }

@@ -216,6 +216,38 @@ fn api_tokens_have_roles() {
         "the audit log must not hold token secrets"
     );
 
+    // Tokens can be listed (never their secrets) and revoked.
+    let tokens = s.json(&["token", "list"]).unwrap();
+    assert!(!tokens.to_string().contains(&viewer));
+    let id = tokens
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "viewer-t")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let out = s.cli(&["token", "revoke", &id]).unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let out = flotilla_tests::run(s.cli_as(&viewer, &["hosts"])).unwrap();
+    assert!(
+        text(&out).contains("authentication failed: invalid API token"),
+        "{}",
+        text(&out)
+    );
+    let admin_id = tokens
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "admin")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let out = s.cli(&["token", "revoke", &admin_id]).unwrap();
+    assert!(text(&out).contains("last admin token"), "{}", text(&out));
+
     let out = flotilla_tests::run(s.cli_as("flt_wrong", &["hosts"])).unwrap();
     assert!(!out.status.success());
     assert!(

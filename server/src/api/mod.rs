@@ -89,6 +89,11 @@ impl From<RolloutError> for Status {
     }
 }
 
+/// The public id of a token: the start of its hash.
+fn token_id(hash: &str) -> String {
+    hash.chars().take(12).collect()
+}
+
 fn arg<T>(what: &str, result: Result<T, flotilla_shared::NameError>) -> Result<T, Status> {
     result.map_err(|e| Status::invalid_argument(format!("{what}: {e}")))
 }
@@ -514,6 +519,63 @@ impl FleetService for Api {
             })
             .collect();
         Ok(Response::new(pb::ListAuditResponse { entries }))
+    }
+
+    async fn list_api_tokens(
+        &self,
+        req: Request<pb::ListApiTokensRequest>,
+    ) -> Result<Response<pb::ListApiTokensResponse>, Status> {
+        self.authorize(&req, Role::Admin, "read-tokens")?;
+        let tokens = self
+            .coordinator
+            .store
+            .api_tokens()?
+            .into_iter()
+            .map(|(hash, t)| pb::ApiToken {
+                id: token_id(&hash),
+                name: t.name,
+                role: t.role.as_str().into(),
+                apps: t.apps.iter().map(ToString::to_string).collect(),
+                envs: t.envs.iter().map(ToString::to_string).collect(),
+                created_at_ms: t.created_at_ms,
+                created_by: t.created_by,
+            })
+            .collect();
+        Ok(Response::new(pb::ListApiTokensResponse { tokens }))
+    }
+
+    async fn revoke_api_token(
+        &self,
+        req: Request<pb::RevokeApiTokenRequest>,
+    ) -> Result<Response<pb::RevokeApiTokenResponse>, Status> {
+        let caller = self.authorize(&req, Role::Admin, "revoke-api-token")?;
+        let id = req.into_inner().id;
+        let result = async {
+            let store = &self.coordinator.store;
+            let tokens = store.api_tokens()?;
+            let matching: Vec<_> = tokens
+                .iter()
+                .filter(|(hash, _)| !id.is_empty() && token_id(hash) == id)
+                .collect();
+            let [(hash, token)] = matching.as_slice() else {
+                return Err(Status::not_found(format!(
+                    "no API token with id {id:?} (see `flotilla token list`)"
+                )));
+            };
+            let admins = tokens.iter().filter(|(_, t)| t.role == Role::Admin).count();
+            if token.role == Role::Admin && admins == 1 {
+                return Err(Status::failed_precondition(
+                    "this is the last admin token; create another admin token first",
+                ));
+            }
+            store.remove_api_token(hash)?;
+            store.flush().await?;
+            tracing::warn!(token = %id, name = %token.name, by = %caller.name, "API token revoked");
+            Ok(pb::RevokeApiTokenResponse {})
+        }
+        .await;
+        self.audit(&caller, "revoke-api-token", &id, &result);
+        result.map(Response::new)
     }
 }
 

@@ -118,7 +118,7 @@ impl AgentService for AgentApi {
                 format_ms(*at_ms)
             ))),
             JoinOutcome::HostExists => Err(Status::already_exists(format!(
-                "host id {host_id} is already registered; choose another --host-id (or revoke the old host)"
+                "host id {host_id} is already registered (host ids are never reused, even after revocation); choose another --host-id"
             ))),
         };
         let audit = AuditEntry {

@@ -518,7 +518,6 @@ impl Engine {
         host.state = State::Running;
         host.command_id = Some(command_id.clone());
         host.expires_at_ms = envelope.expires_at_ms;
-        host.image = Some(deployment.image.clone());
         let host_id = host.host_id.clone();
         let index = u32::try_from(i).unwrap_or(u32::MAX);
         self.store

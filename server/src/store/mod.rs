@@ -152,7 +152,8 @@ impl DeploymentKind {
 pub struct HostDeployment {
     pub host_id: HostId,
     pub state: State,
-    /// The image this host ran after the command (what Dokku reports), or the target.
+    /// The image this host runs after the command, as Dokku reports it; `None`
+    /// until the agent reports (and for hosts that never did).
     pub image: Option<ImageRef>,
     pub exit_code: Option<i32>,
     pub error: String,
@@ -316,6 +317,25 @@ impl Store {
             .get(hash)?
             .map(|v| decode("api_tokens", &v))
             .transpose()
+    }
+
+    /// Every API token with its hash, in hash order.
+    pub fn api_tokens(&self) -> Result<Vec<(String, ApiToken)>, StoreError> {
+        self.api_tokens
+            .iter()
+            .map(|item| {
+                let (k, v) = item?;
+                Ok((
+                    String::from_utf8_lossy(&k).into_owned(),
+                    decode("api_tokens", &v)?,
+                ))
+            })
+            .collect()
+    }
+
+    pub fn remove_api_token(&self, hash: &str) -> Result<(), StoreError> {
+        self.api_tokens.remove(hash)?;
+        Ok(())
     }
 
     pub fn put_join_token(&self, hash: &str, token: &JoinTokenRecord) -> Result<(), StoreError> {

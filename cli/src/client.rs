@@ -315,11 +315,18 @@ impl Client {
         }
         // In JSON mode stdout carries only the final object; progress goes to stderr.
         let to_stderr = out == Output::Json;
+        let mut actions = crate::github::Actions::detect().filter(|_| !to_stderr);
         self.stream_logs(&d.id, true, |line| {
+            if let Some(actions) = actions.as_mut() {
+                actions.before_line(&line.host_id);
+            }
             output::log_line(Output::Text, line, to_stderr)
         })
         .await?;
         let final_state = self.deployment(&d.id).await?;
+        if let Some(actions) = actions.as_mut() {
+            actions.finish(&final_state);
+        }
         output::status(out, &final_state);
         Ok(if final_state.state == "succeeded" {
             ExitCode::SUCCESS

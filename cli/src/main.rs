@@ -9,6 +9,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 
 mod client;
+mod github;
 mod output;
 
 use client::Client;

@@ -204,3 +204,45 @@ fn one_active_deployment_per_app_and_environment() {
     let status = s.json(&["status", &first]).unwrap();
     assert_eq!(status["state"], "succeeded", "{status}");
 }
+
+#[test]
+fn under_github_actions_deploy_wait_writes_groups_annotations_and_a_summary() {
+    let f = fleet(2);
+    let s = &f.server;
+    let (ok, _) = deploy_wait(s, "web", "acme/web:1");
+    assert!(ok);
+    let summary = f.root.path().join("step-summary.md");
+    let mut cmd = s.cli_as(
+        &s.admin_token(),
+        &[
+            "deploy",
+            "web",
+            "--image",
+            "acme/web:2-unhealthy",
+            "--env",
+            "prod",
+            "--wait",
+        ],
+    );
+    cmd.env("GITHUB_ACTIONS", "true")
+        .env("GITHUB_STEP_SUMMARY", &summary);
+    let out = flotilla_tests::run(cmd).unwrap();
+    assert!(!out.status.success());
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        stdout.contains("::group::Dokku output on web-1"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("::endgroup::"), "{stdout}");
+    assert!(
+        stdout.contains("::error title=deploy of web failed on web-1::dokku git:from-image exited with 1: Could not start due to 1 failed checks (web.1)"),
+        "{stdout}"
+    );
+    let md = std::fs::read_to_string(&summary).unwrap();
+    assert!(
+        md.contains("❌ Flotilla deploy: `web` → `acme/web:2-unhealthy` in `prod`: failed"),
+        "{md}"
+    );
+    assert!(md.contains("| web-1 | failed | 1 | acme/web:1 |"), "{md}");
+    assert!(md.contains("| web-2 | pending |"), "{md}");
+}

@@ -283,7 +283,16 @@ impl FleetService for Api {
     ) -> Result<Response<pb::Deployment>, Status> {
         let caller = self.authorize(&req, Role::Deployer, "rollback")?;
         let r = req.into_inner();
-        let target = format!("{} {} to {:?}", r.app, r.env, r.to);
+        let target = format!(
+            "{} {} to {}",
+            r.app,
+            r.env,
+            if r.to.is_empty() {
+                "previous release"
+            } else {
+                &r.to
+            }
+        );
         let result = async {
             let app = arg("app", AppName::parse(&r.app))?;
             let env = arg("environment", EnvName::parse(&r.env))?;

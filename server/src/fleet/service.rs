@@ -3,6 +3,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use flotilla_proto::v1 as pb;
 use flotilla_proto::v1::agent_service_server::AgentService;
@@ -242,8 +243,27 @@ impl AgentService for AgentApi {
     }
 }
 
-/// Reads one agent's messages until the stream ends or shutdown. Each report
-/// is applied durably, then acknowledged (cumulatively) so the agent can drop it.
+/// Flushes the store, then acks every report up to `up_to`; false if the
+/// session is gone or the store failed (then nothing is acked).
+async fn flush_and_ack(c: &crate::Coordinator, host_id: &HostId, up_to: u64) -> bool {
+    if let Err(e) = c.store.flush().await {
+        tracing::error!(%host_id, "cannot flush store: {e}");
+        return false;
+    }
+    let ack = pb::CoordinatorMessage {
+        msg: Some(pb::coordinator_message::Msg::Ack(pb::ReportAck { up_to })),
+    };
+    c.sessions.send(host_id, ack)
+}
+
+/// Most reports applied before one flush and one cumulative ack.
+const MAX_REPORTS_PER_ACK: usize = 512;
+
+/// Reads one agent's messages until the stream ends or shutdown. Reports are
+/// applied in order; whenever no further message is waiting (or after
+/// `MAX_REPORTS_PER_ACK`), the store is flushed once and everything applied
+/// so far is acknowledged cumulatively, so a burst of log lines costs one
+/// fsync, not one per line. Nothing is acked before it is durable.
 async fn handle_inbound(
     c: Arc<crate::Coordinator>,
     host_id: HostId,
@@ -263,10 +283,30 @@ async fn handle_inbound(
         }
     };
     touch(None);
+    let mut unacked: Option<u64> = None;
+    let mut batch = 0usize;
     loop {
-        let msg = tokio::select! {
-            () = cancel.cancelled() => break,
-            msg = inbound.message() => msg,
+        let msg = match unacked {
+            // Something to ack: take a message only if one is already waiting
+            // (a zero timeout polls once), otherwise flush and ack first.
+            Some(up_to) => match tokio::time::timeout(Duration::ZERO, inbound.message()).await {
+                Ok(msg) if batch < MAX_REPORTS_PER_ACK => msg,
+                ready => {
+                    if !flush_and_ack(&c, &host_id, up_to).await {
+                        break;
+                    }
+                    unacked = None;
+                    batch = 0;
+                    match ready {
+                        Ok(msg) => msg,
+                        Err(_) => continue,
+                    }
+                }
+            },
+            None => tokio::select! {
+                () = cancel.cancelled() => break,
+                msg = inbound.message() => msg,
+            },
         };
         let msg = match msg {
             Ok(Some(m)) => m,
@@ -286,7 +326,7 @@ async fn handle_inbound(
                 match c.rollout.on_report(&host_id, report).await {
                     Ok(()) => {}
                     // A record that cannot be decoded will never apply: skip the
-                    // report (acked below) instead of blocking every later one.
+                    // report (acked with the rest) instead of blocking every later one.
                     Err(RolloutError::Store(e @ StoreError::Corrupt { .. })) => {
                         tracing::error!(%host_id, "report {seq} skipped: {e}");
                     }
@@ -296,23 +336,14 @@ async fn handle_inbound(
                         break;
                     }
                 }
-                // Durable before the agent is allowed to forget it.
-                if let Err(e) = c.store.flush().await {
-                    tracing::error!(%host_id, "cannot flush store: {e}");
-                    break;
-                }
-                let ack = pb::CoordinatorMessage {
-                    msg: Some(pb::coordinator_message::Msg::Ack(pb::ReportAck {
-                        up_to: seq,
-                    })),
-                };
-                if !c.sessions.send(&host_id, ack) {
-                    break;
-                }
+                unacked = Some(seq);
+                batch += 1;
             }
             None => {}
         }
     }
+    // Reports applied but not acked are re-sent after a reconnect; applying
+    // them again is harmless.
     c.sessions.unregister(&host_id, session_id);
     touch(None);
     tracing::info!(%host_id, session_id, "agent disconnected");

@@ -333,11 +333,11 @@ impl FleetService for Api {
         let deployments = self
             .coordinator
             .store
-            .deployments()?
+            .recent_deployments(limit, |d| {
+                (r.app.is_empty() || d.app.as_str() == r.app)
+                    && (r.env.is_empty() || d.env.as_str() == r.env)
+            })?
             .iter()
-            .filter(|d| r.app.is_empty() || d.app.as_str() == r.app)
-            .filter(|d| r.env.is_empty() || d.env.as_str() == r.env)
-            .take(limit)
             .map(deployment_to_proto)
             .collect();
         Ok(Response::new(pb::ListDeploymentsResponse { deployments }))

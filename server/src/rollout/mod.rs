@@ -213,7 +213,7 @@ impl Engine {
     pub async fn resume(&self) -> Result<usize, RolloutError> {
         let _guard = self.lock.lock().await;
         let mut n = 0;
-        for mut deployment in self.store.deployments()? {
+        for mut deployment in self.store.active_deployments()? {
             if !deployment.state.is_final() {
                 self.advance(&mut deployment).await?;
                 n += 1;
@@ -228,7 +228,7 @@ impl Engine {
         // Agents' clocks may run behind ours by the allowed skew: an agent can
         // accept a command until then, and its report needs time to arrive.
         let now = now_ms().saturating_sub(SWEEP_GRACE_MS);
-        for mut deployment in self.store.deployments()? {
+        for mut deployment in self.store.active_deployments()? {
             if deployment.state.is_final() {
                 continue;
             }
@@ -258,7 +258,7 @@ impl Engine {
     pub async fn fail_host(&self, host: &HostId, reason: &str) -> Result<usize, RolloutError> {
         let _guard = self.lock.lock().await;
         let mut n = 0;
-        for mut deployment in self.store.deployments()? {
+        for mut deployment in self.store.active_deployments()? {
             if deployment.state.is_final() {
                 continue;
             }

@@ -440,11 +440,40 @@ impl Store {
 
     /// All deployments, newest first (ids are UUIDv7, so key order is time order).
     pub fn deployments(&self) -> Result<Vec<Deployment>, StoreError> {
-        self.deployments
-            .iter()
-            .rev()
-            .map(|item| decode("deployments", &item?.1))
-            .collect()
+        self.recent_deployments(usize::MAX, |_| true)
+    }
+
+    /// The newest `limit` deployments that `keep` selects, newest first; reads
+    /// only as far back as it needs to.
+    pub fn recent_deployments(
+        &self,
+        limit: usize,
+        keep: impl Fn(&Deployment) -> bool,
+    ) -> Result<Vec<Deployment>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.deployments.iter().rev() {
+            if out.len() >= limit {
+                break;
+            }
+            let deployment: Deployment = decode("deployments", &item?.1)?;
+            if keep(&deployment) {
+                out.push(deployment);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The unfinished deployments (at most one per app and environment), from
+    /// the `active` index rather than a scan of the whole history.
+    pub fn active_deployments(&self) -> Result<Vec<Deployment>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.active.iter() {
+            let (_, id) = item?;
+            if let Some(d) = self.deployment(&String::from_utf8_lossy(&id))? {
+                out.push(d);
+            }
+        }
+        Ok(out)
     }
 
     /// The active deployment of an app in an environment, if any.

@@ -124,6 +124,14 @@ fn one_active_deployment_per_app_and_environment() {
         .map(|d| d.id)
         .collect();
     assert_eq!(ids, ["d2", "d1"]);
+    let ids = |list: Vec<Deployment>| list.into_iter().map(|d| d.id).collect::<Vec<_>>();
+    assert_eq!(ids(store.recent_deployments(1, |_| true).unwrap()), ["d2"]);
+    assert_eq!(
+        ids(store.recent_deployments(5, |d| d.id == "d1").unwrap()),
+        ["d1"]
+    );
+    // Only the unfinished one is active.
+    assert_eq!(ids(store.active_deployments().unwrap()), ["d2"]);
 }
 
 #[test]

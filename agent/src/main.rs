@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use flotilla_agent::identity::AgentDir;
 use flotilla_agent::join::{JoinOptions, join};
 use flotilla_agent::{RunConfig, run};
-use flotilla_shared::telemetry::LogFormat;
+use flotilla_shared::telemetry::LogArgs;
 use flotilla_shared::token::JoinToken;
 use flotilla_shared::{EnvName, HostId, Labels};
 
@@ -17,18 +17,8 @@ use flotilla_shared::{EnvName, HostId, Labels};
 #[derive(Parser)]
 #[command(version, about, long_about = None)]
 struct Args {
-    /// Log filter (RUST_LOG syntax).
-    #[arg(long, env = "FLOTILLA_LOG", global = true)]
-    log: Option<String>,
-    /// Log format.
-    #[arg(
-        long,
-        env = "FLOTILLA_LOG_FORMAT",
-        value_enum,
-        default_value_t,
-        global = true
-    )]
-    log_format: LogFormat,
+    #[command(flatten)]
+    logging: LogArgs,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -62,6 +52,7 @@ enum Cmd {
     },
     /// Connect to the coordinator and run the commands it sends, until SIGTERM.
     Run {
+        /// The directory `join` wrote (identity, trusted keys, spool).
         #[arg(
             long,
             env = "FLOTILLA_AGENT_DATA_DIR",
@@ -90,7 +81,7 @@ fn main() -> std::process::ExitCode {
 
 fn real_main(args: Args) -> anyhow::Result<()> {
     flotilla_shared::tls::install_crypto_provider();
-    flotilla_shared::telemetry::init(args.log_format, args.log.as_deref(), "info");
+    args.logging.init();
     let runtime = tokio::runtime::Runtime::new()?;
     match args.command {
         Cmd::Join {

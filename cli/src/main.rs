@@ -66,6 +66,7 @@ enum Cmd {
         /// Image reference; use an immutable tag or @sha256 digest.
         #[arg(long)]
         image: String,
+        /// Environment: every (non-revoked) host in it gets the release.
         #[arg(long)]
         env: String,
         /// Stream the output and wait for the end; exit non-zero if it fails.
@@ -75,6 +76,7 @@ enum Cmd {
     /// Roll an app back to an earlier release (by default, the previous one).
     Rollback {
         app: String,
+        /// Environment to roll back.
         #[arg(long)]
         env: String,
         /// Release number (see `flotilla releases`) or image to return to.
@@ -87,15 +89,19 @@ enum Cmd {
     /// The release history of an app in an environment.
     Releases {
         app: String,
+        /// Environment whose history to show.
         #[arg(long)]
         env: String,
     },
     /// Recent deployments, newest first.
     Deployments {
+        /// Only this app.
         #[arg(long)]
         app: Option<String>,
+        /// Only this environment.
         #[arg(long)]
         env: Option<String>,
+        /// At most this many.
         #[arg(long, default_value_t = 20)]
         limit: u32,
     },
@@ -116,6 +122,7 @@ enum Cmd {
     JoinToken(JoinTokenCmd),
     /// Who did what, when, and how it ended: every mutating call (admin).
     Audit {
+        /// At most this many entries, newest first.
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },

@@ -10,25 +10,15 @@ use clap::{Parser, Subcommand};
 use flotilla_server::pki::{self, DataDir};
 use flotilla_server::{ServeConfig, dev};
 use flotilla_shared::EnvName;
-use flotilla_shared::telemetry::LogFormat;
+use flotilla_shared::telemetry::LogArgs;
 
 /// The Flotilla coordinator: signs deploy and rollback commands and sends them
 /// to the agents on your Dokku hosts.
 #[derive(Parser)]
 #[command(version, about, long_about = None)]
 struct Args {
-    /// Log filter (RUST_LOG syntax), e.g. `info` or `flotilla_server=debug`.
-    #[arg(long, env = "FLOTILLA_LOG", global = true)]
-    log: Option<String>,
-    /// Log format.
-    #[arg(
-        long,
-        env = "FLOTILLA_LOG_FORMAT",
-        value_enum,
-        default_value_t,
-        global = true
-    )]
-    log_format: LogFormat,
+    #[command(flatten)]
+    logging: LogArgs,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -48,6 +38,7 @@ enum Cmd {
     },
     /// Serve the agent and API gRPC services over TLS.
     Serve {
+        /// The data directory made by `init`.
         #[arg(long, env = "FLOTILLA_DATA_DIR")]
         data_dir: PathBuf,
         /// Address to listen on.
@@ -95,7 +86,7 @@ fn main() -> std::process::ExitCode {
 
 fn real_main(args: Args) -> anyhow::Result<()> {
     flotilla_shared::tls::install_crypto_provider();
-    flotilla_shared::telemetry::init(args.log_format, args.log.as_deref(), "info");
+    args.logging.init();
     match args.command {
         Cmd::Init {
             data_dir,

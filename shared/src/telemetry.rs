@@ -17,6 +17,30 @@ pub enum LogFormat {
     Json,
 }
 
+/// The logging flags both daemons take (`#[command(flatten)]`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct LogArgs {
+    /// Log filter (RUST_LOG syntax), e.g. `info` or `flotilla_agent=debug`.
+    #[arg(long, env = "FLOTILLA_LOG", global = true)]
+    pub log: Option<String>,
+    /// Log format.
+    #[arg(
+        long,
+        env = "FLOTILLA_LOG_FORMAT",
+        value_enum,
+        default_value_t,
+        global = true
+    )]
+    pub log_format: LogFormat,
+}
+
+impl LogArgs {
+    /// Installs the global subscriber (default filter `info`).
+    pub fn init(&self) {
+        init(self.log_format, self.log.as_deref(), "info");
+    }
+}
+
 /// Installs the global subscriber. `filter` uses `RUST_LOG` syntax (e.g.
 /// `info,flotilla_agent=debug`); `default` applies when it is `None`.
 pub fn init(format: LogFormat, filter: Option<&str>, default: &str) {

@@ -2,6 +2,7 @@
 
 use serde_json::Value;
 
+use crate::{deploy_start, host_error};
 use crate::{deploy_wait, fleet};
 
 #[test]
@@ -152,10 +153,7 @@ fn unhealthy_deploy_fails_shows_dokku_output_and_keeps_the_old_release() {
     let (ok, status) = deploy_wait(s, "blog", "acme/missing:3");
     assert!(!ok);
     assert!(
-        status["hosts"][0]["error"]
-            .as_str()
-            .unwrap()
-            .contains("Failed to pull image"),
+        host_error(&status, 0).contains("Failed to pull image"),
         "{status}"
     );
     // The failed attempts did not become releases.
@@ -168,23 +166,7 @@ fn one_active_deployment_per_app_and_environment() {
     let f = fleet(1);
     let s = &f.server;
     // `hang` makes fake-dokku wait for a release file, so the first deploy stays active.
-    let out = s
-        .cli(&[
-            "deploy",
-            "svc",
-            "--image",
-            "acme/svc:hang-1",
-            "--env",
-            "prod",
-        ])
-        .unwrap();
-    assert!(out.status.success(), "{}", flotilla_tests::text(&out));
-    let first = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .next()
-        .unwrap()
-        .to_owned();
+    let first = deploy_start(s, "svc", "acme/svc:hang-1");
     f.agents[0].log.wait_for("command accepted").unwrap();
 
     let out = s

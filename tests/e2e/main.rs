@@ -54,3 +54,45 @@ pub fn deploy_wait(server: &Server, app: &str, image: &str) -> (bool, serde_json
     });
     (out.status.success(), status)
 }
+
+/// `flotilla deploy APP --image IMAGE --env prod` without waiting → the deployment id.
+pub fn deploy_start(server: &Server, app: &str, image: &str) -> String {
+    let out = server
+        .cli(&["deploy", app, "--image", image, "--env", "prod"])
+        .unwrap();
+    assert!(out.status.success(), "{}", flotilla_tests::text(&out));
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+/// The error of host `i` in a status object.
+pub fn host_error(status: &serde_json::Value, i: usize) -> &str {
+    status["hosts"][i]["error"].as_str().unwrap()
+}
+
+impl Fleet {
+    /// Stops the coordinator (SIGTERM), starts it again on the same address
+    /// with `args`, and waits until agent 0 has a new session. Returns agent
+    /// 0's log position from before the restart.
+    pub fn restart_server(&mut self, args: &[&str]) -> usize {
+        self.server.proc.terminate().unwrap();
+        self.start_server_again(args)
+    }
+
+    /// Starts the (stopped) coordinator again on its address and waits for
+    /// agent 0's new session; returns agent 0's log position from before.
+    pub fn start_server_again(&mut self, args: &[&str]) -> usize {
+        let before = self.agents[0].log.len();
+        let addr = self.server.addr.clone();
+        self.server = Server::start(&self.server.data_dir, &addr, args).unwrap();
+        self.agents[0]
+            .log
+            .wait_for_from("session established", before)
+            .unwrap();
+        before
+    }
+}

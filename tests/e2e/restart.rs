@@ -3,6 +3,7 @@
 use std::process::Stdio;
 
 use crate::fleet;
+use crate::{deploy_start, host_error};
 use flotilla_tests::{Server, text};
 
 /// Starts `flotilla logs ID --follow` and waits for a line containing `needle`.
@@ -39,22 +40,7 @@ fn an_agent_killed_mid_command_reports_it_interrupted_and_never_reruns_anything(
     assert!(out.status.success(), "{}", text(&out));
 
     // A deploy that blocks inside dokku until released.
-    let out = s
-        .cli(&[
-            "deploy",
-            "shop",
-            "--image",
-            "acme/shop:2-hang",
-            "--env",
-            "prod",
-        ])
-        .unwrap();
-    let id = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .next()
-        .unwrap()
-        .to_owned();
+    let id = deploy_start(s, "shop", "acme/shop:2-hang");
     wait_for_log_line(s, &id, "(fake-dokku) waiting for");
 
     // kill -9 the agent and its dokku child (as systemd would), then restart it.
@@ -69,7 +55,7 @@ fn an_agent_killed_mid_command_reports_it_interrupted_and_never_reruns_anything(
 
     let status = s.json(&["status", &id]).unwrap();
     assert_eq!(status["state"], "failed", "{status}");
-    let error = status["hosts"][0]["error"].as_str().unwrap();
+    let error = host_error(&status, 0);
     assert!(
         error.contains("interrupted") && error.contains("not re-run"),
         "{error}"
@@ -118,23 +104,7 @@ fn a_coordinator_killed_mid_deployment_resumes_without_losing_or_repeating_anyth
         std::fs::create_dir_all(f.hosts[1].dokku_root.join(".fake-dokku")).unwrap();
         std::fs::write(f.hosts[1].dokku_root.join(".fake-dokku/release"), "").unwrap();
     });
-    let out = f
-        .server
-        .cli(&[
-            "deploy",
-            "api",
-            "--image",
-            "acme/api:1-hang",
-            "--env",
-            "prod",
-        ])
-        .unwrap();
-    let id = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .next()
-        .unwrap()
-        .to_owned();
+    let id = deploy_start(&f.server, "api", "acme/api:1-hang");
     wait_for_log_line(&f.server, &id, "(fake-dokku) waiting for");
 
     f.server.proc.kill9();
@@ -143,13 +113,7 @@ fn a_coordinator_killed_mid_deployment_resumes_without_losing_or_repeating_anyth
     std::fs::write(f.hosts[0].dokku_root.join(".fake-dokku/release"), "").unwrap();
     f.agents[0].log.wait_for("command finished").unwrap();
 
-    let before = f.agents[0].log.len();
-    let addr = f.server.addr.clone();
-    f.server = Server::start(&f.server.data_dir, &addr, &[]).unwrap();
-    f.agents[0]
-        .log
-        .wait_for_from("session established", before)
-        .unwrap();
+    f.start_server_again(&[]);
     let out = f
         .server
         .cli(&["logs", &id, "--follow", "--output", "json"])

@@ -2,6 +2,7 @@
 
 use flotilla_tests::{Host, Server, text};
 
+use crate::{deploy_start, host_error};
 use crate::{deploy_wait, fleet};
 
 #[test]
@@ -69,23 +70,11 @@ fn a_coordinator_with_another_signing_key_cannot_make_an_agent_run_anything() {
     let rogue = f.root.path().join("rogue.key");
     let signer = flotilla_shared::signing::CommandSigner::generate().unwrap();
     std::fs::write(&rogue, signer.to_pkcs8_pem().unwrap()).unwrap();
-    f.server.proc.terminate().unwrap();
-    let sessions_before = f.agents[0].log.len();
-    let addr = f.server.addr.clone();
-    f.server = Server::start(
-        &f.server.data_dir,
-        &addr,
-        &["--signing-key", rogue.to_str().unwrap()],
-    )
-    .unwrap();
-    f.agents[0]
-        .log
-        .wait_for_from("session established", sessions_before)
-        .unwrap();
+    f.restart_server(&["--signing-key", rogue.to_str().unwrap()]);
 
     let (ok, status) = deploy_wait(&f.server, "shop", "acme/shop:2");
     assert!(!ok);
-    let error = status["hosts"][0]["error"].as_str().unwrap();
+    let error = host_error(&status, 0);
     assert!(
         error.contains("refused by the agent: unknown signing key"),
         "{error}"
@@ -284,15 +273,7 @@ fn revoked_hosts_are_disconnected_and_refused() {
     let f = fleet(1);
     let s = &f.server;
     // A deploy in flight on the host when it is revoked fails (no result can come).
-    let out = s
-        .cli(&["deploy", "x", "--image", "a/x:hang", "--env", "prod"])
-        .unwrap();
-    let id = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .next()
-        .unwrap()
-        .to_owned();
+    let id = deploy_start(s, "x", "a/x:hang");
     f.agents[0].log.wait_for("command accepted").unwrap();
     let out = s.cli(&["revoke", "web-1"]).unwrap();
     assert!(out.status.success(), "{}", text(&out));
@@ -302,13 +283,7 @@ fn revoked_hosts_are_disconnected_and_refused() {
         .unwrap();
     let status = s.json(&["status", &id]).unwrap();
     assert_eq!(status["state"], "failed", "{status}");
-    assert!(
-        status["hosts"][0]["error"]
-            .as_str()
-            .unwrap()
-            .contains("revoked"),
-        "{status}"
-    );
+    assert!(host_error(&status, 0).contains("revoked"), "{status}");
     std::fs::write(f.hosts[0].dokku_root.join(".fake-dokku/release"), "").unwrap();
     let hosts = s.json(&["hosts"]).unwrap();
     assert_eq!(hosts[0]["revoked"], true);
@@ -392,28 +367,14 @@ fn signing_keys_rotate_through_a_key_set_signed_by_the_old_key() {
     let new_key = f.root.path().join("new.key");
     let new = flotilla_shared::signing::CommandSigner::generate().unwrap();
     std::fs::write(&new_key, new.to_pkcs8_pem().unwrap()).unwrap();
-    let restart = |f: &mut crate::Fleet, args: &[&str]| {
-        f.server.proc.terminate().unwrap();
-        let before = f.agents[0].log.len();
-        let addr = f.server.addr.clone();
-        f.server = Server::start(&f.server.data_dir, &addr, args).unwrap();
-        f.agents[0]
-            .log
-            .wait_for_from("session established", before)
-            .unwrap();
-        before
-    };
 
     // Step 1: sign with the new key, vouched for by the old one.
-    let before = restart(
-        &mut f,
-        &[
-            "--signing-key",
-            new_key.to_str().unwrap(),
-            "--previous-signing-key",
-            old_key.to_str().unwrap(),
-        ],
-    );
+    let before = f.restart_server(&[
+        "--signing-key",
+        new_key.to_str().unwrap(),
+        "--previous-signing-key",
+        old_key.to_str().unwrap(),
+    ]);
     f.agents[0]
         .log
         .wait_for_from("command-verification keys updated", before)
@@ -424,7 +385,7 @@ fn signing_keys_rotate_through_a_key_set_signed_by_the_old_key() {
     assert!(trusted.contains(new.key_id().as_str()), "{trusted}");
 
     // Step 2: drop the old key; agents now trust only the new one.
-    let before = restart(&mut f, &["--signing-key", new_key.to_str().unwrap()]);
+    let before = f.restart_server(&["--signing-key", new_key.to_str().unwrap()]);
     f.agents[0]
         .log
         .wait_for_from("command-verification keys updated", before)
@@ -433,14 +394,11 @@ fn signing_keys_rotate_through_a_key_set_signed_by_the_old_key() {
     assert!(ok);
 
     // The retired key no longer makes anything run.
-    restart(&mut f, &[]);
+    f.restart_server(&[]);
     let (ok, status) = deploy_wait(&f.server, "shop", "acme/shop:4");
     assert!(!ok);
     assert!(
-        status["hosts"][0]["error"]
-            .as_str()
-            .unwrap()
-            .contains("unknown signing key"),
+        host_error(&status, 0).contains("unknown signing key"),
         "{status}"
     );
     assert_eq!(f.hosts[0].deployed_image("shop").unwrap(), "acme/shop:3");

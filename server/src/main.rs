@@ -32,7 +32,7 @@ enum Cmd {
         #[arg(long, env = "FLOTILLA_DATA_DIR")]
         data_dir: PathBuf,
         /// DNS name or IP address agents and the CLI use to reach this server
-        /// (repeatable). `localhost` and `127.0.0.1` are always included.
+        /// (repeatable). `localhost`, `127.0.0.1` and `::1` are always included.
         #[arg(long = "server-name")]
         server_names: Vec<String>,
     },

@@ -109,7 +109,7 @@ pub struct InitOutput {
 }
 
 /// Creates a data directory: CA, server certificate (SANs: `server_names`,
-/// `localhost`, `127.0.0.1`), command-signing key, admin token (hashed in the
+/// `localhost`, `127.0.0.1`, `::1`), command-signing key, admin token (hashed in the
 /// store, the secret in `admin.token`, mode 0600). Refuses an initialised directory.
 pub fn init(dir: &DataDir, server_names: &[String]) -> anyhow::Result<InitOutput> {
     for existing in [
@@ -166,7 +166,7 @@ pub fn init(dir: &DataDir, server_names: &[String]) -> anyhow::Result<InitOutput
         }
     }
     let mut names: Vec<String> = server_names.to_vec();
-    for default in ["localhost", "127.0.0.1"] {
+    for default in ["localhost", "127.0.0.1", "::1"] {
         if !names.iter().any(|n| n == default) {
             names.push(default.to_owned());
         }

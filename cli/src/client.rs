@@ -12,6 +12,11 @@ use tonic::transport::Channel;
 use crate::Output;
 use crate::output;
 
+/// How many 1-second retries a broken connection to the coordinator gets.
+const RECONNECT_ATTEMPTS: usize = 30;
+/// How often `--wait` re-follows a deployment whose log stream ended early.
+const FOLLOW_ROUNDS: usize = 5;
+
 pub struct Client {
     inner: FleetServiceClient<Channel>,
     auth: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
@@ -246,10 +251,37 @@ impl Client {
         &mut self,
         id: &str,
         follow: bool,
+        print: impl FnMut(&pb::DeploymentLogLine),
+    ) -> anyhow::Result<usize> {
+        self.stream_logs_from(id, follow, 0, print).await
+    }
+
+    /// `GetDeployment`, retried while the coordinator is briefly unavailable.
+    async fn deployment_retrying(&mut self, id: &str) -> anyhow::Result<pb::Deployment> {
+        for _ in 0..RECONNECT_ATTEMPTS {
+            let req = self.req(pb::GetDeploymentRequest { id: id.into() });
+            match self.inner.get_deployment(req).await {
+                Ok(d) => return Ok(d.into_inner()),
+                Err(status) if status.code() == tonic::Code::Unavailable => {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(status) => return Err(explain(status)),
+            }
+        }
+        anyhow::bail!("the coordinator stayed unavailable for {RECONNECT_ATTEMPTS}s")
+    }
+
+    /// Streams log lines, skipping the first `printed` (already shown), and
+    /// resumes a broken stream up to `RECONNECT_ATTEMPTS` times, 1 s apart.
+    /// Returns how many lines have been shown in all.
+    async fn stream_logs_from(
+        &mut self,
+        id: &str,
+        follow: bool,
+        mut printed: usize,
         mut print: impl FnMut(&pb::DeploymentLogLine),
     ) -> anyhow::Result<usize> {
-        const ATTEMPTS: usize = 30;
-        let mut printed = 0usize;
+        const ATTEMPTS: usize = RECONNECT_ATTEMPTS;
         let mut last_err = None;
         for attempt in 0..ATTEMPTS {
             if attempt > 0 {
@@ -316,14 +348,31 @@ impl Client {
         // In JSON mode stdout carries only the final object; progress goes to stderr.
         let to_stderr = out == Output::Json;
         let mut actions = crate::github::Actions::detect().filter(|_| !to_stderr);
-        self.stream_logs(&d.id, true, |line| {
-            if let Some(actions) = actions.as_mut() {
-                actions.before_line(&line.host_id);
+        let mut printed = 0;
+        let mut final_state = None;
+        // The stream ends when the deployment does; if a coordinator restart
+        // ended it early, follow again (bounded) rather than report a failure.
+        for _ in 0..FOLLOW_ROUNDS {
+            printed = self
+                .stream_logs_from(&d.id, true, printed, |line| {
+                    if let Some(actions) = actions.as_mut() {
+                        actions.before_line(&line.host_id);
+                    }
+                    output::log_line(Output::Text, line, to_stderr)
+                })
+                .await?;
+            let state = self.deployment_retrying(&d.id).await?;
+            if matches!(state.state.as_str(), "succeeded" | "failed") {
+                final_state = Some(state);
+                break;
             }
-            output::log_line(Output::Text, line, to_stderr)
-        })
-        .await?;
-        let final_state = self.deployment(&d.id).await?;
+        }
+        let final_state = final_state.with_context(|| {
+            format!(
+                "deployment {} has not finished; follow it with `flotilla logs {} --follow`",
+                d.id, d.id
+            )
+        })?;
         if let Some(actions) = actions.as_mut() {
             actions.finish(&final_state);
         }

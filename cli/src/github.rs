@@ -9,6 +9,10 @@ use flotilla_proto::v1 as pb;
 pub struct Actions {
     summary_path: Option<std::path::PathBuf>,
     open_group: Option<String>,
+    /// Workflow commands are switched off (`::stop-commands::TOKEN`) while
+    /// dokku output streams, so no line of it can act as a command.
+    stop_token: String,
+    stopped: bool,
 }
 
 impl Actions {
@@ -17,25 +21,36 @@ impl Actions {
         (std::env::var("GITHUB_ACTIONS").as_deref() == Ok("true")).then(|| Self {
             summary_path: std::env::var_os("GITHUB_STEP_SUMMARY").map(Into::into),
             open_group: None,
+            // Random, so dokku output cannot guess it and turn commands back on.
+            stop_token: flotilla_shared::token::random_secret()
+                .unwrap_or_else(|_| format!("flotilla-{}", std::process::id())),
+            stopped: false,
         })
     }
 
-    /// Called before each streamed line: opens a group when the host changes.
-    /// Lines themselves are printed as `[host] …`, so no dokku output can start
-    /// with `::` and be taken for a workflow command.
+    /// Called before each streamed line: opens a group when the host changes,
+    /// then makes sure workflow commands are off while dokku's line prints.
     pub fn before_line(&mut self, host: &str) {
-        if self.open_group.as_deref() == Some(host) {
-            return;
+        if self.open_group.as_deref() != Some(host) {
+            self.end_group();
+            crate::output::outln!(
+                "::group::{}",
+                escape_data(&format!("Dokku output on {host}"))
+            );
+            self.open_group = Some(host.to_owned());
         }
-        self.end_group();
-        crate::output::outln!(
-            "::group::{}",
-            escape_data(&format!("Dokku output on {host}"))
-        );
-        self.open_group = Some(host.to_owned());
+        if !self.stopped {
+            crate::output::outln!("::stop-commands::{}", self.stop_token);
+            self.stopped = true;
+        }
     }
 
+    /// Turns workflow commands back on and closes the open group.
     pub fn end_group(&mut self) {
+        if self.stopped {
+            crate::output::outln!("::{}::", self.stop_token);
+            self.stopped = false;
+        }
         if self.open_group.take().is_some() {
             crate::output::outln!("::endgroup::");
         }

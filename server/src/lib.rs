@@ -151,6 +151,7 @@ pub async fn run(
         .add_service(FleetServiceServer::new(api::Api {
             coordinator: Arc::clone(&coordinator),
             cancel: cancel.clone(),
+            token_admin: tokio::sync::Mutex::new(()),
         }))
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listener),

@@ -211,6 +211,28 @@ fn under_github_actions_deploy_wait_writes_groups_annotations_and_a_summary() {
     let out = flotilla_tests::run(cmd).unwrap();
     assert!(!out.status.success());
     let stdout = String::from_utf8(out.stdout).unwrap();
+    // Workflow commands are off while dokku output streams, back on for ours.
+    let at = |needle: &str| {
+        stdout
+            .find(needle)
+            .unwrap_or_else(|| panic!("no {needle:?} in {stdout}"))
+    };
+    let stop = at("::stop-commands::");
+    let token = stdout[stop + "::stop-commands::".len()..]
+        .lines()
+        .next()
+        .unwrap()
+        .to_owned();
+    assert!(token.len() >= 32, "{token}");
+    let resume = at(&format!("::{token}::"));
+    assert!(
+        at("::group::") < stop && stop < at("[web-1] -----> ") && at("[web-1] -----> ") < resume,
+        "{stdout}"
+    );
+    assert!(
+        resume < at("::endgroup::") && at("::endgroup::") < at("::error title="),
+        "{stdout}"
+    );
     assert!(
         stdout.contains("::group::Dokku output on web-1"),
         "{stdout}"

@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod deploy;
+mod replay;
 mod restart;
 mod trust;
 
@@ -14,16 +15,19 @@ use flotilla_tests::{Host, Proc, Server};
 
 /// A coordinator plus `n` connected agents in env `prod`.
 pub struct Fleet {
-    pub root: tempfile::TempDir,
+    // Fields drop in order: processes first, the directory they use last.
+    pub agents: Vec<Proc>,
     pub server: Server,
     pub hosts: Vec<Host>,
-    pub agents: Vec<Proc>,
+    pub root: tempfile::TempDir,
 }
 
 pub fn fleet(n: usize) -> Fleet {
     let root = tempfile::tempdir().unwrap();
     let data_dir = Server::init(root.path()).unwrap();
-    let server = Server::start(&data_dir, "127.0.0.1:0", &[]).unwrap();
+    // A port outside the ephemeral range, so a restart can bind it again.
+    let listen = format!("127.0.0.1:{}", flotilla_tests::free_port().unwrap());
+    let server = Server::start(&data_dir, &listen, &[]).unwrap();
     let mut hosts = Vec::new();
     let mut agents = Vec::new();
     for i in 1..=n {

@@ -7,19 +7,27 @@ use crate::{deploy_start, host_error};
 use flotilla_tests::{Server, text};
 
 /// Starts `flotilla logs ID --follow` and waits for a line containing `needle`.
+/// Follows `flotilla logs ID --follow` until a line contains `needle` (or
+/// the log ends, or `WAIT` passes).
 fn wait_for_log_line(server: &Server, id: &str, needle: &str) {
     use std::io::BufRead as _;
     let mut cmd = server.cli_as(&server.admin_token(), &["logs", id, "--follow"]);
     cmd.stdout(Stdio::piped()).stderr(Stdio::null());
     let mut child = cmd.spawn().unwrap();
     let stdout = child.stdout.take().unwrap();
-    let found = std::io::BufReader::new(stdout)
-        .lines()
-        .map_while(Result::ok)
-        .any(|l| l.contains(needle));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let needle_owned = needle.to_owned();
+    std::thread::spawn(move || {
+        let found = std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .any(|l| l.contains(&needle_owned));
+        let _ = tx.send(found);
+    });
+    let found = rx.recv_timeout(flotilla_tests::WAIT);
     let _ = child.kill();
     let _ = child.wait();
-    assert!(found, "log of {id} ended without {needle:?}");
+    assert_eq!(found, Ok(true), "log of {id} never showed {needle:?}");
 }
 
 #[test]

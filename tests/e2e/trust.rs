@@ -79,7 +79,7 @@ fn a_coordinator_with_another_signing_key_cannot_make_an_agent_run_anything() {
         error.contains("refused by the agent: unknown signing key"),
         "{error}"
     );
-    assert!(f.agents[0].log.contains("command refused"));
+    f.agents[0].log.wait_for("command refused").unwrap();
     assert_eq!(
         f.hosts[0]
             .invocations(&["git:from-image", "shop", "acme/shop:2"])
@@ -169,9 +169,8 @@ fn api_tokens_have_roles() {
     .unwrap();
     assert!(!out.status.success());
     assert!(
-        text(&out).contains(
-            "scoped to apps [shop] in environments [prod]; it may not change blog in prod"
-        ),
+        text(&out)
+            .contains("scoped to apps [shop] in environments [prod]; blog in prod is outside it"),
         "{}",
         text(&out)
     );
@@ -262,10 +261,16 @@ fn api_tokens_have_roles() {
         "{}",
         text(&out)
     );
+    // A flag smuggled in as the image reaches the coordinator and is refused there.
     let out = s
-        .cli(&["deploy", "app", "--image", "--build-dir=/", "--env", "prod"])
+        .cli(&["deploy", "app", "--image=--build-dir=/", "--env", "prod"])
         .unwrap();
     assert!(!out.status.success());
+    assert!(
+        text(&out).contains("image reference \"--build-dir=/\" is invalid"),
+        "{}",
+        text(&out)
+    );
 }
 
 #[test]
@@ -347,10 +352,51 @@ fn session_needs_a_client_certificate_from_the_coordinators_ca() {
     let cert_pem = client_cert.pem();
     let key_pem = client_key.serialize_pem();
     let err = session(Some((cert_pem.as_bytes(), key_pem.as_bytes()))).unwrap_err();
+    // Refused by rustls during the handshake (UnknownCA), so no RPC status
+    // from the coordinator's code ever comes back.
     assert!(
-        !err.contains("not registered"),
-        "the handshake itself must refuse it: {err}"
+        !err.contains("not registered")
+            && !err.contains("Unauthenticated")
+            && !err.contains("revoked"),
+        "the handshake itself must refuse it, before any of our checks: {err}"
     );
+    // At the TLS level: the coordinator answers that certificate with a fatal
+    // alert (under TLS 1.3 the client sees it on its first read).
+    let alert = rt.block_on(async {
+        use rustls_pki_types::pem::PemObject as _;
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls_pki_types::CertificateDer::pem_slice_iter(&ca_pem) {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let chain = vec![client_cert.der().clone()];
+        let key =
+            rustls_pki_types::PrivateKeyDer::from_pem_slice(client_key.serialize_pem().as_bytes())
+                .unwrap();
+        let config = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .unwrap();
+        let tcp = tokio::net::TcpStream::connect(&f.server.addr)
+            .await
+            .unwrap();
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let mut tls = match tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+            .connect(name, tcp)
+            .await
+        {
+            Ok(tls) => tls,
+            Err(e) => return e.to_string(),
+        };
+        let _ = tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await;
+        let mut buf = [0u8; 64];
+        match tls.read(&mut buf).await {
+            Ok(n) => format!("read {n} bytes"),
+            Err(e) => e.to_string(),
+        }
+    });
+    assert!(alert.contains("UnknownCA"), "{alert}");
+
     let err = session(None).unwrap_err();
     assert!(
         err.contains("Unauthenticated") && err.contains("client certificate"),

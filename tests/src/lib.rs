@@ -214,6 +214,23 @@ fn wait_exit(child: &mut Child, limit: Duration) -> anyhow::Result<ExitStatus> {
     }
 }
 
+/// A free loopback port below Linux's ephemeral range (32768+), so no outgoing
+/// connection can take it between a coordinator's stop and its restart.
+pub fn free_port() -> anyhow::Result<u16> {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    let mut seed = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    for _ in 0..200 {
+        seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        let port = 20_000 + (seed >> 33) as u16 % 12_000;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free port found in 20000-31999")
+}
+
 /// Runs a command to completion with a time limit; captures its output.
 pub fn run(mut cmd: Command) -> anyhow::Result<Output> {
     cmd.stdin(Stdio::null())

@@ -336,9 +336,11 @@ impl<R: tokio::io::AsyncRead + Unpin> LineReader<R> {
     }
 
     fn take(&mut self) -> String {
-        let mut line = String::from_utf8_lossy(&self.line)
-            .trim_end_matches('\r')
-            .to_owned();
+        let text = String::from_utf8_lossy(&self.line);
+        let text = text.trim_end_matches('\r');
+        // Progress bars redraw with `\r`: keep what a terminal would show, so no
+        // line ever carries a `\r` (log viewers split on it, too).
+        let mut line = text.rsplit('\r').next().unwrap_or_default().to_owned();
         if self.overflow {
             line.push_str(" …[line truncated]");
         }

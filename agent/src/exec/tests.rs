@@ -192,7 +192,13 @@ impl LineSink for CancelOn {
 #[tokio::test]
 async fn cancelling_kills_dokku_and_reports_interrupted() {
     let dir = tempfile::tempdir().unwrap();
-    let dokku = fixture(dir.path(), "echo started; exec sleep 600", "echo x");
+    // The deploy starts a child of its own (as dokku starts docker), then waits.
+    let pids = dir.path().join("pids");
+    let script = format!(
+        "sleep 600 & echo $! > '{p}'; echo $$ >> '{p}'; echo started; wait",
+        p = pids.display()
+    );
+    let dokku = fixture(dir.path(), &script, "echo x");
     let cancel = CancellationToken::new();
     let mut sink = CancelOn {
         needle: "started",
@@ -210,6 +216,15 @@ async fn cancelling_kills_dokku_and_reports_interrupted() {
         i32::from(pb::Outcome::Interrupted),
         "{result:?}"
     );
+    // dokku and what it started are gone (killed as a process group).
+    for pid in std::fs::read_to_string(&pids).unwrap().split_whitespace() {
+        let alive = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|stat| !stat.contains(") Z "));
+        if alive {
+            let _ = std::process::Command::new("kill").arg(pid).status();
+        }
+        assert!(!alive, "process {pid} survived the cancel");
+    }
 }
 
 #[tokio::test]
@@ -250,10 +265,11 @@ async fn a_process_left_holding_the_output_does_not_hang_the_agent() {
             &CancellationToken::new(),
         ),
     )
-    .await
-    .expect("must not wait for the background process");
+    .await;
+    // Clean up before asserting, so a failure leaks nothing.
     let pid = std::fs::read_to_string(&pid_file).unwrap();
     let _ = std::process::Command::new("kill").arg(pid.trim()).status();
+    let result = result.expect("must not wait for the background process");
     assert_eq!(
         result.outcome,
         i32::from(pb::Outcome::Succeeded),
@@ -263,12 +279,15 @@ async fn a_process_left_holding_the_output_does_not_hang_the_agent() {
 
 #[tokio::test]
 async fn lines_are_split_and_huge_lines_cut_while_reading() {
-    let mut input = b"one\r\ntwo\n".to_vec();
+    let mut input = b"one\r\nstep 1%\rstep 2%\r::stop-commands::x\n".to_vec();
     input.extend(vec![b'x'; MAX_LINE_BYTES * 3]);
     input.extend(b"\nlast without newline");
     let mut reader = LineReader::new(input.as_slice());
     assert_eq!(reader.next_line().await.unwrap().as_deref(), Some("one"));
-    assert_eq!(reader.next_line().await.unwrap().as_deref(), Some("two"));
+    assert_eq!(
+        reader.next_line().await.unwrap().as_deref(),
+        Some("::stop-commands::x")
+    );
     let huge = reader.next_line().await.unwrap().unwrap();
     assert_eq!(huge.len(), MAX_LINE_BYTES + " …[line truncated]".len());
     assert!(huge.ends_with("[line truncated]"));

@@ -27,6 +27,9 @@ const MAX_JOIN_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 pub struct Api {
     pub coordinator: Arc<Coordinator>,
     pub cancel: CancellationToken,
+    /// Serialises token revocation, so "never revoke the last admin token"
+    /// holds under concurrent calls.
+    pub token_admin: tokio::sync::Mutex<()>,
 }
 
 /// Who is calling.
@@ -44,7 +47,7 @@ impl Caller {
             return Ok(());
         }
         Err(Status::permission_denied(format!(
-            "token {:?} is scoped to apps [{}] in environments [{}]; it may not change {app} in {env}",
+            "token {:?} is scoped to apps [{}] in environments [{}]; {app} in {env} is outside it",
             self.name,
             join(&self.token.apps),
             join(&self.token.envs),
@@ -201,7 +204,7 @@ impl FleetService for Api {
         &self,
         req: Request<pb::ListHostsRequest>,
     ) -> Result<Response<pb::ListHostsResponse>, Status> {
-        self.authorize(&req, Role::Viewer, "read")?;
+        let caller = self.authorize(&req, Role::Viewer, "read")?;
         let env = req.get_ref().env.clone();
         let c = &self.coordinator;
         let hosts = c
@@ -209,6 +212,7 @@ impl FleetService for Api {
             .hosts()?
             .into_iter()
             .filter(|h| env.is_empty() || h.env.as_str() == env)
+            .filter(|h| caller.token.envs.is_empty() || caller.token.envs.contains(&h.env))
             .map(|h| pb::Host {
                 connected: c.sessions.is_connected(&h.host_id),
                 host_id: h.host_id.to_string(),
@@ -313,13 +317,14 @@ impl FleetService for Api {
         &self,
         req: Request<pb::GetDeploymentRequest>,
     ) -> Result<Response<pb::Deployment>, Status> {
-        self.authorize(&req, Role::Viewer, "read")?;
+        let caller = self.authorize(&req, Role::Viewer, "read")?;
         let id = &req.get_ref().id;
         let d = self
             .coordinator
             .store
             .deployment(id)?
             .ok_or_else(|| Status::not_found(format!("no deployment {id:?}")))?;
+        caller.check_scope(&d.app, &d.env)?;
         Ok(Response::new(deployment_to_proto(&d)))
     }
 
@@ -327,7 +332,7 @@ impl FleetService for Api {
         &self,
         req: Request<pb::ListDeploymentsRequest>,
     ) -> Result<Response<pb::ListDeploymentsResponse>, Status> {
-        self.authorize(&req, Role::Viewer, "read")?;
+        let caller = self.authorize(&req, Role::Viewer, "read")?;
         let r = req.into_inner();
         let limit = if r.limit == 0 { 20 } else { r.limit as usize };
         let deployments = self
@@ -336,6 +341,7 @@ impl FleetService for Api {
             .recent_deployments(limit, |d| {
                 (r.app.is_empty() || d.app.as_str() == r.app)
                     && (r.env.is_empty() || d.env.as_str() == r.env)
+                    && caller.token.covers(&d.app, &d.env)
             })?
             .iter()
             .map(deployment_to_proto)
@@ -347,10 +353,11 @@ impl FleetService for Api {
         &self,
         req: Request<pb::ListReleasesRequest>,
     ) -> Result<Response<pb::ListReleasesResponse>, Status> {
-        self.authorize(&req, Role::Viewer, "read")?;
+        let caller = self.authorize(&req, Role::Viewer, "read")?;
         let r = req.into_inner();
         let app = arg("app", AppName::parse(&r.app))?;
         let env = arg("environment", EnvName::parse(&r.env))?;
+        caller.check_scope(&app, &env)?;
         let releases = self
             .coordinator
             .store
@@ -375,15 +382,16 @@ impl FleetService for Api {
         &self,
         req: Request<pb::StreamLogsRequest>,
     ) -> Result<Response<Self::StreamLogsStream>, Status> {
-        self.authorize(&req, Role::Viewer, "read")?;
+        let caller = self.authorize(&req, Role::Viewer, "read")?;
         let r = req.into_inner();
         let c = Arc::clone(&self.coordinator);
-        if c.store.deployment(&r.deployment_id)?.is_none() {
+        let Some(d) = c.store.deployment(&r.deployment_id)? else {
             return Err(Status::not_found(format!(
                 "no deployment {:?}",
                 r.deployment_id
             )));
-        }
+        };
+        caller.check_scope(&d.app, &d.env)?;
         let (tx, rx) = tokio::sync::mpsc::channel(256);
         let cancel = self.cancel.child_token();
         tokio::spawn(follow_logs(c, r.deployment_id, r.follow, tx, cancel));
@@ -560,6 +568,7 @@ impl FleetService for Api {
         let caller = self.authorize(&req, Role::Admin, "revoke-api-token")?;
         let id = req.into_inner().id;
         let result = async {
+            let _guard = self.token_admin.lock().await;
             let store = &self.coordinator.store;
             let tokens = store.api_tokens()?;
             let matching: Vec<_> = tokens
@@ -641,7 +650,11 @@ async fn follow_logs(
             return;
         }
         tokio::select! {
-            () = cancel.cancelled() => return,
+            () = cancel.cancelled() => {
+                // Tell the client to resume after the restart, not that the log ended.
+                let _ = tx.send(Err(Status::unavailable("coordinator is shutting down"))).await;
+                return;
+            }
             () = tx.closed() => return,
             res = changes.changed() => if res.is_err() { return },
         }

@@ -3,7 +3,6 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 
 use flotilla_proto::v1 as pb;
 use flotilla_proto::v1::agent_service_server::AgentService;
@@ -243,6 +242,17 @@ impl AgentService for AgentApi {
     }
 }
 
+/// Polls `fut` once: its output if it is ready now, else `None` (the future is
+/// dropped; `Streaming::message` keeps its state in the stream, so that is safe).
+fn poll_once<F: std::future::Future>(fut: F) -> Option<F::Output> {
+    let mut fut = std::pin::pin!(fut);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match fut.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(out) => Some(out),
+        std::task::Poll::Pending => None,
+    }
+}
+
 /// Flushes the store, then acks every report up to `up_to`; false if the
 /// session is gone or the store failed (then nothing is acked).
 async fn flush_and_ack(c: &crate::Coordinator, host_id: &HostId, up_to: u64) -> bool {
@@ -287,10 +297,10 @@ async fn handle_inbound(
     let mut batch = 0usize;
     loop {
         let msg = match unacked {
-            // Something to ack: take a message only if one is already waiting
-            // (a zero timeout polls once), otherwise flush and ack first.
-            Some(up_to) => match tokio::time::timeout(Duration::ZERO, inbound.message()).await {
-                Ok(msg) if batch < MAX_REPORTS_PER_ACK => msg,
+            // Something to ack: take a message only if one is already waiting,
+            // otherwise flush and ack first.
+            Some(up_to) => match poll_once(inbound.message()) {
+                Some(msg) if batch < MAX_REPORTS_PER_ACK => msg,
                 ready => {
                     if !flush_and_ack(&c, &host_id, up_to).await {
                         break;
@@ -298,8 +308,8 @@ async fn handle_inbound(
                     unacked = None;
                     batch = 0;
                     match ready {
-                        Ok(msg) => msg,
-                        Err(_) => continue,
+                        Some(msg) => msg,
+                        None => continue,
                     }
                 }
             },

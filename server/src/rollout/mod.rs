@@ -188,6 +188,9 @@ impl Engine {
                     env: env.clone(),
                     to: to.to_owned(),
                 })?,
+            // The last deployment failed after changing some hosts: undo that,
+            // i.e. return every host to the current release.
+            None if self.last_deployment_left_hosts_changed(&app, &env)? => current,
             None => releases
                 .iter()
                 .rev()
@@ -207,6 +210,21 @@ impl Engine {
             target_release: target.number,
         })
         .await
+    }
+
+    /// Whether the newest deployment of `app` in `env` failed after at least
+    /// one host took its image (so hosts may differ from the current release).
+    fn last_deployment_left_hosts_changed(
+        &self,
+        app: &AppName,
+        env: &EnvName,
+    ) -> Result<bool, RolloutError> {
+        let last = self
+            .store
+            .recent_deployments(1, |d| &d.app == app && &d.env == env)?;
+        Ok(last.first().is_some_and(|d| {
+            d.state == State::Failed && d.hosts.iter().any(|h| h.state == State::Succeeded)
+        }))
     }
 
     /// Continues every unfinished deployment (after a restart).
@@ -437,7 +455,16 @@ impl Engine {
                     self.resend_if_queued(&deployment.hosts[i].host_id, &command_id)?;
                 }
             }
-            Some(i) => self.dispatch(deployment, i).await?,
+            Some(i) => {
+                let host = self.store.host(&deployment.hosts[i].host_id)?;
+                if host.is_none_or(|h| h.revoked) {
+                    // Revoked after the deployment started: nothing can run there.
+                    deployment.hosts[i].state = State::Failed;
+                    deployment.hosts[i].error = "the host was revoked".into();
+                    return Box::pin(self.advance(deployment)).await;
+                }
+                self.dispatch(deployment, i).await?;
+            }
             None => {
                 deployment.state = State::Succeeded;
                 deployment.finished_at_ms = now_ms();

@@ -474,17 +474,26 @@ pub fn sign_key_set(
         issued_at_ms,
     }
     .encode_to_vec();
+    let message = key_set_message(&key_set);
     let signatures = signers
         .iter()
         .map(|s| pb::KeySignature {
             key_id: s.key_id().to_string(),
-            signature: s.key.sign(&key_set).to_bytes().to_vec(),
+            signature: s.key.sign(&message).to_bytes().to_vec(),
         })
         .collect();
     pb::KeySetUpdate {
         key_set,
         signatures,
     }
+}
+
+/// What a key-set signature covers: a context string, then the `KeySet` bytes,
+/// so no key-set signature can ever pass as a command signature (whose message
+/// is a bare `CommandEnvelope`) or the other way round.
+fn key_set_message(key_set: &[u8]) -> Vec<u8> {
+    const CONTEXT: &[u8] = b"flotilla key-set v1\0";
+    [CONTEXT, key_set].concat()
 }
 
 /// Verifies a key-set update against the keys already trusted.
@@ -495,13 +504,14 @@ pub fn verify_key_set(
     if update.key_set.len() > MAX_ENVELOPE_BYTES {
         return Err(KeySetError::Malformed("oversized".into()));
     }
+    let message = key_set_message(&update.key_set);
     let signed_by_trusted = update.signatures.iter().any(|sig| {
         let Some(key) = trusted.get(&sig.key_id) else {
             return false;
         };
         <[u8; 64]>::try_from(sig.signature.as_slice())
             .map(|b| Signature::from_bytes(&b))
-            .is_ok_and(|signature| key.verify_strict(&update.key_set, &signature).is_ok())
+            .is_ok_and(|signature| key.verify_strict(&message, &signature).is_ok())
     });
     if !signed_by_trusted {
         return Err(KeySetError::Untrusted);

@@ -268,6 +268,14 @@ fn key_sets_need_a_signature_from_a_trusted_key() {
         KeySetError::Untrusted
     );
 
+    // A command-style signature over the bare set bytes (no context): refused.
+    let mut update = sign_key_set(&[new.verifying_key()], NOW, &[&old]);
+    update.signatures[0].signature = old.key.sign(&update.key_set).to_bytes().to_vec();
+    assert_eq!(
+        verify_key_set(&update, &trusted).unwrap_err(),
+        KeySetError::Untrusted
+    );
+
     // Tampered set bytes: refused.
     let mut update = sign_key_set(&[new.verifying_key()], NOW, &[&old]);
     update.key_set.push(0);

@@ -250,3 +250,40 @@ fn under_github_actions_deploy_wait_writes_groups_annotations_and_a_summary() {
     assert!(md.contains("| web-1 | failed | 1 | acme/web:1 |"), "{md}");
     assert!(md.contains("| web-2 | pending |"), "{md}");
 }
+
+#[test]
+fn default_rollback_after_a_partial_failure_returns_every_host_to_the_current_release() {
+    let f = fleet(2);
+    let s = &f.server;
+    assert!(deploy_wait(s, "shop", "acme/shop:1").0);
+    assert!(deploy_wait(s, "shop", "acme/shop:2").0);
+
+    // web-2 is busy with another deploy (its dokku deploy lock is held), so
+    // v3 lands on web-1 only.
+    let lock_path = f.hosts[1]
+        .dokku_root
+        .join(".fake-dokku/apps/shop/.deploy.lock");
+    let lock = std::fs::File::create(&lock_path).unwrap();
+    lock.try_lock().unwrap();
+    let (ok, status) = deploy_wait(s, "shop", "acme/shop:3");
+    drop(lock);
+    assert!(!ok);
+    assert_eq!(status["hosts"][0]["state"], "succeeded", "{status}");
+    assert!(host_error(&status, 1).contains("deploy lock"), "{status}");
+    assert_eq!(f.hosts[0].deployed_image("shop").unwrap(), "acme/shop:3");
+    assert_eq!(f.hosts[1].deployed_image("shop").unwrap(), "acme/shop:2");
+
+    // "Undo the last change": back to v2 everywhere, not two releases back.
+    let out = s
+        .cli(&[
+            "rollback", "shop", "--env", "prod", "--wait", "--output", "json",
+        ])
+        .unwrap();
+    assert!(out.status.success(), "{}", flotilla_tests::text(&out));
+    let rb: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rb["image"], "acme/shop:2");
+    assert_eq!(rb["target_release"], 2);
+    for host in &f.hosts {
+        assert_eq!(host.deployed_image("shop").unwrap(), "acme/shop:2");
+    }
+}

@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod deploy;
+mod dev;
 mod replay;
 mod restart;
 mod trust;

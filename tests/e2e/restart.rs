@@ -154,3 +154,42 @@ fn a_coordinator_killed_mid_deployment_resumes_without_losing_or_repeating_anyth
         assert_eq!(seqs, (0..seqs.len() as u64).collect::<Vec<_>>(), "{host}");
     }
 }
+
+#[test]
+fn deploy_wait_follows_a_deployment_through_a_coordinator_restart() {
+    use std::io::BufRead as _;
+    let mut f = fleet(1);
+    let mut cmd = f.server.cli_as(
+        &f.server.admin_token(),
+        &[
+            "deploy",
+            "shop",
+            "--image",
+            "acme/shop:1-hang",
+            "--env",
+            "prod",
+            "--wait",
+        ],
+    );
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    // Wait (bounded by the fake's own hang timeout) for dokku to block.
+    assert!(
+        lines
+            .by_ref()
+            .map_while(Result::ok)
+            .any(|l| l.contains("(fake-dokku) waiting for"))
+    );
+
+    f.restart_server(&[]);
+    std::fs::write(f.hosts[0].dokku_root.join(".fake-dokku/release"), "").unwrap();
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{rest:#?}");
+    assert!(
+        rest.iter().any(|l| l.contains("Application deployed")),
+        "{rest:#?}"
+    );
+    assert!(rest.iter().any(|l| l.contains("succeeded")), "{rest:#?}");
+}

@@ -174,6 +174,26 @@ fn api_tokens_have_roles() {
         "{}",
         text(&out)
     );
+    // Scopes apply to reads too: an admin's blog deployment is invisible to it.
+    assert!(deploy_wait(s, "blog", "a/blog:1").0);
+    let blog = s.json(&["deployments", "--app", "blog"]).unwrap();
+    let blog_id = blog[0]["id"].as_str().unwrap().to_owned();
+    let out = flotilla_tests::run(s.cli_as(&scoped, &["status", &blog_id])).unwrap();
+    assert!(
+        text(&out).contains("blog in prod is outside it"),
+        "{}",
+        text(&out)
+    );
+    let out = flotilla_tests::run(s.cli_as(&scoped, &["deployments", "--output", "json"])).unwrap();
+    let visible: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        visible
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["app"] == "shop"),
+        "{visible}"
+    );
 
     // Every mutating call is audited, refused attempts included.
     let audit = s.json(&["audit"]).unwrap();
@@ -530,4 +550,21 @@ fn init_refuses_an_initialised_directory_and_serve_takes_an_openssl_key() {
         .log
         .wait_for(&format!("key_id={}", expected.key_id()))
         .unwrap();
+}
+
+#[test]
+fn a_host_revoked_while_waiting_its_turn_fails_the_deployment_when_reached() {
+    let f = fleet(2);
+    let s = &f.server;
+    let id = deploy_start(s, "shop", "acme/shop:1-hang");
+    f.agents[0].log.wait_for("command accepted").unwrap();
+    let out = s.cli(&["revoke", "web-2"]).unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    std::fs::write(f.hosts[0].dokku_root.join(".fake-dokku/release"), "").unwrap();
+    let out = s.cli(&["logs", &id, "--follow"]).unwrap();
+    assert!(out.status.success());
+    let status = s.json(&["status", &id]).unwrap();
+    assert_eq!(status["state"], "failed", "{status}");
+    assert_eq!(status["hosts"][0]["state"], "succeeded", "{status}");
+    assert_eq!(host_error(&status, 1), "the host was revoked");
 }

@@ -279,11 +279,28 @@ pub enum JoinOutcome {
 
 impl Store {
     /// Opens (or creates) the store under `path`.
+    ///
+    /// sled finishes some background work after a `Db` is dropped, holding its
+    /// file lock a little longer; reopening in the same process (`init` then
+    /// `serve` in the dev fleet) can meet that lock, so a lock error is retried
+    /// for up to 2 s. Another live process holding it still fails.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(path)
-            .cache_capacity(64 * 1024 * 1024)
-            .open()?;
+            .cache_capacity(64 * 1024 * 1024);
+        let mut attempts = 0;
+        let db = loop {
+            match config.open() {
+                Ok(db) => break db,
+                Err(sled::Error::Io(e))
+                    if attempts < 100 && e.to_string().contains("could not acquire lock") =>
+                {
+                    attempts += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
         Ok(Self {
             hosts: db.open_tree("hosts")?,
             api_tokens: db.open_tree("api_tokens")?,

@@ -205,3 +205,19 @@ fn log_lines_are_idempotent_and_paged_in_order() {
     expected.extend((0..3).map(|s| format!("b {s}")));
     assert_eq!(all, expected);
 }
+
+#[test]
+fn reopening_right_after_drop_works() {
+    // `init` then `serve` (the dev fleet) open the same store one after the
+    // other in one process; sled may still hold its lock for a moment.
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..50 {
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .put_join_token(&format!("t{i}"), &join_token(1))
+            .unwrap();
+        store.db_flush_blocking().unwrap();
+    }
+    let store = Store::open(dir.path()).unwrap();
+    assert!(store.join_token("t49").unwrap().is_some());
+}

@@ -53,6 +53,15 @@ fn deploy(image: &str) -> Action {
     }
 }
 
+/// Runs a deploy of `image` to `shop` to the end, collecting every line.
+async fn run_deploy(dokku: &Dokku, image: &str) -> (pb::CommandResult, Lines) {
+    let mut lines = Lines::default();
+    let result = dokku
+        .execute(&deploy(image), &mut lines, &CancellationToken::new())
+        .await;
+    (result, lines)
+}
+
 #[tokio::test]
 async fn creates_a_missing_app_then_deploys_with_exact_arguments_and_line_order() {
     let dir = tempfile::tempdir().unwrap();
@@ -61,14 +70,7 @@ async fn creates_a_missing_app_then_deploys_with_exact_arguments_and_line_order(
         "echo '-----> one'; echo ' !     two' >&2; echo '-----> three'; echo ' !     four' >&2",
         "echo acme/shop:1",
     );
-    let mut lines = Lines::default();
-    let result = dokku
-        .execute(
-            &deploy("acme/shop:1"),
-            &mut lines,
-            &CancellationToken::new(),
-        )
-        .await;
+    let (result, lines) = run_deploy(&dokku, "acme/shop:1").await;
     assert_eq!(
         result.outcome,
         i32::from(pb::Outcome::Succeeded),
@@ -113,14 +115,7 @@ async fn no_changes_for_the_deployed_image_is_success() {
         "echo ' !     No changes detected, skipping git commit' >&2; exit 1",
         "echo acme/shop:1",
     );
-    let mut lines = Lines::default();
-    let result = dokku
-        .execute(
-            &deploy("acme/shop:1"),
-            &mut lines,
-            &CancellationToken::new(),
-        )
-        .await;
+    let (result, lines) = run_deploy(&dokku, "acme/shop:1").await;
     assert_eq!(
         result.outcome,
         i32::from(pb::Outcome::Succeeded),
@@ -144,13 +139,7 @@ async fn no_changes_for_another_image_and_other_failures_fail_with_dokkus_messag
         "echo ' !     No changes detected, skipping git commit' >&2; exit 1",
         "echo acme/shop:0",
     );
-    let result = dokku
-        .execute(
-            &deploy("acme/shop:1"),
-            &mut Lines::default(),
-            &CancellationToken::new(),
-        )
-        .await;
+    let (result, _) = run_deploy(&dokku, "acme/shop:1").await;
     assert_eq!(result.outcome, i32::from(pb::Outcome::Failed));
 
     let dir = tempfile::tempdir().unwrap();
@@ -159,13 +148,7 @@ async fn no_changes_for_another_image_and_other_failures_fail_with_dokkus_messag
         "echo ' !     Could not start due to 1 failed checks (web.1)' >&2; exit 1",
         "echo acme/shop:0",
     );
-    let result = dokku
-        .execute(
-            &deploy("acme/shop:1"),
-            &mut Lines::default(),
-            &CancellationToken::new(),
-        )
-        .await;
+    let (result, _) = run_deploy(&dokku, "acme/shop:1").await;
     assert_eq!(result.outcome, i32::from(pb::Outcome::Failed));
     assert_eq!(result.exit_code, Some(1));
     assert_eq!(
@@ -240,13 +223,7 @@ async fn a_missing_dokku_binary_is_a_clear_failure() {
     let dokku = Dokku {
         bin: "/nonexistent/dokku".into(),
     };
-    let result = dokku
-        .execute(
-            &deploy("acme/shop:1"),
-            &mut Lines::default(),
-            &CancellationToken::new(),
-        )
-        .await;
+    let (result, _) = run_deploy(&dokku, "acme/shop:1").await;
     assert_eq!(result.outcome, i32::from(pb::Outcome::Failed));
     assert!(
         result.error.contains("cannot start /nonexistent/dokku"),

@@ -65,6 +65,9 @@ pub struct Coordinator {
     pub sessions: Arc<Sessions>,
     pub rollout: Engine,
     pub ca: Ca,
+    /// Owns the per-session and log-stream tasks; `run` waits for them (bounded)
+    /// at shutdown.
+    pub tasks: tokio_util::task::TaskTracker,
     /// Sent to every agent at the start of its session (key rotation).
     pub key_update: flotilla_proto::v1::KeySetUpdate,
     /// The keys agents should trust: the signing key, then previous ones.
@@ -117,6 +120,7 @@ pub async fn run(
         ca,
         key_update,
         verification_keys,
+        tasks: tokio_util::task::TaskTracker::new(),
     });
 
     // 2. Continue what a previous run left unfinished.
@@ -165,11 +169,16 @@ pub async fn run(
 
     // 5. Stop background tasks (bounded), then make state durable.
     cancel.cancel();
-    if tokio::time::timeout(config.shutdown_grace, sweeper)
+    coordinator.tasks.close();
+    let background = async {
+        let _ = sweeper.await;
+        coordinator.tasks.wait().await;
+    };
+    if tokio::time::timeout(config.shutdown_grace, background)
         .await
         .is_err()
     {
-        tracing::warn!("sweeper did not stop in time");
+        tracing::warn!("background tasks did not stop in time");
     }
     coordinator.store.flush().await.context("flush store")?;
     tracing::info!("coordinator stopped");

@@ -394,7 +394,8 @@ impl FleetService for Api {
         caller.check_scope(&d.app, &d.env)?;
         let (tx, rx) = tokio::sync::mpsc::channel(256);
         let cancel = self.cancel.child_token();
-        tokio::spawn(follow_logs(c, r.deployment_id, r.follow, tx, cancel));
+        let tasks = c.tasks.clone();
+        tasks.spawn(follow_logs(c, r.deployment_id, r.follow, tx, cancel));
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
@@ -650,13 +651,13 @@ async fn follow_logs(
             return;
         }
         tokio::select! {
-            () = cancel.cancelled() => {
-                // Tell the client to resume after the restart, not that the log ended.
-                let _ = tx.send(Err(Status::unavailable("coordinator is shutting down"))).await;
-                return;
-            }
-            () = tx.closed() => return,
-            res = changes.changed() => if res.is_err() { return },
-        }
+                    () = cancel.cancelled() => {
+                        // Tell the client to resume after the restart, not that the log ended.
+        let _ = tx.try_send(Err(Status::unavailable("coordinator is shutting down")));
+                        return;
+                    }
+                    () = tx.closed() => return,
+                    res = changes.changed() => if res.is_err() { return },
+                }
     }
 }

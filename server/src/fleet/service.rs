@@ -228,7 +228,7 @@ impl AgentService for AgentApi {
         }
         let inbound = req.into_inner();
         let cancel = self.cancel.child_token();
-        tokio::spawn(handle_inbound(
+        c.tasks.clone().spawn(handle_inbound(
             c,
             host_id,
             session_id,

@@ -125,6 +125,31 @@ impl Identity {
     }
 }
 
+/// A fresh key pair and a PEM CSR for `host_id` (the coordinator uses only
+/// the public key; names and lifetime are its own).
+pub fn new_key_and_csr(host_id: &HostId) -> anyhow::Result<(rcgen::KeyPair, String)> {
+    let key = rcgen::KeyPair::generate().context("generate agent key")?;
+    let csr = rcgen::CertificateParams::new(vec![host_id.to_string()])
+        .context("certificate parameters")?
+        .serialize_request(&key)
+        .context("make CSR")?
+        .pem()
+        .context("encode CSR")?;
+    Ok((key, csr))
+}
+
+/// Checks that a certificate from the coordinator names `host_id`; returns
+/// its expiry (ms since the epoch).
+pub fn check_issued(certificate_pem: &str, host_id: &HostId) -> anyhow::Result<i64> {
+    use flotilla_shared::tls;
+    let certs = tls::pem_certificates(certificate_pem.as_bytes(), "certificate")?;
+    let issued_for = tls::host_id_from_cert(&certs[0])?;
+    if issued_for != *host_id {
+        anyhow::bail!("the coordinator issued a certificate for {issued_for}, not {host_id}");
+    }
+    Ok(tls::not_after_ms(&certs[0])?)
+}
+
 /// Stores a client certificate and its key together, atomically.
 pub fn write_identity(dir: &AgentDir, certificate_pem: &str, key_pem: &str) -> anyhow::Result<()> {
     let both = format!("{}\n{}", certificate_pem.trim_end(), key_pem);

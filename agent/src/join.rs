@@ -9,9 +9,11 @@ use flotilla_shared::signing::TrustedKeys;
 use flotilla_shared::tls;
 use flotilla_shared::token::JoinToken;
 use flotilla_shared::{EnvName, HostId, Labels};
-use rcgen::{CertificateParams, KeyPair};
 
-use crate::identity::{AgentDir, AgentFile, write_file, write_identity, write_trusted_keys};
+use crate::identity::{
+    AgentDir, AgentFile, check_issued, new_key_and_csr, write_file, write_identity,
+    write_trusted_keys,
+};
 
 pub struct JoinOptions {
     pub server: String,
@@ -22,30 +24,6 @@ pub struct JoinOptions {
     pub dir: AgentDir,
 }
 
-/// `https://host:port` → (`host:port`, `host`).
-pub fn split_server_url(url: &str) -> anyhow::Result<(String, String)> {
-    let rest = url
-        .strip_prefix("https://")
-        .with_context(|| format!("server URL {url:?} must start with https://"))?;
-    let authority = rest.split('/').next().unwrap_or_default();
-    if authority.is_empty() {
-        bail!("server URL {url:?} has no host");
-    }
-    let (host, addr) = if let Some(stripped) = authority.strip_prefix('[') {
-        let (host, after) = stripped
-            .split_once(']')
-            .with_context(|| format!("bad IPv6 address in {url:?}"))?;
-        let port = after.strip_prefix(':').unwrap_or("443");
-        (host.to_owned(), format!("[{host}]:{port}"))
-    } else {
-        match authority.rsplit_once(':') {
-            Some((host, _)) => (host.to_owned(), authority.to_owned()),
-            None => (authority.to_owned(), format!("{authority}:443")),
-        }
-    };
-    Ok((addr, host))
-}
-
 pub async fn join(opts: JoinOptions) -> anyhow::Result<()> {
     if opts.dir.agent_file().exists() {
         bail!(
@@ -53,7 +31,7 @@ pub async fn join(opts: JoinOptions) -> anyhow::Result<()> {
             opts.dir.root().display()
         );
     }
-    let (addr, server_name) = split_server_url(&opts.server)?;
+    let (addr, server_name) = tls::split_server_url(&opts.server)?;
 
     // 1. Find the CA the token pins. Nothing secret is sent on this connection.
     let chain = tls::probe_server_chain(&addr, &server_name).await?;
@@ -70,13 +48,7 @@ pub async fn join(opts: JoinOptions) -> anyhow::Result<()> {
     let ca_pem = tls::der_to_pem(ca_der);
 
     // 2. Our key pair and CSR.
-    let key = KeyPair::generate().context("generate agent key")?;
-    let csr = CertificateParams::new(vec![opts.host_id.to_string()])
-        .context("certificate parameters")?
-        .serialize_request(&key)
-        .context("make CSR")?
-        .pem()
-        .context("encode CSR")?;
+    let (key, csr) = new_key_and_csr(&opts.host_id)?;
 
     // 3. The join call, over TLS verified against the pinned CA.
     let channel = tonic::transport::Channel::from_shared(opts.server.clone())
@@ -101,14 +73,7 @@ pub async fn join(opts: JoinOptions) -> anyhow::Result<()> {
         .into_inner();
 
     // 4. Check what came back before storing it.
-    let cert_der = tls::pem_certificates(response.certificate_pem.as_bytes(), "certificate")?;
-    let issued_for = tls::host_id_from_cert(&cert_der[0])?;
-    if issued_for != opts.host_id {
-        bail!(
-            "the coordinator issued a certificate for {issued_for}, not {}",
-            opts.host_id
-        );
-    }
+    check_issued(&response.certificate_pem, &opts.host_id)?;
     let mut trusted = TrustedKeys::default();
     for key in &response.verification_keys {
         trusted
@@ -137,34 +102,4 @@ pub async fn join(opts: JoinOptions) -> anyhow::Result<()> {
     )?;
     tracing::info!(host_id = %file.host_id, env = %file.env, "joined");
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::split_server_url;
-
-    #[test]
-    fn server_urls_split_into_address_and_name() {
-        let check = |url: &str, addr: &str, host: &str| {
-            assert_eq!(
-                split_server_url(url).unwrap(),
-                (addr.to_owned(), host.to_owned()),
-                "{url}"
-            );
-        };
-        check("https://127.0.0.1:7443", "127.0.0.1:7443", "127.0.0.1");
-        check(
-            "https://fleet.example.com",
-            "fleet.example.com:443",
-            "fleet.example.com",
-        );
-        check(
-            "https://fleet.example.com:8443/",
-            "fleet.example.com:8443",
-            "fleet.example.com",
-        );
-        check("https://[::1]:7443", "[::1]:7443", "::1");
-        assert!(split_server_url("http://x:1").is_err());
-        assert!(split_server_url("https://").is_err());
-    }
 }

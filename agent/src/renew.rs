@@ -4,15 +4,14 @@
 
 use std::time::Duration;
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use flotilla_proto::v1 as pb;
 use flotilla_proto::v1::agent_service_client::AgentServiceClient;
 use flotilla_shared::time::{format_ms, now_ms};
 use flotilla_shared::tls;
-use rcgen::{CertificateParams, KeyPair};
 use tonic::transport::Channel;
 
-use crate::identity::write_identity;
+use crate::identity::{check_issued, new_key_and_csr, write_identity};
 use crate::link::Ctx;
 
 /// Milliseconds until the current certificate expires.
@@ -37,23 +36,13 @@ pub async fn renew_if_due(
         return Ok(false);
     }
     let host_id = &ctx.identity.file.host_id;
-    let key = KeyPair::generate().context("generate key")?;
-    let csr = CertificateParams::new(vec![host_id.to_string()])
-        .context("certificate parameters")?
-        .serialize_request(&key)
-        .context("make CSR")?
-        .pem()
-        .context("encode CSR")?;
+    let (key, csr) = new_key_and_csr(host_id)?;
     let response = AgentServiceClient::new(channel)
         .renew(pb::RenewRequest { csr_pem: csr })
         .await
         .map_err(|s| anyhow::anyhow!("coordinator refused renewal: {}", s.message()))?
         .into_inner();
-    let certs = tls::pem_certificates(response.certificate_pem.as_bytes(), "certificate")?;
-    if tls::host_id_from_cert(&certs[0])? != *host_id {
-        bail!("renewed certificate names another host");
-    }
-    let not_after = tls::not_after_ms(&certs[0])?;
+    let not_after = check_issued(&response.certificate_pem, host_id)?;
     write_identity(&ctx.dir, &response.certificate_pem, &key.serialize_pem())?;
     let pem = std::fs::read(ctx.dir.identity()).context("re-read identity")?;
     if let Ok(mut identity) = ctx.identity_pem.write() {

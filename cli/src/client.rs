@@ -38,19 +38,10 @@ impl Client {
     pub async fn connect(server: &str, ca: &Path, token: String) -> anyhow::Result<Self> {
         let ca_pem =
             std::fs::read(ca).with_context(|| format!("read CA certificate {}", ca.display()))?;
-        let host = server
-            .strip_prefix("https://")
-            .with_context(|| format!("server URL {server:?} must start with https://"))?
-            .split('/')
-            .next()
-            .unwrap_or_default();
-        let name = match host.strip_prefix('[') {
-            Some(v6) => v6.split(']').next().unwrap_or_default(),
-            None => host.rsplit_once(':').map_or(host, |(h, _)| h),
-        };
+        let (_, name) = flotilla_shared::tls::split_server_url(server)?;
         let channel = Channel::from_shared(server.to_owned())
             .context("server URL")?
-            .tls_config(flotilla_shared::tls::client_config(&ca_pem, name, None))
+            .tls_config(flotilla_shared::tls::client_config(&ca_pem, &name, None))
             .context("TLS configuration")?
             .connect_timeout(Duration::from_secs(10))
             .connect()

@@ -58,12 +58,12 @@ impl DataDir {
     }
 }
 
-/// Writes `contents` to a new file with mode 0600; never overwrites.
-pub fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
+/// Writes `contents` to a new file with `mode`; never overwrites.
+fn write_new(path: &Path, contents: &[u8], mode: u32) -> anyhow::Result<()> {
     let mut file = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(0o600)
+        .mode(mode)
         .open(path)
         .with_context(|| format!("create {}", path.display()))?;
     file.write_all(contents)
@@ -71,16 +71,13 @@ pub fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
         .with_context(|| format!("write {}", path.display()))
 }
 
+/// A new file only its owner can read (keys, tokens).
+fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
+    write_new(path, contents, 0o600)
+}
+
 fn write_public(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o644)
-        .open(path)
-        .with_context(|| format!("create {}", path.display()))?;
-    file.write_all(contents)
-        .and_then(|()| file.sync_all())
-        .with_context(|| format!("write {}", path.display()))
+    write_new(path, contents, 0o644)
 }
 
 fn read(path: &Path) -> anyhow::Result<String> {

@@ -34,6 +34,29 @@ pub enum TlsError {
     },
     #[error("invalid server name {0:?}")]
     ServerName(String),
+    #[error("server URL {0:?} must look like https://HOST[:PORT]")]
+    ServerUrl(String),
+}
+
+/// `https://host[:port][/…]` → (`host:port` to dial, `host` to check the
+/// certificate against). The port defaults to 443; IPv6 hosts are bracketed.
+pub fn split_server_url(url: &str) -> Result<(String, String), TlsError> {
+    let bad = || TlsError::ServerUrl(url.to_owned());
+    let rest = url.strip_prefix("https://").ok_or_else(bad)?;
+    let authority = rest.split('/').next().unwrap_or_default();
+    if authority.is_empty() {
+        return Err(bad());
+    }
+    Ok(if let Some(stripped) = authority.strip_prefix('[') {
+        let (host, after) = stripped.split_once(']').ok_or_else(bad)?;
+        let port = after.strip_prefix(':').unwrap_or("443");
+        (format!("[{host}]:{port}"), host.to_owned())
+    } else {
+        match authority.rsplit_once(':') {
+            Some((host, _)) => (authority.to_owned(), host.to_owned()),
+            None => (format!("{authority}:443"), authority.to_owned()),
+        }
+    })
 }
 
 /// Hex SHA-256 of a certificate's DER bytes (the join token's CA pin).
@@ -217,4 +240,35 @@ impl ServerCertVerifier for RecordingVerifier {
 pub fn install_crypto_provider() {
     // Err means a provider is already installed, which is what we want.
     let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_server_url;
+
+    #[test]
+    fn server_urls_split_into_address_and_name() {
+        let check = |url: &str, addr: &str, host: &str| {
+            assert_eq!(
+                split_server_url(url).unwrap(),
+                (addr.to_owned(), host.to_owned()),
+                "{url}"
+            );
+        };
+        check("https://127.0.0.1:7443", "127.0.0.1:7443", "127.0.0.1");
+        check(
+            "https://fleet.example.com",
+            "fleet.example.com:443",
+            "fleet.example.com",
+        );
+        check(
+            "https://fleet.example.com:8443/",
+            "fleet.example.com:8443",
+            "fleet.example.com",
+        );
+        check("https://[::1]:7443", "[::1]:7443", "::1");
+        assert!(split_server_url("http://x:1").is_err());
+        assert!(split_server_url("https://").is_err());
+        assert!(split_server_url("https://[::1").is_err());
+    }
 }

@@ -1,9 +1,7 @@
 //! Deploy, redeploy, rollback and a failing deploy across two hosts.
 
-use serde_json::Value;
-
 use crate::{deploy_start, host_error};
-use crate::{deploy_wait, fleet};
+use crate::{deploy_wait, fleet, rollback_wait};
 
 #[test]
 fn deploy_then_rollback_returns_every_host_to_the_previous_release() {
@@ -23,13 +21,8 @@ fn deploy_then_rollback_returns_every_host_to_the_previous_release() {
         );
     }
 
-    let out = s
-        .cli(&[
-            "rollback", "shop", "--env", "prod", "--wait", "--output", "json",
-        ])
-        .unwrap();
-    assert!(out.status.success(), "{}", flotilla_tests::text(&out));
-    let rb: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (ok, rb) = rollback_wait(s, "shop", &[]);
+    assert!(ok, "{rb}");
     assert_eq!(rb["kind"], "rollback");
     assert_eq!(rb["state"], "succeeded");
     assert_eq!(rb["image"], "registry.example.com/shop:1.0.0");
@@ -274,13 +267,8 @@ fn default_rollback_after_a_partial_failure_returns_every_host_to_the_current_re
     assert_eq!(f.hosts[1].deployed_image("shop").unwrap(), "acme/shop:2");
 
     // "Undo the last change": back to v2 everywhere, not two releases back.
-    let out = s
-        .cli(&[
-            "rollback", "shop", "--env", "prod", "--wait", "--output", "json",
-        ])
-        .unwrap();
-    assert!(out.status.success(), "{}", flotilla_tests::text(&out));
-    let rb: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (ok, rb) = rollback_wait(s, "shop", &[]);
+    assert!(ok, "{rb}");
     assert_eq!(rb["image"], "acme/shop:2");
     assert_eq!(rb["target_release"], 2);
     for host in &f.hosts {

@@ -60,6 +60,21 @@ pub fn deploy_wait(server: &Server, app: &str, image: &str) -> (bool, serde_json
     (out.status.success(), status)
 }
 
+/// `flotilla rollback APP --env prod [EXTRA…] --wait --output json` → (success, status object).
+pub fn rollback_wait(server: &Server, app: &str, extra: &[&str]) -> (bool, serde_json::Value) {
+    let mut args = vec!["rollback", app, "--env", "prod"];
+    args.extend(extra);
+    args.extend(["--wait", "--output", "json"]);
+    let out = server.cli(&args).unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "rollback printed no JSON ({e}): {}",
+            flotilla_tests::text(&out)
+        )
+    });
+    (out.status.success(), status)
+}
+
 /// `flotilla deploy APP --image IMAGE --env prod` without waiting → the deployment id.
 pub fn deploy_start(server: &Server, app: &str, image: &str) -> String {
     let out = server

@@ -3,6 +3,7 @@
 //!
 //! Nothing here talks to the network or to sled; those belong to `server` and `agent`.
 
+pub mod health;
 pub mod names;
 pub mod shutdown;
 pub mod signing;

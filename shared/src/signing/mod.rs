@@ -14,6 +14,7 @@ use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use flotilla_proto::v1 as pb;
 use prost::Message;
 
+use crate::health::HealthCheck;
 use crate::names::{AppName, HostId, ImageRef, NameError};
 
 #[cfg(test)]
@@ -157,26 +158,37 @@ impl TrustedKeys {
 /// What a command asks the agent to do, with validated arguments.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    /// `dokku git:from-image APP IMAGE` (the app is created first when missing).
-    Deploy { app: AppName, image: ImageRef },
+    /// `dokku git:from-image APP IMAGE` (the app is created first when
+    /// missing), then the HTTP health gate when there is one.
+    Deploy {
+        app: AppName,
+        image: ImageRef,
+        health: Option<HealthCheck>,
+    },
     /// Redeploy the exact image of release number `release`.
     Rollback {
         app: AppName,
         image: ImageRef,
         release: u64,
     },
+    /// A no-op the agent answers at once (round-trip measurement).
+    Ping,
 }
 
 impl Action {
-    pub fn app(&self) -> &AppName {
+    /// The app a deploy or rollback is about; `None` for a ping.
+    pub fn app(&self) -> Option<&AppName> {
         match self {
-            Self::Deploy { app, .. } | Self::Rollback { app, .. } => app,
+            Self::Deploy { app, .. } | Self::Rollback { app, .. } => Some(app),
+            Self::Ping => None,
         }
     }
 
-    pub fn image(&self) -> &ImageRef {
+    /// The image a deploy or rollback installs; `None` for a ping.
+    pub fn image(&self) -> Option<&ImageRef> {
         match self {
-            Self::Deploy { image, .. } | Self::Rollback { image, .. } => image,
+            Self::Deploy { image, .. } | Self::Rollback { image, .. } => Some(image),
+            Self::Ping => None,
         }
     }
 
@@ -184,14 +196,16 @@ impl Action {
         match self {
             Self::Deploy { .. } => "deploy",
             Self::Rollback { .. } => "rollback",
+            Self::Ping => "ping",
         }
     }
 
     pub fn to_proto(&self) -> pb::Action {
         let kind = match self {
-            Self::Deploy { app, image } => pb::action::Kind::Deploy(pb::DeployAction {
+            Self::Deploy { app, image, health } => pb::action::Kind::Deploy(pb::DeployAction {
                 app: app.to_string(),
                 image: image.to_string(),
+                health: health.as_ref().map(HealthCheck::to_proto),
             }),
             Self::Rollback {
                 app,
@@ -202,6 +216,7 @@ impl Action {
                 image: image.to_string(),
                 release: *release,
             }),
+            Self::Ping => pb::action::Kind::Ping(pb::PingAction {}),
         };
         pb::Action { kind: Some(kind) }
     }
@@ -211,12 +226,14 @@ impl Action {
             Some(pb::action::Kind::Deploy(d)) => Ok(Self::Deploy {
                 app: AppName::parse(d.app)?,
                 image: ImageRef::parse(d.image)?,
+                health: d.health.as_ref().map(HealthCheck::from_proto).transpose()?,
             }),
             Some(pb::action::Kind::Rollback(r)) => Ok(Self::Rollback {
                 app: AppName::parse(r.app)?,
                 image: ImageRef::parse(r.image)?,
                 release: r.release,
             }),
+            Some(pb::action::Kind::Ping(_)) => Ok(Self::Ping),
             None => Err(NameError::Empty { kind: "action" }),
         }
     }

@@ -34,6 +34,7 @@ fn valid_envelope() -> pb::CommandEnvelope {
         nonce: vec![7; 16],
         action: Some(
             Action::Deploy {
+                health: None,
                 app: AppName::parse("web").unwrap(),
                 image: ImageRef::parse("nginx:1.27").unwrap(),
             }
@@ -120,6 +121,7 @@ fn verification_refuses_every_bad_case() {
                     kind: Some(pb::action::Kind::Deploy(pb::DeployAction {
                         app: "web;rm -rf /".into(),
                         image: "nginx".into(),
+                        health: None,
                     })),
                 })
             },
@@ -131,10 +133,26 @@ fn verification_refuses_every_bad_case() {
                     kind: Some(pb::action::Kind::Deploy(pb::DeployAction {
                         app: "web".into(),
                         image: "--build-dir=/etc".into(),
+                        health: None,
                     })),
                 })
             },
             ..case("image flag injection", Some(Malformed))
+        },
+        Case {
+            envelope: |e| {
+                e.action = Some(pb::Action {
+                    kind: Some(pb::action::Kind::Deploy(pb::DeployAction {
+                        app: "web".into(),
+                        image: "nginx".into(),
+                        health: Some(pb::HealthCheck {
+                            url_template: "file:///etc/passwd".into(),
+                            ..Default::default()
+                        }),
+                    })),
+                })
+            },
+            ..case("health check with a non-HTTP URL", Some(Malformed))
         },
         Case {
             envelope: |e| e.command_id = String::new(),

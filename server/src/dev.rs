@@ -72,6 +72,8 @@ pub async fn run_dev(
                     created_by: "dev".into(),
                     used_by: None,
                     used_at_ms: 0,
+                    max_uses: 1,
+                    uses: 0,
                 },
             )?;
             tokens.push(JoinToken {

@@ -185,16 +185,34 @@ pub async fn run(
     served
 }
 
+/// The rollout timer: ends pauses between batches on time and, every
+/// `every`, fails commands that expired undelivered.
 async fn sweep(c: Arc<Coordinator>, every: Duration, cancel: CancellationToken) {
-    let mut ticker = tokio::time::interval(every);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut next_sweep = tokio::time::Instant::now() + every;
     loop {
+        let next_pause_end = match c.rollout.tick().await {
+            Ok(next) => next,
+            Err(e) => {
+                tracing::error!("ending pauses failed: {e}");
+                None
+            }
+        };
+        if tokio::time::Instant::now() >= next_sweep {
+            if let Err(e) = c.rollout.sweep_expired().await {
+                tracing::error!("expiry sweep failed: {e}");
+            }
+            next_sweep = tokio::time::Instant::now() + every;
+        }
+        let mut wake = next_sweep;
+        if let Some(at_ms) = next_pause_end {
+            let in_ms =
+                u64::try_from(at_ms.saturating_sub(flotilla_shared::time::now_ms())).unwrap_or(0);
+            wake = wake.min(tokio::time::Instant::now() + Duration::from_millis(in_ms));
+        }
         tokio::select! {
             () = cancel.cancelled() => return,
-            _ = ticker.tick() => {}
-        }
-        if let Err(e) = c.rollout.sweep_expired().await {
-            tracing::error!("expiry sweep failed: {e}");
+            () = tokio::time::sleep_until(wake) => {}
+            () = c.rollout.timer_changed() => {}
         }
     }
 }

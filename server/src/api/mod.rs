@@ -18,7 +18,8 @@ use tonic::{Request, Response, Status};
 use crate::Coordinator;
 use crate::rollout::{NewDeployment, RolloutError};
 use crate::store::{
-    ApiToken, AuditEntry, Deployment, DeploymentKind, JoinTokenRecord, Role, StoreError,
+    ApiToken, AppSettings, AuditEntry, BatchSize, Deployment, DeploymentKind, Event,
+    JoinTokenRecord, Role, StoreError, Strategy,
 };
 
 /// Longest join token lifetime accepted.
@@ -80,9 +81,11 @@ impl From<StoreError> for Status {
 impl From<RolloutError> for Status {
     fn from(err: RolloutError) -> Self {
         match err {
-            RolloutError::NoHosts(_) | RolloutError::Busy { .. } => {
-                Status::failed_precondition(err.to_string())
-            }
+            RolloutError::NoHosts(_)
+            | RolloutError::NoMatchingHosts { .. }
+            | RolloutError::Busy { .. }
+            | RolloutError::WrongState { .. } => Status::failed_precondition(err.to_string()),
+            RolloutError::NotFound(_) => Status::not_found(err.to_string()),
             RolloutError::NoReleases { .. }
             | RolloutError::NoPreviousRelease { .. }
             | RolloutError::UnknownRelease { .. } => Status::not_found(err.to_string()),
@@ -165,6 +168,7 @@ impl Api {
 }
 
 pub fn deployment_to_proto(d: &Deployment) -> pb::Deployment {
+    let image = |i: &Option<ImageRef>| i.as_ref().map(ToString::to_string).unwrap_or_default();
     pb::Deployment {
         id: d.id.clone(),
         app: d.app.to_string(),
@@ -181,22 +185,146 @@ pub fn deployment_to_proto(d: &Deployment) -> pb::Deployment {
             .map(|h| pb::HostDeployment {
                 host_id: h.host_id.to_string(),
                 state: h.state.as_str().into(),
-                image: h
-                    .image
-                    .as_ref()
-                    .map(ToString::to_string)
-                    .unwrap_or_default(),
+                image: image(&h.image),
                 exit_code: h.exit_code,
                 error: h.error.clone(),
                 command_id: h.command_id.clone().unwrap_or_default(),
+                batch: h.batch,
+                image_before: image(&h.image_before),
+                started_at_ms: h.started_at_ms,
+                finished_at_ms: h.finished_at_ms,
+                rollback_command_id: h.rollback_command_id.clone().unwrap_or_default(),
             })
             .collect(),
         error: d.error.clone(),
         target_release: d.target_release,
+        strategy: Some(strategy_to_proto(&d.strategy)),
+        current_batch: d.current_batch,
+        batches: d.batches,
+        resume_at_ms: d.resume_at_ms,
+        failures: d.failures,
+        release: d.release,
+    }
+}
+
+fn strategy_to_proto(s: &Strategy) -> pb::Strategy {
+    let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    pb::Strategy {
+        batch: s.batch.to_string(),
+        canary: s.canary,
+        canary_manual: s.canary_manual,
+        pause_ms: s.pause_ms,
+        max_failures: s.max_failures,
+        hosts: s.hosts.clone().into_iter().collect(),
+        auto_rollback: Some(s.auto_rollback),
+        health: s.health.as_ref().map(|h| pb::HealthGate {
+            path: h.path.clone(),
+            url_template: h.url_template.clone(),
+            expect: h.expect.to_string(),
+            healthy_deadline_ms: ms(h.deadline),
+            interval_ms: ms(h.interval),
+            min_healthy_ms: ms(h.min_healthy),
+            timeout_ms: ms(h.timeout),
+        }),
+    }
+}
+
+/// Longest pause between batches accepted.
+const MAX_PAUSE: Duration = Duration::from_secs(24 * 3600);
+
+impl Api {
+    /// Checks a requested strategy; the health gate's URL template defaults to
+    /// the app's `health_url` setting.
+    fn strategy(
+        &self,
+        app: &AppName,
+        env: &EnvName,
+        p: Option<pb::Strategy>,
+    ) -> Result<Strategy, Status> {
+        let p = p.unwrap_or_default();
+        let batch = BatchSize::parse(&p.batch).ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "batch {:?}: give a host count (3) or a percentage (25%) from 1 to 100",
+                p.batch
+            ))
+        })?;
+        if Duration::from_millis(p.pause_ms) > MAX_PAUSE {
+            return Err(Status::invalid_argument("pause may be at most 24h"));
+        }
+        let pairs: Vec<String> = p.hosts.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let hosts = arg(
+            "host selector",
+            flotilla_shared::Labels::from_pairs(pairs.iter().map(String::as_str)),
+        )?
+        .as_map()
+        .clone();
+        let health = match p.health {
+            Some(h) if !h.path.is_empty() || !h.url_template.is_empty() => {
+                let template = if h.url_template.is_empty() {
+                    let configured = self.coordinator.store.app_settings(app, env)?.health_url;
+                    if configured.is_empty() {
+                        return Err(Status::failed_precondition(format!(
+                            "no health-check URL for {app} in {env}: set one with `flotilla app health-url {app} --env {env} 'http://127.0.0.1:5000'` or pass --health-url"
+                        )));
+                    }
+                    configured
+                } else {
+                    h.url_template
+                };
+                Some(arg(
+                    "health check",
+                    flotilla_shared::health::HealthCheck::new(
+                        &template,
+                        &h.path,
+                        &h.expect,
+                        Duration::from_millis(h.healthy_deadline_ms),
+                        Duration::from_millis(h.interval_ms),
+                        Duration::from_millis(h.min_healthy_ms),
+                        Duration::from_millis(h.timeout_ms),
+                    ),
+                )?)
+            }
+            _ => None,
+        };
+        Ok(Strategy {
+            batch,
+            canary: p.canary,
+            canary_manual: p.canary_manual,
+            pause_ms: p.pause_ms,
+            max_failures: p.max_failures,
+            hosts,
+            auto_rollback: p.auto_rollback.unwrap_or(true),
+            health,
+        })
+    }
+
+    /// Loads a deployment the caller may act on.
+    fn scoped_deployment(&self, caller: &Caller, id: &str) -> Result<Deployment, Status> {
+        let d = self
+            .coordinator
+            .store
+            .deployment(id)?
+            .ok_or_else(|| Status::not_found(format!("no deployment {id:?}")))?;
+        caller.check_scope(&d.app, &d.env)?;
+        Ok(d)
+    }
+}
+
+fn event_to_proto(deployment_id: &str, e: Event) -> pb::DeploymentEvent {
+    pb::DeploymentEvent {
+        seq: e.seq,
+        at_ms: e.at_ms,
+        deployment_id: deployment_id.to_owned(),
+        kind: e.kind,
+        host_id: e.host_id.map(|h| h.to_string()).unwrap_or_default(),
+        batch: e.batch,
+        state: e.state,
+        message: e.message,
     }
 }
 
 type LogStream = Pin<Box<dyn Stream<Item = Result<pb::DeploymentLogLine, Status>> + Send>>;
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::DeploymentEvent, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl FleetService for Api {
@@ -266,6 +394,7 @@ impl FleetService for Api {
             let app = arg("app", AppName::parse(&r.app))?;
             let env = arg("environment", EnvName::parse(&r.env))?;
             caller.check_scope(&app, &env)?;
+            let strategy = self.strategy(&app, &env, r.strategy)?;
             let new = NewDeployment {
                 app,
                 env,
@@ -273,6 +402,8 @@ impl FleetService for Api {
                 image: arg("image", ImageRef::parse(&r.image))?,
                 created_by: caller.name.clone(),
                 target_release: 0,
+                strategy,
+                queue: r.queue,
             };
             Ok(self.coordinator.rollout.start(new).await?)
         }
@@ -406,6 +537,7 @@ impl FleetService for Api {
         req: Request<pb::CreateJoinTokenRequest>,
     ) -> Result<Response<pb::CreateJoinTokenResponse>, Status> {
         let caller = self.authorize(&req, Role::Admin, "create-join-token")?;
+        let uses = req.get_ref().uses.max(1);
         let ttl = match req.get_ref().ttl_seconds {
             0 => Duration::from_secs(3600),
             s => Duration::from_secs(s),
@@ -426,6 +558,8 @@ impl FleetService for Api {
                     created_by: caller.name.clone(),
                     used_by: None,
                     used_at_ms: 0,
+                    max_uses: uses,
+                    uses: 0,
                 },
             )?;
             self.coordinator.store.flush().await?;
@@ -442,7 +576,7 @@ impl FleetService for Api {
         self.audit(
             &caller,
             "create-join-token",
-            &format!("ttl {}s", ttl.as_secs()),
+            &format!("ttl {}s uses {uses}", ttl.as_secs()),
             &result,
         );
         result.map(Response::new)
@@ -596,6 +730,168 @@ impl FleetService for Api {
         self.audit(&caller, "revoke-api-token", &id, &result);
         result.map(Response::new)
     }
+
+    type WatchDeploymentStream = EventStream;
+
+    async fn watch_deployment(
+        &self,
+        req: Request<pb::WatchDeploymentRequest>,
+    ) -> Result<Response<Self::WatchDeploymentStream>, Status> {
+        let caller = self.authorize(&req, Role::Viewer, "read")?;
+        let r = req.into_inner();
+        self.scoped_deployment(&caller, &r.id)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        let c = Arc::clone(&self.coordinator);
+        let cancel = self.cancel.child_token();
+        c.tasks
+            .clone()
+            .spawn(follow_events(c, r.id, r.after_seq, tx, cancel));
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn cancel_deployment(
+        &self,
+        req: Request<pb::CancelDeploymentRequest>,
+    ) -> Result<Response<pb::Deployment>, Status> {
+        let caller = self.authorize(&req, Role::Deployer, "cancel")?;
+        let r = req.into_inner();
+        let target = format!("{}{}", r.id, if r.rollback { " with rollback" } else { "" });
+        let result = async {
+            self.scoped_deployment(&caller, &r.id)?;
+            Ok(self
+                .coordinator
+                .rollout
+                .cancel(&r.id, caller.name.clone(), r.rollback)
+                .await?)
+        }
+        .await;
+        self.audit(&caller, "cancel", &target, &result);
+        result.map(|d| Response::new(deployment_to_proto(&d)))
+    }
+
+    async fn promote_deployment(
+        &self,
+        req: Request<pb::PromoteDeploymentRequest>,
+    ) -> Result<Response<pb::Deployment>, Status> {
+        let caller = self.authorize(&req, Role::Deployer, "promote")?;
+        let id = req.into_inner().id;
+        let result = async {
+            self.scoped_deployment(&caller, &id)?;
+            Ok(self
+                .coordinator
+                .rollout
+                .promote(&id, caller.name.clone())
+                .await?)
+        }
+        .await;
+        self.audit(&caller, "promote", &id, &result);
+        result.map(|d| Response::new(deployment_to_proto(&d)))
+    }
+
+    async fn ping(
+        &self,
+        req: Request<pb::PingRequest>,
+    ) -> Result<Response<pb::PingResponse>, Status> {
+        let caller = self.authorize(&req, Role::Deployer, "ping")?;
+        let r = req.into_inner();
+        let env = arg("environment", EnvName::parse(&r.env))?;
+        if !caller.token.envs.is_empty() && !caller.token.envs.contains(&env) {
+            return Err(Status::permission_denied(format!(
+                "token {:?} is scoped to environments [{}]",
+                caller.name,
+                join(&caller.token.envs)
+            )));
+        }
+        let pairs: Vec<String> = r.hosts.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let selector = Strategy {
+            hosts: arg(
+                "host selector",
+                flotilla_shared::Labels::from_pairs(pairs.iter().map(String::as_str)),
+            )?
+            .as_map()
+            .clone(),
+            ..Strategy::default()
+        };
+        let timeout = match r.timeout_ms {
+            0 => Duration::from_secs(10),
+            ms => Duration::from_millis(ms).min(Duration::from_secs(300)),
+        };
+        let (results, total) = self
+            .coordinator
+            .rollout
+            .ping(&env, &selector, timeout)
+            .await?;
+        let micros = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        Ok(Response::new(pb::PingResponse {
+            hosts: results
+                .into_iter()
+                .map(|p| pb::HostPing {
+                    host_id: p.host_id.to_string(),
+                    ok: p.rtt.is_some(),
+                    rtt_us: p.rtt.map_or(0, micros),
+                    error: p.error,
+                })
+                .collect(),
+            total_us: micros(total),
+        }))
+    }
+
+    async fn set_app_settings(
+        &self,
+        req: Request<pb::SetAppSettingsRequest>,
+    ) -> Result<Response<pb::AppSettings>, Status> {
+        let caller = self.authorize(&req, Role::Deployer, "set-app-settings")?;
+        let r = req.into_inner();
+        let target = format!("{} {} health_url={}", r.app, r.env, r.health_url);
+        let result = async {
+            let app = arg("app", AppName::parse(&r.app))?;
+            let env = arg("environment", EnvName::parse(&r.env))?;
+            caller.check_scope(&app, &env)?;
+            let health_url = r.health_url.trim().trim_end_matches('/').to_owned();
+            if !health_url.is_empty() {
+                arg(
+                    "health URL",
+                    flotilla_shared::health::check_template(&health_url),
+                )?;
+            }
+            let store = &self.coordinator.store;
+            store.put_app_settings(
+                &app,
+                &env,
+                &AppSettings {
+                    health_url: health_url.clone(),
+                },
+            )?;
+            store.flush().await?;
+            Ok(pb::AppSettings {
+                app: app.to_string(),
+                env: env.to_string(),
+                health_url,
+            })
+        }
+        .await;
+        self.audit(&caller, "set-app-settings", &target, &result);
+        result.map(Response::new)
+    }
+
+    async fn get_app_settings(
+        &self,
+        req: Request<pb::GetAppSettingsRequest>,
+    ) -> Result<Response<pb::AppSettings>, Status> {
+        let caller = self.authorize(&req, Role::Viewer, "read")?;
+        let r = req.into_inner();
+        let app = arg("app", AppName::parse(&r.app))?;
+        let env = arg("environment", EnvName::parse(&r.env))?;
+        caller.check_scope(&app, &env)?;
+        let settings = self.coordinator.store.app_settings(&app, &env)?;
+        Ok(Response::new(pb::AppSettings {
+            app: app.to_string(),
+            env: env.to_string(),
+            health_url: settings.health_url,
+        }))
+    }
 }
 
 /// Streams a deployment's log lines; with `follow`, until it is final and all
@@ -659,5 +955,62 @@ async fn follow_logs(
                     () = tx.closed() => return,
                     res = changes.changed() => if res.is_err() { return },
                 }
+    }
+}
+
+/// Streams a deployment's events after `after_seq`, until the final event is
+/// sent, the client goes away, or shutdown.
+async fn follow_events(
+    c: Arc<Coordinator>,
+    deployment_id: String,
+    mut after_seq: u64,
+    tx: tokio::sync::mpsc::Sender<Result<pb::DeploymentEvent, Status>>,
+    cancel: CancellationToken,
+) {
+    let mut changes = c.rollout.subscribe();
+    loop {
+        changes.borrow_and_update();
+        let finished = match c.store.deployment(&deployment_id) {
+            Ok(Some(d)) => d.state.is_final(),
+            Ok(None) => true,
+            Err(e) => {
+                let _ = tx.send(Err(internal(e))).await;
+                return;
+            }
+        };
+        loop {
+            let events = match c.store.events_after(&deployment_id, after_seq, 256) {
+                Ok(events) => events,
+                Err(e) => {
+                    let _ = tx.send(Err(internal(e))).await;
+                    return;
+                }
+            };
+            let n = events.len();
+            for event in events {
+                after_seq = event.seq;
+                if tx
+                    .send(Ok(event_to_proto(&deployment_id, event)))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            if n < 256 {
+                break;
+            }
+        }
+        if finished {
+            return;
+        }
+        tokio::select! {
+            () = cancel.cancelled() => {
+                let _ = tx.try_send(Err(Status::unavailable("coordinator is shutting down")));
+                return;
+            }
+            () = tx.closed() => return,
+            res = changes.changed() => if res.is_err() { return },
+        }
     }
 }

@@ -1,30 +1,48 @@
-//! The deployment state machine. A deployment goes host by host through its
-//! environment (sorted by host id) and stops at the first failure. Every step
-//! is persisted before it is acted on, so `resume` after a restart continues
-//! where the coordinator stopped without re-sending what an agent accepted.
+//! The deployment state machine (DESIGN.md §3–§4). A deployment goes to the
+//! selected hosts of its environment in batches (a canary batch first when
+//! asked), every host of a batch at once. A host fails when its command fails,
+//! its health gate fails, it is interrupted, refused or its command expires
+//! undelivered. When failures exceed the strategy's `max_failures` (or an
+//! operator cancels), dispatching stops, running hosts finish, and — with
+//! auto-rollback — every host whose image changed is returned to the image it
+//! had before. One deployment per app and environment is active; others are
+//! refused or queued.
 //!
-//! Reports from agents (accepted, log lines, results, refusals) drive it.
+//! Every step is persisted (with its events) before it is acted on, so
+//! `resume` after a restart continues where the coordinator stopped without
+//! re-sending what an agent accepted. Reports from agents drive it; a timer
+//! (`tick`) ends pauses between batches.
 
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use flotilla_proto::v1 as pb;
 use flotilla_shared::signing::{Action, CommandSigner, RefusalReason};
 use flotilla_shared::time::{format_ms, now_ms};
 use flotilla_shared::{AppName, EnvName, HostId, ImageRef};
 use prost::Message as _;
-use tokio::sync::{Mutex, watch};
+use tokio::sync::{Mutex, Notify, oneshot, watch};
 
 use crate::fleet::Sessions;
 use crate::store::{
-    Deployment, DeploymentKind, HostDeployment, LogLine, Release, State, Store, StoreError,
+    CancelRequest, Deployment, DeploymentKind, Dispatch, HostDeployment, HostState, Inserted,
+    LogLine, Release, State, Store, StoreError, Strategy,
 };
+
+mod plan;
+#[cfg(test)]
+mod tests;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RolloutError {
     #[error("environment {0} has no hosts; join one with `flotilla-agent join --env {0}`")]
     NoHosts(EnvName),
-    #[error("deployment {active} of {app} in {env} is still in progress; wait for it to finish")]
+    #[error("no host of {env} has the labels {selector}; see `flotilla hosts --env {env}`")]
+    NoMatchingHosts { env: EnvName, selector: String },
+    #[error(
+        "deployment {active} of {app} in {env} is still in progress; wait for it, cancel it (`flotilla cancel {active}`) or queue behind it with --queue"
+    )]
     Busy {
         app: AppName,
         env: EnvName,
@@ -48,6 +66,14 @@ pub enum RolloutError {
         env: EnvName,
         to: String,
     },
+    #[error("no deployment {0:?}")]
+    NotFound(String),
+    #[error("deployment {id} is {state}; {what}")]
+    WrongState {
+        id: String,
+        state: &'static str,
+        what: &'static str,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("cannot sign command: {0}")]
@@ -62,11 +88,26 @@ pub struct NewDeployment {
     pub image: ImageRef,
     pub created_by: String,
     pub target_release: u64,
+    pub strategy: Strategy,
+    /// Wait behind an active deployment instead of being refused.
+    pub queue: bool,
 }
 
 /// How long after a command's expiry an unaccepted host is failed: twice the
 /// agents' allowed clock skew.
 const SWEEP_GRACE_MS: i64 = 120_000;
+
+/// How long a ping command is valid.
+const PING_TTL_MS: i64 = 60_000;
+
+/// One host's answer to a ping.
+pub struct PingResult {
+    pub host_id: HostId,
+    pub rtt: Option<Duration>,
+    pub error: String,
+}
+
+type PingWaiters = std::sync::Mutex<HashMap<String, (HostId, oneshot::Sender<Instant>)>>;
 
 pub struct Engine {
     store: Store,
@@ -75,7 +116,16 @@ pub struct Engine {
     /// Serialises every change to deployments: one writer, no lost updates.
     lock: Mutex<()>,
     changes: watch::Sender<u64>,
+    /// Woken when a pause starts, so the timer re-plans its next wake-up.
+    timer: Notify,
     command_ttl: Duration,
+    pings: PingWaiters,
+}
+
+/// Why dispatching stopped.
+enum Stop {
+    Cancelled { by: String, rollback: bool },
+    Failures,
 }
 
 impl Engine {
@@ -91,7 +141,9 @@ impl Engine {
             sessions,
             lock: Mutex::new(()),
             changes: watch::Sender::new(0),
+            timer: Notify::new(),
             command_ttl,
+            pings: std::sync::Mutex::new(HashMap::new()),
         }
     }
 
@@ -99,7 +151,7 @@ impl Engine {
         &self.signer
     }
 
-    /// A receiver that changes whenever a deployment or its logs change.
+    /// A receiver that changes whenever a deployment, its events or logs change.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changes.subscribe()
     }
@@ -108,62 +160,100 @@ impl Engine {
         self.changes.send_modify(|v| *v = v.wrapping_add(1));
     }
 
-    /// Creates a deployment to every (non-revoked) host of the environment and
-    /// dispatches the first command.
+    /// Creates a deployment to the selected hosts of the environment and
+    /// dispatches its first batch, or queues it behind the active one.
     pub async fn start(&self, new: NewDeployment) -> Result<Deployment, RolloutError> {
         let _guard = self.lock.lock().await;
-        let mut hosts: Vec<HostId> = self
-            .store
-            .hosts()?
-            .into_iter()
-            .filter(|h| h.env == new.env && !h.revoked)
-            .map(|h| h.host_id)
-            .collect();
-        hosts.sort();
+        let hosts = plan::select_hosts(self.store.hosts()?, &new.env, &new.strategy);
         if hosts.is_empty() {
-            return Err(RolloutError::NoHosts(new.env));
+            if new.strategy.hosts.is_empty() {
+                return Err(RolloutError::NoHosts(new.env));
+            }
+            return Err(RolloutError::NoMatchingHosts {
+                env: new.env,
+                selector: selector_text(&new.strategy),
+            });
         }
-        let mut deployment = Deployment {
+        let (batch_of, batches) = plan::batches(hosts.len(), &new.strategy);
+        let mut d = Deployment {
             id: uuid::Uuid::now_v7().to_string(),
             app: new.app,
             env: new.env,
             kind: new.kind,
             image: new.image,
-            state: State::Pending,
+            state: State::Running,
             created_at_ms: now_ms(),
             finished_at_ms: 0,
             created_by: new.created_by,
             hosts: hosts
                 .into_iter()
-                .map(|host_id| HostDeployment {
+                .zip(batch_of)
+                .map(|(host_id, batch)| HostDeployment {
                     host_id,
-                    state: State::Pending,
+                    batch,
+                    state: HostState::Pending,
                     image: None,
+                    image_before: None,
                     exit_code: None,
                     error: String::new(),
                     command_id: None,
+                    rollback_command_id: None,
                     expires_at_ms: 0,
                     accepted: false,
+                    started_at_ms: 0,
+                    finished_at_ms: 0,
                 })
                 .collect(),
             error: String::new(),
             target_release: new.target_release,
+            strategy: new.strategy,
+            batches,
+            current_batch: 0,
+            resume_at_ms: 0,
+            failures: 0,
+            promoted: false,
+            cancel: None,
+            release: 0,
+            next_event: 0,
+            new_events: Vec::new(),
         };
-        if let Err(active) = self.store.insert_deployment(&deployment)? {
-            return Err(RolloutError::Busy {
-                app: deployment.app,
-                env: deployment.env,
-                active,
-            });
+        let summary = format!(
+            "{} {} to {} host(s) of {} in {} batch(es)",
+            d.kind.as_str(),
+            d.image,
+            d.hosts.len(),
+            d.env,
+            d.batches
+        );
+        d.event("created", None, summary);
+        match self.store.insert_deployment(&mut d, new.queue)? {
+            Inserted::Busy { active } => {
+                return Err(RolloutError::Busy {
+                    app: d.app,
+                    env: d.env,
+                    active,
+                });
+            }
+            Inserted::Queued { behind } => {
+                self.store.flush().await?;
+                tracing::info!(deployment = %d.id, %behind, "deployment queued");
+                self.changed();
+                return Ok(d);
+            }
+            Inserted::Active => {}
         }
-        tracing::info!(deployment = %deployment.id, app = %deployment.app, env = %deployment.env,
-            kind = deployment.kind.as_str(), image = %deployment.image, "deployment created");
-        self.advance(&mut deployment).await?;
-        Ok(deployment)
+        tracing::info!(deployment = %d.id, app = %d.app, env = %d.env,
+            kind = d.kind.as_str(), image = %d.image, hosts = d.hosts.len(), batches = d.batches,
+            "deployment created");
+        d.event("batch_started", None, batch_text(&d));
+        self.advance(&mut d).await?;
+        Ok(d)
     }
 
     /// Starts a rollback to release `to` (a number or an image), or by default
     /// to the newest release whose image differs from the current one.
+    /// Rollbacks go one host at a time and carry on past a failed host (every
+    /// host that can get out of trouble should), never rolling back themselves.
     pub async fn rollback(
         &self,
         app: AppName,
@@ -188,7 +278,7 @@ impl Engine {
                     env: env.clone(),
                     to: to.to_owned(),
                 })?,
-            // The last deployment failed after changing some hosts: undo that,
+            // The last deployment ended after changing some hosts: undo that,
             // i.e. return every host to the current release.
             None if self.last_deployment_left_hosts_changed(&app, &env)? => current,
             None => releases
@@ -208,12 +298,18 @@ impl Engine {
             image: target.image.clone(),
             created_by,
             target_release: target.number,
+            strategy: Strategy {
+                auto_rollback: false,
+                max_failures: u32::MAX,
+                ..Strategy::default()
+            },
+            queue: false,
         })
         .await
     }
 
-    /// Whether the newest deployment of `app` in `env` failed after at least
-    /// one host took its image (so hosts may differ from the current release).
+    /// Whether the newest deployment of `app` in `env` ended without a
+    /// release after at least one host took its image.
     fn last_deployment_left_hosts_changed(
         &self,
         app: &AppName,
@@ -223,21 +319,81 @@ impl Engine {
             .store
             .recent_deployments(1, |d| &d.app == app && &d.env == env)?;
         Ok(last.first().is_some_and(|d| {
-            d.state == State::Failed && d.hosts.iter().any(|h| h.state == State::Succeeded)
+            matches!(d.state, State::Failed | State::Cancelled) && d.hosts.iter().any(changed)
         }))
     }
 
-    /// Continues every unfinished deployment (after a restart).
+    /// Continues every unfinished deployment and starts queued ones whose
+    /// turn came (after a restart).
     pub async fn resume(&self) -> Result<usize, RolloutError> {
-        let _guard = self.lock.lock().await;
-        let mut n = 0;
-        for mut deployment in self.store.active_deployments()? {
-            if !deployment.state.is_final() {
-                self.advance(&mut deployment).await?;
-                n += 1;
+        let n = {
+            let _guard = self.lock.lock().await;
+            let mut n = 0;
+            for mut deployment in self.store.active_deployments()? {
+                if !deployment.state.is_final() {
+                    self.advance(&mut deployment).await?;
+                    n += 1;
+                }
             }
-        }
+            for (app, env) in self.store.queued_apps()? {
+                self.start_queued(&app, &env).await?;
+            }
+            n
+        };
+        self.timer.notify_one();
         Ok(n)
+    }
+
+    /// Starts the next queued deployment of `app` in `env` if none is active.
+    /// The caller holds `self.lock`.
+    async fn start_queued(&self, app: &AppName, env: &EnvName) -> Result<(), RolloutError> {
+        let Some(id) = self.store.activate_next(app, env)? else {
+            return Ok(());
+        };
+        let Some(mut d) = self.store.deployment(&id)? else {
+            return Ok(());
+        };
+        d.state = State::Running;
+        d.error.clear();
+        d.event(
+            "started",
+            None,
+            "its turn came: the deployment before it ended",
+        );
+        d.event("batch_started", None, batch_text(&d));
+        tracing::info!(deployment = %d.id, "queued deployment started");
+        Box::pin(self.advance(&mut d)).await
+    }
+
+    /// Ends pauses that are over; returns when the next one ends.
+    pub async fn tick(&self) -> Result<Option<i64>, RolloutError> {
+        let _guard = self.lock.lock().await;
+        let now = now_ms();
+        let mut next = None::<i64>;
+        for mut d in self.store.active_deployments()? {
+            if d.state != State::Paused {
+                continue;
+            }
+            if d.resume_at_ms > now {
+                next = Some(next.map_or(d.resume_at_ms, |n| n.min(d.resume_at_ms)));
+                continue;
+            }
+            self.next_batch(&mut d);
+            self.advance(&mut d).await?;
+        }
+        Ok(next)
+    }
+
+    /// A future that completes when a pause starts (the timer re-plans).
+    pub fn timer_changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.timer.notified()
+    }
+
+    fn next_batch(&self, d: &mut Deployment) {
+        d.state = State::Running;
+        d.resume_at_ms = 0;
+        d.current_batch += 1;
+        d.event("batch_started", None, batch_text(d));
     }
 
     /// Fails hosts whose command expired before their agent accepted it.
@@ -246,26 +402,24 @@ impl Engine {
         // Agents' clocks may run behind ours by the allowed skew: an agent can
         // accept a command until then, and its report needs time to arrive.
         let now = now_ms().saturating_sub(SWEEP_GRACE_MS);
-        for mut deployment in self.store.active_deployments()? {
-            if deployment.state.is_final() {
+        for mut d in self.store.active_deployments()? {
+            if d.state.is_final() {
                 continue;
             }
             let mut changed = false;
-            for host in &mut deployment.hosts {
-                if host.state == State::Running && !host.accepted && now >= host.expires_at_ms {
-                    host.state = State::Failed;
-                    host.error = format!(
+            for i in 0..d.hosts.len() {
+                let host = &d.hosts[i];
+                if host.state.in_flight() && !host.accepted && now >= host.expires_at_ms {
+                    let reason = format!(
                         "the agent did not take the command before it expired at {} (is the host connected?)",
                         format_ms(host.expires_at_ms)
                     );
-                    if let Some(command_id) = &host.command_id {
-                        self.store.remove_from_outbox(&host.host_id, command_id)?;
-                    }
+                    self.host_failed(&mut d, i, reason)?;
                     changed = true;
                 }
             }
             if changed {
-                self.advance(&mut deployment).await?;
+                self.advance(&mut d).await?;
             }
         }
         Ok(())
@@ -276,27 +430,131 @@ impl Engine {
     pub async fn fail_host(&self, host: &HostId, reason: &str) -> Result<usize, RolloutError> {
         let _guard = self.lock.lock().await;
         let mut n = 0;
-        for mut deployment in self.store.active_deployments()? {
-            if deployment.state.is_final() {
+        for mut d in self.store.active_deployments()? {
+            if d.state.is_final() {
                 continue;
             }
             let mut changed = false;
-            for entry in &mut deployment.hosts {
-                if &entry.host_id == host && entry.state == State::Running {
-                    entry.state = State::Failed;
-                    entry.error = reason.to_owned();
-                    if let Some(command_id) = &entry.command_id {
-                        self.store.remove_from_outbox(host, command_id)?;
-                    }
+            for i in 0..d.hosts.len() {
+                if &d.hosts[i].host_id == host && d.hosts[i].state.in_flight() {
+                    self.host_failed(&mut d, i, reason.to_owned())?;
                     changed = true;
                 }
             }
             if changed {
                 n += 1;
-                self.advance(&mut deployment).await?;
+                self.advance(&mut d).await?;
             }
         }
         Ok(n)
+    }
+
+    /// Marks host `i`'s command in flight as failed (deploy) or its rollback as
+    /// failed, and drops the command from the outbox.
+    fn host_failed(&self, d: &mut Deployment, i: usize, reason: String) -> Result<(), StoreError> {
+        let host = &mut d.hosts[i];
+        let command = if host.state == HostState::RollingBack {
+            host.state = HostState::RollbackFailed;
+            host.error = join_error(&host.error, &format!("rollback failed: {reason}"));
+            host.rollback_command_id.clone()
+        } else {
+            host.state = HostState::Failed;
+            host.error = reason;
+            d.failures += 1;
+            host.command_id.clone()
+        };
+        host.finished_at_ms = now_ms();
+        if let Some(command_id) = command {
+            self.store.remove_from_outbox(&host.host_id, &command_id)?;
+        }
+        let kind = if d.hosts[i].state == HostState::RollbackFailed {
+            "host_rollback_finished"
+        } else {
+            "host_finished"
+        };
+        let message = d.hosts[i].error.clone();
+        d.event(kind, Some(i), message);
+        Ok(())
+    }
+
+    /// Stops dispatching; with `rollback`, returns changed hosts afterwards.
+    pub async fn cancel(
+        &self,
+        id: &str,
+        by: String,
+        rollback: bool,
+    ) -> Result<Deployment, RolloutError> {
+        let _guard = self.lock.lock().await;
+        let mut d = self
+            .store
+            .deployment(id)?
+            .ok_or_else(|| RolloutError::NotFound(id.to_owned()))?;
+        if d.state.is_final() {
+            return Err(RolloutError::WrongState {
+                id: d.id,
+                state: d.state.as_str(),
+                what: "there is nothing to cancel",
+            });
+        }
+        if d.cancel.is_some() || d.state == State::RollingBack {
+            return Err(RolloutError::WrongState {
+                id: d.id,
+                state: d.state.as_str(),
+                what: "it is already stopping",
+            });
+        }
+        tracing::warn!(deployment = %d.id, %by, rollback, "deployment cancelled");
+        d.cancel = Some(CancelRequest {
+            by: by.clone(),
+            rollback,
+        });
+        let what = if rollback {
+            "cancel requested, with rollback"
+        } else {
+            "cancel requested"
+        };
+        d.event("cancel_requested", None, format!("{what} by {by}"));
+        if d.state == State::Queued {
+            self.store.unqueue(&d)?;
+            for h in &mut d.hosts {
+                h.state = HostState::Skipped;
+            }
+            self.finish(
+                &mut d,
+                State::Cancelled,
+                format!("cancelled by {by} while queued"),
+                None,
+            )
+            .await?;
+            return Ok(d);
+        }
+        if matches!(d.state, State::Paused | State::AwaitingPromotion) {
+            d.state = State::Running;
+        }
+        self.advance(&mut d).await?;
+        Ok(d)
+    }
+
+    /// Continues after the canary batch of a `canary_manual` deployment.
+    pub async fn promote(&self, id: &str, by: String) -> Result<Deployment, RolloutError> {
+        let _guard = self.lock.lock().await;
+        let mut d = self
+            .store
+            .deployment(id)?
+            .ok_or_else(|| RolloutError::NotFound(id.to_owned()))?;
+        if d.state != State::AwaitingPromotion {
+            return Err(RolloutError::WrongState {
+                id: d.id,
+                state: d.state.as_str(),
+                what: "only a deployment awaiting promotion after its canary batch can be promoted",
+            });
+        }
+        tracing::info!(deployment = %d.id, %by, "deployment promoted");
+        d.promoted = true;
+        d.state = State::Running;
+        d.event("promoted", None, format!("promoted by {by}"));
+        self.advance(&mut d).await?;
+        Ok(d)
     }
 
     /// Applies one report from `host`'s agent. Duplicates are harmless: a
@@ -321,8 +579,7 @@ impl Engine {
                 _ => "stdout",
             };
             self.store.put_log(
-                &command.deployment_id,
-                command.host_index,
+                &command,
                 &LogLine {
                     host_id: host.clone(),
                     seq: log.seq,
@@ -336,56 +593,48 @@ impl Engine {
         }
 
         let _guard = self.lock.lock().await;
-        let Some(mut deployment) = self.store.deployment(&command.deployment_id)? else {
+        let Some(mut d) = self.store.deployment(&command.deployment_id)? else {
             return Ok(());
         };
-        let Some(entry) = deployment.hosts.get_mut(command.host_index as usize) else {
+        let i = command.host_index as usize;
+        let Some(entry) = d.hosts.get(i) else {
             return Ok(());
         };
-        if entry.command_id.as_deref() != Some(report.command_id.as_str()) {
+        let expected = if command.rollback {
+            entry.rollback_command_id.as_deref()
+        } else {
+            entry.command_id.as_deref()
+        };
+        if expected != Some(report.command_id.as_str()) {
             return Ok(());
         }
+        // The command this report is about is the one in flight.
+        let in_flight = if command.rollback {
+            entry.state == HostState::RollingBack
+        } else {
+            entry.state == HostState::Running
+        };
         match body {
             pb::report::Body::Log(_) => {}
             pb::report::Body::Accepted(_) => {
                 self.store.remove_from_outbox(host, &report.command_id)?;
-                if !entry.accepted {
-                    entry.accepted = true;
-                    self.store.save_deployment(&deployment, None)?;
+                if in_flight && !entry.accepted {
+                    d.hosts[i].accepted = true;
+                    d.event("host_accepted", Some(i), "the agent accepted the command");
+                    self.store.save_deployment(&mut d, None, &[])?;
+                    self.changed();
                 }
             }
             pb::report::Body::Result(result) => {
                 self.store.remove_from_outbox(host, &report.command_id)?;
-                if entry.state.is_final() {
+                if let Ok(image) = ImageRef::parse(&result.deployed_image) {
+                    self.store.set_host_image(host, &d.app, &image)?;
+                }
+                if !in_flight {
                     return Ok(());
                 }
-                entry.accepted = true;
-                entry.exit_code = result.exit_code;
-                if let Ok(image) = ImageRef::parse(&result.deployed_image) {
-                    entry.image = Some(image);
-                }
-                match pb::Outcome::try_from(result.outcome) {
-                    Ok(pb::Outcome::Succeeded) => entry.state = State::Succeeded,
-                    Ok(pb::Outcome::Interrupted) => {
-                        entry.state = State::Failed;
-                        entry.error = if result.error.is_empty() {
-                            "interrupted: the agent stopped while the command ran; it was not re-run".into()
-                        } else {
-                            result.error
-                        };
-                    }
-                    _ => {
-                        entry.state = State::Failed;
-                        entry.error = if result.error.is_empty() {
-                            "the command failed".into()
-                        } else {
-                            result.error
-                        };
-                    }
-                }
-                tracing::info!(deployment = %deployment.id, %host, state = entry.state.as_str(),
-                    exit_code = ?entry.exit_code, "host finished");
-                self.advance(&mut deployment).await?;
+                self.apply_result(&mut d, i, command.rollback, result);
+                self.advance(&mut d).await?;
             }
             pb::report::Body::Refused(refused) => {
                 let reason = pb::RefusalReason::try_from(refused.reason)
@@ -397,102 +646,332 @@ impl Engine {
                     tracing::info!(%host, command = %report.command_id, "agent already had this command");
                     return Ok(());
                 }
-                if entry.state.is_final() || entry.accepted {
+                if !in_flight || entry.accepted {
                     // An accepted command's outcome comes as its result.
                     return Ok(());
                 }
                 let reason = reason.map_or("unknown reason", RefusalReason::as_str);
-                entry.state = State::Failed;
-                entry.error = format!("refused by the agent: {reason}: {}", refused.detail);
-                tracing::warn!(deployment = %deployment.id, %host, error = %entry.error, "command refused");
-                self.advance(&mut deployment).await?;
+                let error = format!("refused by the agent: {reason}: {}", refused.detail);
+                tracing::warn!(deployment = %d.id, %host, %error, "command refused");
+                self.host_failed(&mut d, i, error)?;
+                self.advance(&mut d).await?;
             }
         }
         Ok(())
     }
 
-    /// Moves `deployment` forward: dispatch to the next pending host, or finish.
+    /// Records a command result on host `i`.
+    fn apply_result(
+        &self,
+        d: &mut Deployment,
+        i: usize,
+        rollback: bool,
+        result: pb::CommandResult,
+    ) {
+        let outcome = pb::Outcome::try_from(result.outcome).unwrap_or_default();
+        let error = if !result.error.is_empty() {
+            result.error
+        } else if outcome == pb::Outcome::Interrupted {
+            "interrupted: the agent stopped while the command ran; it was not re-run".into()
+        } else {
+            "the command failed".into()
+        };
+        let entry = &mut d.hosts[i];
+        entry.accepted = true;
+        entry.exit_code = result.exit_code;
+        entry.finished_at_ms = now_ms();
+        if let Ok(image) = ImageRef::parse(&result.deployed_image) {
+            entry.image = Some(image);
+        }
+        if rollback {
+            if outcome == pb::Outcome::Succeeded {
+                entry.state = HostState::RolledBack;
+            } else {
+                entry.state = HostState::RollbackFailed;
+                entry.error = join_error(&entry.error, &format!("rollback failed: {error}"));
+            }
+            let message = entry.error.clone();
+            tracing::info!(deployment = %d.id, host = %entry.host_id, state = entry.state.as_str(), "host rollback finished");
+            d.event("host_rollback_finished", Some(i), message);
+            return;
+        }
+        if let Ok(before) = ImageRef::parse(&result.previous_image) {
+            entry.image_before = Some(before);
+        }
+        match outcome {
+            pb::Outcome::Succeeded => entry.state = HostState::Succeeded,
+            pb::Outcome::Interrupted => {
+                entry.state = HostState::Interrupted;
+                entry.error = error;
+            }
+            _ => {
+                entry.state = HostState::Failed;
+                entry.error = error;
+            }
+        }
+        if entry.state != HostState::Succeeded {
+            d.failures += 1;
+        }
+        let entry = &d.hosts[i];
+        tracing::info!(deployment = %d.id, host = %entry.host_id, state = entry.state.as_str(),
+            exit_code = ?entry.exit_code, "host finished");
+        let message = if entry.state == HostState::Succeeded {
+            format!(
+                "now at {}",
+                entry.image.as_ref().map_or("?", ImageRef::as_str)
+            )
+        } else {
+            entry.error.clone()
+        };
+        d.event("host_finished", Some(i), message);
+    }
+
+    /// Moves `d` forward: dispatch, pause, wait, roll back or finish.
     /// The caller holds `self.lock`.
-    async fn advance(&self, deployment: &mut Deployment) -> Result<(), RolloutError> {
-        if deployment.state.is_final() {
-            return Ok(());
+    async fn advance(&self, d: &mut Deployment) -> Result<(), RolloutError> {
+        loop {
+            match d.state {
+                State::Queued | State::Paused | State::AwaitingPromotion => {
+                    return self.save(d, &[]).await;
+                }
+                s if s.is_final() => return self.save(d, &[]).await,
+                State::RollingBack => {
+                    if self.waiting(d)? {
+                        return self.save(d, &[]).await;
+                    }
+                    let (state, cause) = match &d.cancel {
+                        Some(c) => (
+                            State::Cancelled,
+                            format!("cancelled by {}; changed hosts rolled back", c.by),
+                        ),
+                        None => (State::RolledBack, d.error.clone()),
+                    };
+                    let failed_rollbacks = d
+                        .hosts
+                        .iter()
+                        .filter(|h| h.state == HostState::RollbackFailed)
+                        .map(|h| h.host_id.to_string())
+                        .collect::<Vec<_>>();
+                    let cause = if failed_rollbacks.is_empty() {
+                        cause
+                    } else {
+                        format!(
+                            "{cause}; rollback FAILED on {}",
+                            failed_rollbacks.join(", ")
+                        )
+                    };
+                    return self.finish(d, state, cause, None).await;
+                }
+                _ => {}
+            }
+            // Running.
+            let stop = match &d.cancel {
+                Some(c) => Some(Stop::Cancelled {
+                    by: c.by.clone(),
+                    rollback: c.rollback,
+                }),
+                None if d.failures > d.strategy.max_failures => Some(Stop::Failures),
+                None => None,
+            };
+            if let Some(stop) = stop {
+                return self.stop(d, stop).await;
+            }
+            let batch = d.current_batch;
+            let pending: Vec<usize> = (0..d.hosts.len())
+                .filter(|&i| d.hosts[i].batch == batch && d.hosts[i].state == HostState::Pending)
+                .collect();
+            if !pending.is_empty() {
+                return self.dispatch(d, &pending, false).await;
+            }
+            if self.waiting(d)? {
+                return self.save(d, &[]).await;
+            }
+            // The batch is done.
+            if d.current_batch + 1 >= d.batches {
+                return self.succeed(d).await;
+            }
+            let canary_batch = d.strategy.canary > 0 && d.current_batch == 0;
+            if canary_batch && d.strategy.canary_manual && !d.promoted {
+                d.state = State::AwaitingPromotion;
+                d.event(
+                    "awaiting_promotion",
+                    None,
+                    format!(
+                        "canary batch done; continue with `flotilla promote {}`",
+                        d.id
+                    ),
+                );
+                tracing::info!(deployment = %d.id, "canary done; awaiting promotion");
+                continue;
+            }
+            if d.strategy.pause_ms > 0 {
+                d.state = State::Paused;
+                d.resume_at_ms =
+                    now_ms().saturating_add(i64::try_from(d.strategy.pause_ms).unwrap_or(i64::MAX));
+                d.event(
+                    "paused",
+                    None,
+                    format!("next batch at {}", format_ms(d.resume_at_ms)),
+                );
+                self.timer.notify_one();
+                continue;
+            }
+            self.next_batch(d);
         }
-        deployment.state = State::Running;
-        let failed = deployment
-            .hosts
-            .iter()
-            .find(|h| h.state == State::Failed)
-            .map(|h| (h.host_id.clone(), h.error.clone()));
-        if let Some((failed_host, error)) = failed {
-            for host in &mut deployment.hosts {
-                if host.state == State::Pending {
-                    host.error = format!("not attempted: {failed_host} failed first");
-                }
-            }
-            if deployment.hosts.iter().any(|h| h.state == State::Running) {
-                self.store.save_deployment(deployment, None)?;
-                self.changed();
-                return Ok(());
-            }
-            deployment.state = State::Failed;
-            deployment.error = format!("{failed_host}: {error}");
-            deployment.finished_at_ms = now_ms();
-            self.store.save_deployment(deployment, None)?;
-            self.store.flush().await?;
-            self.changed();
-            tracing::warn!(deployment = %deployment.id, error = %deployment.error, "deployment failed");
-            return Ok(());
-        }
-        let next = deployment
-            .hosts
-            .iter()
-            .position(|h| h.state != State::Succeeded);
-        match next {
-            Some(i) if deployment.hosts[i].state == State::Running => {
-                // Waiting for that host; make sure the persisted state says so.
-                self.store.save_deployment(deployment, None)?;
-                if let Some(command_id) = deployment.hosts[i].command_id.clone() {
-                    self.resend_if_queued(&deployment.hosts[i].host_id, &command_id)?;
-                }
-            }
-            Some(i) => {
-                let host = self.store.host(&deployment.hosts[i].host_id)?;
-                if host.is_none_or(|h| h.revoked) {
-                    // Revoked after the deployment started: nothing can run there.
-                    deployment.hosts[i].state = State::Failed;
-                    deployment.hosts[i].error = "the host was revoked".into();
-                    return Box::pin(self.advance(deployment)).await;
-                }
-                self.dispatch(deployment, i).await?;
-            }
-            None => {
-                deployment.state = State::Succeeded;
-                deployment.finished_at_ms = now_ms();
-                let releases = self.store.releases(&deployment.app, &deployment.env)?;
-                let current = releases.last();
-                // Re-deploying the current image changes nothing: no new release.
-                if current.is_some_and(|r| r.image == deployment.image) {
-                    self.store.save_deployment(deployment, None)?;
-                    self.store.flush().await?;
-                    tracing::info!(deployment = %deployment.id, "deployment succeeded (already at this release)");
-                    self.changed();
-                    return Ok(());
-                }
-                let number = current.map_or(1, |r| r.number + 1);
-                let release = Release {
-                    number,
-                    app: deployment.app.clone(),
-                    env: deployment.env.clone(),
-                    image: deployment.image.clone(),
-                    deployment_id: deployment.id.clone(),
-                    kind: deployment.kind,
-                    created_at_ms: deployment.finished_at_ms,
-                };
-                self.store.save_deployment(deployment, Some(&release))?;
-                self.store.flush().await?;
-                tracing::info!(deployment = %deployment.id, release = number, "deployment succeeded");
+    }
+
+    /// Whether a command is in flight on any host (re-sending queued ones: after
+    /// a restart the outbox may hold commands a live session never got).
+    fn waiting(&self, d: &Deployment) -> Result<bool, RolloutError> {
+        let mut waiting = false;
+        for h in d.hosts.iter().filter(|h| h.state.in_flight()) {
+            waiting = true;
+            let command = if h.state == HostState::RollingBack {
+                &h.rollback_command_id
+            } else {
+                &h.command_id
+            };
+            if let Some(command_id) = command {
+                self.resend_if_queued(&h.host_id, command_id)?;
             }
         }
+        Ok(waiting)
+    }
+
+    /// Stops dispatching: pending hosts are skipped; once nothing runs, rolls
+    /// back (when asked) or finishes.
+    async fn stop(&self, d: &mut Deployment, stop: Stop) -> Result<(), RolloutError> {
+        let cause = match &stop {
+            Stop::Cancelled { by, .. } => format!("cancelled by {by}"),
+            Stop::Failures => failure_cause(d),
+        };
+        for i in 0..d.hosts.len() {
+            if d.hosts[i].state == HostState::Pending {
+                d.hosts[i].state = HostState::Skipped;
+                d.hosts[i].error = format!("not attempted: {cause}");
+                d.event("host_finished", Some(i), "skipped");
+            }
+        }
+        if self.waiting(d)? {
+            return self.save(d, &[]).await;
+        }
+        let rollback = match stop {
+            Stop::Cancelled { rollback, .. } => rollback,
+            Stop::Failures => d.strategy.auto_rollback,
+        };
+        let (state, cause) = match &stop {
+            Stop::Cancelled { .. } => (State::Cancelled, cause),
+            Stop::Failures if rollback => (State::RolledBack, format!("rolled back: {cause}")),
+            Stop::Failures => (State::Failed, cause),
+        };
+        if !rollback {
+            return self.finish(d, state, cause, None).await;
+        }
+        // Every host whose image changed goes back to the image it had.
+        d.error = cause.clone();
+        let mut to_roll_back = Vec::new();
+        for i in 0..d.hosts.len() {
+            let h = &d.hosts[i];
+            if !matches!(
+                h.state,
+                HostState::Succeeded | HostState::Failed | HostState::Interrupted
+            ) || !changed(h)
+            {
+                continue;
+            }
+            if h.image_before.is_none() {
+                let error = join_error(
+                    &h.error,
+                    "not rolled back: the app had no earlier image on this host",
+                );
+                d.hosts[i].error = error;
+                continue;
+            }
+            to_roll_back.push(i);
+        }
+        if to_roll_back.is_empty() {
+            let cause = if matches!(state, State::RolledBack) {
+                format!("{cause} (no host had changed)")
+            } else {
+                cause
+            };
+            return self.finish(d, state, cause, None).await;
+        }
+        d.state = State::RollingBack;
+        d.event(
+            "rollback_started",
+            None,
+            format!("rolling back {} host(s): {cause}", to_roll_back.len()),
+        );
+        tracing::warn!(deployment = %d.id, hosts = to_roll_back.len(), %cause, "rolling back");
+        self.dispatch(d, &to_roll_back, true).await
+    }
+
+    /// The deployment succeeded: record the release (unless the image is
+    /// already the current one) and finish.
+    async fn succeed(&self, d: &mut Deployment) -> Result<(), RolloutError> {
+        let releases = self.store.releases(&d.app, &d.env)?;
+        let current = releases.last();
+        let note = if d.failures > 0 {
+            format!(
+                "{} host(s) failed, within --max-failures {}",
+                d.failures, d.strategy.max_failures
+            )
+        } else {
+            String::new()
+        };
+        // Re-deploying the current image changes nothing: no new release.
+        if current.is_some_and(|r| r.image == d.image) {
+            return self.finish(d, State::Succeeded, note, None).await;
+        }
+        let release = Release {
+            number: current.map_or(1, |r| r.number + 1),
+            app: d.app.clone(),
+            env: d.env.clone(),
+            image: d.image.clone(),
+            deployment_id: d.id.clone(),
+            kind: d.kind,
+            created_at_ms: now_ms(),
+        };
+        d.release = release.number;
+        self.finish(d, State::Succeeded, note, Some(&release)).await
+    }
+
+    /// Ends the deployment, durably, then starts the next queued one.
+    async fn finish(
+        &self,
+        d: &mut Deployment,
+        state: State,
+        cause: String,
+        release: Option<&Release>,
+    ) -> Result<(), RolloutError> {
+        d.state = state;
+        d.error = cause;
+        d.finished_at_ms = now_ms();
+        d.resume_at_ms = 0;
+        let message = if d.error.is_empty() {
+            state.as_str().to_owned()
+        } else {
+            format!("{}: {}", state.as_str(), d.error)
+        };
+        d.event("finished", None, message);
+        self.store.save_deployment(d, release, &[])?;
+        self.store.flush().await?;
+        self.changed();
+        match state {
+            State::Succeeded => {
+                tracing::info!(deployment = %d.id, release = d.release, "deployment succeeded");
+            }
+            _ => {
+                tracing::warn!(deployment = %d.id, state = state.as_str(), error = %d.error, "deployment ended");
+            }
+        }
+        let (app, env) = (d.app.clone(), d.env.clone());
+        self.start_queued(&app, &env).await
+    }
+
+    async fn save(&self, d: &mut Deployment, dispatches: &[Dispatch]) -> Result<(), RolloutError> {
+        self.store.save_deployment(d, None, dispatches)?;
         self.changed();
         Ok(())
     }
@@ -516,50 +995,298 @@ impl Engine {
         Ok(())
     }
 
-    async fn dispatch(&self, deployment: &mut Deployment, i: usize) -> Result<(), RolloutError> {
+    /// Signs one command per host in `indices` (deploys, or rollbacks to each
+    /// host's previous image), saves them with the deployment, makes that
+    /// durable, then sends them.
+    async fn dispatch(
+        &self,
+        d: &mut Deployment,
+        indices: &[usize],
+        rollback: bool,
+    ) -> Result<(), RolloutError> {
         let now = now_ms();
         let ttl_ms = i64::try_from(self.command_ttl.as_millis()).unwrap_or(i64::MAX);
-        let command_id = uuid::Uuid::now_v7().to_string();
-        let action = match deployment.kind {
-            DeploymentKind::Deploy => Action::Deploy {
-                app: deployment.app.clone(),
-                image: deployment.image.clone(),
-            },
-            DeploymentKind::Rollback => Action::Rollback {
-                app: deployment.app.clone(),
-                image: deployment.image.clone(),
-                release: deployment.target_release,
-            },
+        let releases = if rollback {
+            self.store.releases(&d.app, &d.env)?
+        } else {
+            Vec::new()
         };
-        let host = &mut deployment.hosts[i];
-        let envelope = pb::CommandEnvelope {
-            command_id: command_id.clone(),
-            host_id: host.host_id.to_string(),
-            deployment_id: deployment.id.clone(),
-            issued_at_ms: now,
-            expires_at_ms: now.saturating_add(ttl_ms),
-            nonce: random_nonce()?,
-            action: Some(action.to_proto()),
-        };
-        let signed = self.signer.sign(&envelope);
-        host.state = State::Running;
-        host.command_id = Some(command_id.clone());
-        host.expires_at_ms = envelope.expires_at_ms;
-        let host_id = host.host_id.clone();
-        let index = u32::try_from(i).unwrap_or(u32::MAX);
-        self.store
-            .dispatch(deployment, index, &command_id, &signed.encode_to_vec())?;
+        let mut dispatches = Vec::with_capacity(indices.len());
+        let mut messages = Vec::with_capacity(indices.len());
+        for &i in indices {
+            let host_id = d.hosts[i].host_id.clone();
+            if !rollback {
+                let known = self.store.host(&host_id)?;
+                if known.is_none_or(|h| h.revoked) {
+                    // Revoked after the deployment started: nothing can run there.
+                    d.hosts[i].state = HostState::Failed;
+                    d.hosts[i].error = "the host was revoked".into();
+                    d.failures += 1;
+                    d.event("host_finished", Some(i), "the host was revoked");
+                    continue;
+                }
+            }
+            let action = if rollback {
+                let Some(before) = d.hosts[i].image_before.clone() else {
+                    continue;
+                };
+                let release = releases
+                    .iter()
+                    .rev()
+                    .find(|r| r.image == before)
+                    .map_or(0, |r| r.number);
+                Action::Rollback {
+                    app: d.app.clone(),
+                    image: before,
+                    release,
+                }
+            } else {
+                match d.kind {
+                    DeploymentKind::Deploy => Action::Deploy {
+                        app: d.app.clone(),
+                        image: d.image.clone(),
+                        health: d.strategy.health.clone(),
+                    },
+                    DeploymentKind::Rollback => Action::Rollback {
+                        app: d.app.clone(),
+                        image: d.image.clone(),
+                        release: d.target_release,
+                    },
+                }
+            };
+            let command_id = uuid::Uuid::now_v7().to_string();
+            let envelope = pb::CommandEnvelope {
+                command_id: command_id.clone(),
+                host_id: host_id.to_string(),
+                deployment_id: d.id.clone(),
+                issued_at_ms: now,
+                expires_at_ms: now.saturating_add(ttl_ms),
+                nonce: random_nonce()?,
+                action: Some(action.to_proto()),
+            };
+            let signed = self.signer.sign(&envelope);
+            let h = &mut d.hosts[i];
+            h.accepted = false;
+            h.expires_at_ms = envelope.expires_at_ms;
+            if rollback {
+                h.state = HostState::RollingBack;
+                h.rollback_command_id = Some(command_id.clone());
+            } else {
+                h.state = HostState::Running;
+                h.command_id = Some(command_id.clone());
+                h.started_at_ms = now;
+                if h.image_before.is_none() {
+                    h.image_before = self.store.host_image(&host_id, &d.app)?;
+                }
+            }
+            let kind = if rollback {
+                "host_rollback_dispatched"
+            } else {
+                "host_dispatched"
+            };
+            let message = format!(
+                "{} {}",
+                action.kind(),
+                action.image().map_or("", ImageRef::as_str)
+            );
+            d.event(kind, Some(i), message);
+            dispatches.push(Dispatch {
+                host_index: u32::try_from(i).unwrap_or(u32::MAX),
+                command_id: command_id.clone(),
+                signed: signed.encode_to_vec(),
+                rollback,
+            });
+            messages.push((host_id, command_id, signed));
+        }
+        self.store.save_deployment(d, None, &dispatches)?;
         self.store.flush().await?;
-        let sent = self.sessions.send(
-            &host_id,
-            pb::CoordinatorMessage {
-                msg: Some(pb::coordinator_message::Msg::Command(signed)),
-            },
-        );
-        tracing::info!(deployment = %deployment.id, host = %host_id, command = %command_id, sent,
-            "command dispatched");
+        self.changed();
+        for (host_id, command_id, signed) in messages {
+            let sent = self.sessions.send(
+                &host_id,
+                pb::CoordinatorMessage {
+                    msg: Some(pb::coordinator_message::Msg::Command(signed)),
+                },
+            );
+            tracing::info!(deployment = %d.id, host = %host_id, command = %command_id, sent, rollback,
+                "command dispatched");
+        }
+        if dispatches.is_empty() {
+            // Every host of the batch failed before dispatch (revoked): go on.
+            return Box::pin(self.advance(d)).await;
+        }
         Ok(())
     }
+
+    /// Sends a signed no-op to every connected host of `env` matching
+    /// `selector` and waits (up to `timeout`) for their answers.
+    pub async fn ping(
+        &self,
+        env: &EnvName,
+        strategy: &Strategy,
+        timeout: Duration,
+    ) -> Result<(Vec<PingResult>, Duration), RolloutError> {
+        let hosts = plan::select_hosts(self.store.hosts()?, env, strategy);
+        let started = Instant::now();
+        let now = now_ms();
+        let mut waiting = Vec::with_capacity(hosts.len());
+        let mut results = Vec::with_capacity(hosts.len());
+        for host_id in hosts {
+            if !self.sessions.is_connected(&host_id) {
+                results.push(PingResult {
+                    host_id,
+                    rtt: None,
+                    error: "not connected".into(),
+                });
+                continue;
+            }
+            let command_id = uuid::Uuid::now_v7().to_string();
+            let envelope = pb::CommandEnvelope {
+                command_id: command_id.clone(),
+                host_id: host_id.to_string(),
+                deployment_id: String::new(),
+                issued_at_ms: now,
+                expires_at_ms: now.saturating_add(PING_TTL_MS),
+                nonce: random_nonce()?,
+                action: Some(Action::Ping.to_proto()),
+            };
+            let signed = self.signer.sign(&envelope);
+            let (tx, rx) = oneshot::channel();
+            if let Ok(mut pings) = self.pings.lock() {
+                pings.insert(command_id.clone(), (host_id.clone(), tx));
+            }
+            let sent_at = Instant::now();
+            let sent = self.sessions.send(
+                &host_id,
+                pb::CoordinatorMessage {
+                    msg: Some(pb::coordinator_message::Msg::Command(signed)),
+                },
+            );
+            waiting.push((host_id, command_id, sent_at, sent, rx));
+        }
+        let deadline = tokio::time::Instant::from_std(started + timeout);
+        let mut last_answer = None::<Instant>;
+        for (host_id, command_id, sent_at, sent, rx) in waiting {
+            let answer = if sent {
+                tokio::time::timeout_at(deadline, rx)
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+            } else {
+                None
+            };
+            if let Ok(mut pings) = self.pings.lock() {
+                pings.remove(&command_id);
+            }
+            results.push(match answer {
+                Some(at) => {
+                    last_answer = Some(last_answer.map_or(at, |l| l.max(at)));
+                    PingResult {
+                        host_id,
+                        rtt: Some(at.saturating_duration_since(sent_at)),
+                        error: String::new(),
+                    }
+                }
+                None => PingResult {
+                    host_id,
+                    rtt: None,
+                    error: if sent {
+                        format!("no answer within {}", humantime::format_duration(timeout))
+                    } else {
+                        "the session dropped the message".into()
+                    },
+                },
+            });
+        }
+        // All answered: until the last answer; otherwise until we gave up.
+        let total = match last_answer {
+            Some(last) if results.iter().all(|r| r.rtt.is_some()) => {
+                last.saturating_duration_since(started)
+            }
+            _ => started.elapsed(),
+        };
+        results.sort_by(|a, b| a.host_id.cmp(&b.host_id));
+        Ok((results, total))
+    }
+
+    /// A pong from `host`.
+    pub fn on_pong(&self, host: &HostId, command_id: &str) {
+        let at = Instant::now();
+        let Ok(mut pings) = self.pings.lock() else {
+            return;
+        };
+        if pings.get(command_id).is_some_and(|(h, _)| h == host)
+            && let Some((_, tx)) = pings.remove(command_id)
+        {
+            let _ = tx.send(at);
+        }
+    }
+}
+
+/// Whether host `h`'s image changed in this deployment (unknown counts as changed).
+fn changed(h: &HostDeployment) -> bool {
+    match (&h.image_before, &h.image) {
+        (Some(before), Some(after)) => before != after,
+        (None, None) => h.state == HostState::Interrupted,
+        _ => h.state != HostState::Pending && h.state != HostState::Skipped,
+    }
+}
+
+/// Why a rollout stopped on failures: the hosts that failed.
+fn failure_cause(d: &Deployment) -> String {
+    let failed: Vec<String> = d
+        .hosts
+        .iter()
+        .filter(|h| {
+            matches!(h.state, HostState::Failed | HostState::Interrupted)
+                || (!h.error.is_empty()
+                    && matches!(h.state, HostState::RolledBack | HostState::RollbackFailed))
+        })
+        .map(|h| format!("{}: {}", h.host_id, h.error))
+        .collect();
+    format!(
+        "{} host(s) failed (max failures {}): {}",
+        d.failures,
+        d.strategy.max_failures,
+        failed.join("; ")
+    )
+}
+
+fn join_error(first: &str, then: &str) -> String {
+    if first.is_empty() {
+        then.to_owned()
+    } else {
+        format!("{first}; {then}")
+    }
+}
+
+fn batch_text(d: &Deployment) -> String {
+    let hosts: Vec<&str> = d
+        .hosts
+        .iter()
+        .filter(|h| h.batch == d.current_batch)
+        .map(|h| h.host_id.as_str())
+        .collect();
+    let canary = if d.strategy.canary > 0 && d.current_batch == 0 {
+        " (canary)"
+    } else {
+        ""
+    };
+    format!(
+        "batch {}/{}{canary}: {}",
+        d.current_batch + 1,
+        d.batches,
+        hosts.join(", ")
+    )
+}
+
+fn selector_text(strategy: &Strategy) -> String {
+    strategy
+        .hosts
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn random_nonce() -> Result<Vec<u8>, flotilla_shared::token::TokenError> {

@@ -4,7 +4,10 @@
 //! Trees: `hosts`, `api_tokens` / `join_tokens` (keyed by SHA-256 of the
 //! secret), `deployments`, `active` (one active deployment per app+env),
 //! `releases`, `outbox` (signed commands not yet accepted by their agent),
-//! `commands` (command id → deployment and host), `logs`, `audit`.
+//! `commands` (command id → deployment and host), `logs`, `audit`, `events`
+//! (each deployment's state changes), `queue` (deployments waiting for their
+//! app+env), `host_apps` (the image each host last reported per app),
+//! `app_settings` (per app+env settings such as the health-check URL).
 
 use std::path::Path;
 
@@ -92,8 +95,30 @@ impl ApiToken {
 pub struct JoinTokenRecord {
     pub expires_at_ms: i64,
     pub created_by: String,
+    /// The host that used it last.
     pub used_by: Option<HostId>,
     pub used_at_ms: i64,
+    /// How many hosts may join with it.
+    #[serde(default = "one")]
+    pub max_uses: u32,
+    #[serde(default)]
+    pub uses: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl JoinTokenRecord {
+    fn used_up(&self) -> bool {
+        // Records from before multi-use tokens only have `used_at_ms`.
+        let uses = if self.uses == 0 && self.used_at_ms != 0 {
+            1
+        } else {
+            self.uses
+        };
+        uses >= self.max_uses.max(1)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -108,27 +133,84 @@ pub struct Host {
     pub cert_not_after_ms: i64,
 }
 
+/// Where a deployment is in its life. The last four are final.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum State {
+    /// Waiting behind the active deployment of its app and environment.
+    Queued,
+    #[serde(alias = "pending")]
+    Running,
+    /// Between batches, until `resume_at_ms`.
+    Paused,
+    /// The canary batch is done; waiting for `promote`.
+    AwaitingPromotion,
+    /// Returning changed hosts to the release each had before.
+    RollingBack,
+    Succeeded,
+    Failed,
+    RolledBack,
+    Cancelled,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Running => "running",
+            Self::Paused => "paused",
+            Self::AwaitingPromotion => "awaiting_promotion",
+            Self::RollingBack => "rolling_back",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::RolledBack => "rolled_back",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            Self::Succeeded | Self::Failed | Self::RolledBack | Self::Cancelled
+        )
+    }
+}
+
+/// Where one host is in a deployment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HostState {
     Pending,
     Running,
     Succeeded,
     Failed,
+    /// The agent stopped while the command ran (it is never re-run).
+    Interrupted,
+    /// Not attempted: the rollout stopped first.
+    Skipped,
+    RollingBack,
+    RolledBack,
+    RollbackFailed,
 }
 
-impl State {
+impl HostState {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Pending => "pending",
             Self::Running => "running",
             Self::Succeeded => "succeeded",
             Self::Failed => "failed",
+            Self::Interrupted => "interrupted",
+            Self::Skipped => "skipped",
+            Self::RollingBack => "rolling_back",
+            Self::RolledBack => "rolled_back",
+            Self::RollbackFailed => "rollback_failed",
         }
     }
 
-    pub fn is_final(self) -> bool {
-        matches!(self, Self::Succeeded | Self::Failed)
+    /// A command is in flight on the host.
+    pub fn in_flight(self) -> bool {
+        matches!(self, Self::Running | Self::RollingBack)
     }
 }
 
@@ -148,20 +230,129 @@ impl DeploymentKind {
     }
 }
 
+/// Hosts per batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BatchSize {
+    Hosts(u32),
+    /// Percent of the selected hosts (rounded up, at least one host).
+    Percent(u32),
+}
+
+impl BatchSize {
+    /// `N` or `N%`.
+    pub fn parse(s: &str) -> Option<Self> {
+        let s = s.trim();
+        if s.is_empty() {
+            return Some(Self::Hosts(1));
+        }
+        match s.strip_suffix('%') {
+            Some(p) => p
+                .trim()
+                .parse()
+                .ok()
+                .filter(|p| (1..=100).contains(p))
+                .map(Self::Percent),
+            None => s.parse().ok().filter(|n| *n >= 1).map(Self::Hosts),
+        }
+    }
+
+    /// Hosts per batch out of `total`.
+    pub fn of(self, total: usize) -> usize {
+        match self {
+            Self::Hosts(n) => n as usize,
+            Self::Percent(p) => (total * p as usize).div_ceil(100),
+        }
+        .max(1)
+    }
+}
+
+impl std::fmt::Display for BatchSize {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Hosts(n) => write!(f, "{n}"),
+            Self::Percent(p) => write!(f, "{p}%"),
+        }
+    }
+}
+
+/// How a deployment rolls out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Strategy {
+    pub batch: BatchSize,
+    /// Hosts in a first batch of their own.
+    pub canary: u32,
+    /// Stop after the canary batch until promoted.
+    pub canary_manual: bool,
+    pub pause_ms: u64,
+    /// Host failures tolerated; one more stops the rollout.
+    pub max_failures: u32,
+    /// Only hosts with all these labels.
+    pub hosts: std::collections::BTreeMap<String, String>,
+    /// Return changed hosts to their previous release when the rollout stops on failures.
+    pub auto_rollback: bool,
+    pub health: Option<flotilla_shared::health::HealthCheck>,
+}
+
+impl Default for Strategy {
+    fn default() -> Self {
+        Self {
+            batch: BatchSize::Hosts(1),
+            canary: 0,
+            canary_manual: false,
+            pause_ms: 0,
+            max_failures: 0,
+            hosts: std::collections::BTreeMap::new(),
+            auto_rollback: true,
+            health: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HostDeployment {
     pub host_id: HostId,
-    pub state: State,
+    #[serde(default)]
+    pub batch: u32,
+    pub state: HostState,
     /// The image this host runs after the command, as Dokku reports it; `None`
     /// until the agent reports (and for hosts that never did).
     pub image: Option<ImageRef>,
+    /// The image it ran before; `None` if unknown or the app is new there.
+    #[serde(default)]
+    pub image_before: Option<ImageRef>,
     pub exit_code: Option<i32>,
     pub error: String,
     pub command_id: Option<String>,
-    /// When the signed command stops being valid.
+    #[serde(default)]
+    pub rollback_command_id: Option<String>,
+    /// When the command in flight stops being valid.
     pub expires_at_ms: i64,
-    /// The agent durably accepted the command.
+    /// The agent durably accepted the command in flight.
     pub accepted: bool,
+    #[serde(default)]
+    pub started_at_ms: i64,
+    #[serde(default)]
+    pub finished_at_ms: i64,
+}
+
+/// A cancellation asked for by an operator.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CancelRequest {
+    pub by: String,
+    pub rollback: bool,
+}
+
+/// One state change of a deployment (what `WatchDeployment` streams).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Event {
+    pub seq: u64,
+    pub at_ms: i64,
+    pub kind: String,
+    pub host_id: Option<HostId>,
+    pub batch: u32,
+    pub state: String,
+    pub message: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -179,6 +370,51 @@ pub struct Deployment {
     pub error: String,
     /// For rollbacks: the release number returned to.
     pub target_release: u64,
+    #[serde(default)]
+    pub strategy: Strategy,
+    #[serde(default)]
+    pub batches: u32,
+    #[serde(default)]
+    pub current_batch: u32,
+    /// While paused: when the next batch starts.
+    #[serde(default)]
+    pub resume_at_ms: i64,
+    /// Hosts that failed or were interrupted (kept when they are rolled back).
+    #[serde(default)]
+    pub failures: u32,
+    #[serde(default)]
+    pub promoted: bool,
+    #[serde(default)]
+    pub cancel: Option<CancelRequest>,
+    /// The release this deployment created (0: none).
+    #[serde(default)]
+    pub release: u64,
+    /// Sequence number of the next event.
+    #[serde(default)]
+    pub next_event: u64,
+    /// Events not yet saved; `save_deployment` writes them with the record.
+    #[serde(skip)]
+    pub new_events: Vec<Event>,
+}
+
+impl Deployment {
+    /// Records a state change, saved atomically with the next save.
+    pub fn event(&mut self, kind: &str, host: Option<usize>, message: impl Into<String>) {
+        let (host_id, batch, state) = match host.and_then(|i| self.hosts.get(i)) {
+            Some(h) => (Some(h.host_id.clone()), h.batch, h.state.as_str()),
+            None => (None, self.current_batch, self.state.as_str()),
+        };
+        self.next_event += 1;
+        self.new_events.push(Event {
+            seq: self.next_event,
+            at_ms: flotilla_shared::time::now_ms(),
+            kind: kind.to_owned(),
+            host_id,
+            batch,
+            state: state.to_owned(),
+            message: message.into(),
+        });
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -198,6 +434,16 @@ pub struct CommandRef {
     pub deployment_id: String,
     pub host_index: u32,
     pub host_id: HostId,
+    /// The host's rollback command (not its deploy command).
+    #[serde(default)]
+    pub rollback: bool,
+}
+
+/// Per app and environment settings.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct AppSettings {
+    /// Health-check URL template.
+    pub health_url: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -238,6 +484,10 @@ pub struct Store {
     commands: sled::Tree,
     logs: sled::Tree,
     audit: sled::Tree,
+    events: sled::Tree,
+    queue: sled::Tree,
+    host_apps: sled::Tree,
+    app_settings: sled::Tree,
 }
 
 fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
@@ -260,11 +510,41 @@ fn pair_key(a: &str, b: &str) -> Vec<u8> {
     key
 }
 
-fn log_key(deployment_id: &str, host_index: u32, seq: u64) -> Vec<u8> {
+fn log_key(deployment_id: &str, host_index: u32, rollback: bool, seq: u64) -> Vec<u8> {
     let mut key = pair_key(deployment_id, "");
     key.extend_from_slice(&host_index.to_be_bytes());
+    key.push(u8::from(rollback));
     key.extend_from_slice(&seq.to_be_bytes());
     key
+}
+
+fn event_key(deployment_id: &str, seq: u64) -> Vec<u8> {
+    let mut key = pair_key(deployment_id, "");
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+/// A command to queue in a host's outbox together with a deployment save.
+pub struct Dispatch {
+    pub host_index: u32,
+    pub command_id: String,
+    /// Protobuf bytes of the `SignedCommand`.
+    pub signed: Vec<u8>,
+    pub rollback: bool,
+}
+
+/// Outcome of inserting a deployment.
+#[derive(Debug)]
+pub enum Inserted {
+    Active,
+    /// Queued behind `behind` (the active one).
+    Queued {
+        behind: String,
+    },
+    /// Refused: `active` is in progress.
+    Busy {
+        active: String,
+    },
 }
 
 /// Outcome of consuming a join token.
@@ -312,6 +592,10 @@ impl Store {
             commands: db.open_tree("commands")?,
             logs: db.open_tree("logs")?,
             audit: db.open_tree("audit")?,
+            events: db.open_tree("events")?,
+            queue: db.open_tree("queue")?,
+            host_apps: db.open_tree("host_apps")?,
+            app_settings: db.open_tree("app_settings")?,
             db,
         })
     }
@@ -381,7 +665,7 @@ impl Store {
                 return Ok(JoinOutcome::UnknownToken);
             };
             let mut token: JoinTokenRecord = decode("join_tokens", &raw).map_err(abort)?;
-            if token.used_at_ms != 0 {
+            if token.used_up() {
                 return Ok(JoinOutcome::AlreadyUsed {
                     by: token.used_by,
                     at_ms: token.used_at_ms,
@@ -397,6 +681,7 @@ impl Store {
             }
             token.used_by = Some(host.host_id.clone());
             token.used_at_ms = now_ms;
+            token.uses = token.uses.saturating_add(1);
             tokens.insert(token_hash, encode(&token).map_err(abort)?)?;
             hosts.insert(host.host_id.as_str(), host_bytes.clone())?;
             Ok(JoinOutcome::Joined)
@@ -505,41 +790,100 @@ impl Store {
             .map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
 
-    /// Inserts a new deployment and marks it active for its app and environment,
-    /// unless another one is. Returns the id of the active one on conflict.
+    /// Inserts a new deployment and marks it active for its app and
+    /// environment, unless another one is: then it is queued (`queue`) or refused.
     pub fn insert_deployment(
         &self,
-        deployment: &Deployment,
-    ) -> Result<Result<(), String>, StoreError> {
-        let bytes = encode(deployment)?;
+        deployment: &mut Deployment,
+        queue: bool,
+    ) -> Result<Inserted, StoreError> {
         let key = pair_key(deployment.app.as_str(), deployment.env.as_str());
-        let outcome = (&self.deployments, &self.active).transaction(|(deployments, active)| {
-            if let Some(other) = active.get(&key)? {
-                return Ok(Err(String::from_utf8_lossy(&other).into_owned()));
-            }
-            active.insert(key.as_slice(), deployment.id.as_bytes())?;
-            deployments.insert(deployment.id.as_bytes(), bytes.clone())?;
-            Ok(Ok(()))
-        })?;
-        Ok(outcome)
+        let mut queue_key = key.clone();
+        queue_key.push(0);
+        queue_key.extend_from_slice(deployment.id.as_bytes());
+        let outcome = (&self.deployments, &self.active, &self.queue, &self.events).transaction(
+            |(deployments, active, queued, events)| {
+                let mut d = deployment.clone();
+                let outcome = match active.get(&key)? {
+                    Some(other) if !queue => {
+                        let active = String::from_utf8_lossy(&other).into_owned();
+                        return Ok((Inserted::Busy { active }, None));
+                    }
+                    Some(other) => {
+                        let behind = String::from_utf8_lossy(&other).into_owned();
+                        d.state = State::Queued;
+                        d.error = format!("queued behind deployment {behind}");
+                        d.event("queued", None, d.error.clone());
+                        queued.insert(queue_key.as_slice(), &[])?;
+                        Inserted::Queued { behind }
+                    }
+                    None => {
+                        active.insert(key.as_slice(), deployment.id.as_bytes())?;
+                        Inserted::Active
+                    }
+                };
+                for event in &d.new_events {
+                    events.insert(event_key(&d.id, event.seq), encode(event).map_err(abort)?)?;
+                }
+                deployments.insert(d.id.as_bytes(), encode(&d).map_err(abort)?)?;
+                Ok((outcome, Some(d)))
+            },
+        )?;
+        if let (_, Some(mut saved)) = outcome {
+            saved.new_events.clear();
+            *deployment = saved;
+        }
+        Ok(outcome.0)
     }
 
-    /// Saves a deployment. When it is final, it stops being the active one, and
-    /// `release` (if any) is appended to the release history in the same transaction.
+    /// Saves a deployment with its new events and `dispatches` (signed commands
+    /// queued in their hosts' outboxes) in one transaction, so after a crash a
+    /// host is either not yet dispatched or has its command queued. When the
+    /// deployment is final it stops being the active one and `release` (if
+    /// any) is appended to the release history.
     pub fn save_deployment(
         &self,
-        deployment: &Deployment,
+        deployment: &mut Deployment,
         release: Option<&Release>,
+        dispatches: &[Dispatch],
     ) -> Result<(), StoreError> {
         let bytes = encode(deployment)?;
         let release_bytes = release.map(encode).transpose()?;
+        let events_bytes = deployment
+            .new_events
+            .iter()
+            .map(|e| Ok((event_key(&deployment.id, e.seq), encode(e)?)))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let commands = dispatches
+            .iter()
+            .map(|d| {
+                let host = &deployment.hosts[d.host_index as usize];
+                Ok((
+                    pair_key(host.host_id.as_str(), &d.command_id),
+                    d,
+                    encode(&CommandRef {
+                        deployment_id: deployment.id.clone(),
+                        host_index: d.host_index,
+                        host_id: host.host_id.clone(),
+                        rollback: d.rollback,
+                    })?,
+                ))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
         let key = pair_key(deployment.app.as_str(), deployment.env.as_str());
-        (&self.deployments, &self.active, &self.releases).transaction(
-            |(deployments, active, releases)| {
-                deployments.insert(deployment.id.as_bytes(), bytes.clone())?;
-                if deployment.state.is_final()
-                    && active.get(&key)?.as_deref() == Some(deployment.id.as_bytes())
-                {
+        let is_final = deployment.state.is_final();
+        let id = deployment.id.as_bytes();
+        (
+            &self.deployments,
+            &self.active,
+            &self.releases,
+            &self.events,
+            &self.outbox,
+            &self.commands,
+        )
+            .transaction(|(deployments, active, releases, events, outbox, cmds)| {
+                deployments.insert(id, bytes.clone())?;
+                if is_final && active.get(&key)?.as_deref() == Some(id) {
                     active.remove(key.as_slice())?;
                 }
                 if let (Some(release), Some(bytes)) = (release, &release_bytes) {
@@ -548,37 +892,133 @@ impl Store {
                         bytes.clone(),
                     )?;
                 }
+                for (k, v) in &events_bytes {
+                    events.insert(k.as_slice(), v.as_slice())?;
+                }
+                for (outbox_key, d, cmd) in &commands {
+                    outbox.insert(outbox_key.as_slice(), d.signed.as_slice())?;
+                    cmds.insert(d.command_id.as_bytes(), cmd.as_slice())?;
+                }
                 Ok(())
-            },
-        )?;
+            })?;
+        deployment.new_events.clear();
         Ok(())
     }
 
-    /// Saves `deployment` and queues `signed` in the host's outbox atomically, so
-    /// after a crash a host is either not yet dispatched or has its command queued.
-    pub fn dispatch(
+    /// Removes a queued deployment from the queue (it was cancelled).
+    pub fn unqueue(&self, deployment: &Deployment) -> Result<(), StoreError> {
+        let mut key = pair_key(deployment.app.as_str(), deployment.env.as_str());
+        key.push(0);
+        key.extend_from_slice(deployment.id.as_bytes());
+        self.queue.remove(key)?;
+        Ok(())
+    }
+
+    /// The oldest queued deployment of `app` in `env`, made active if no other
+    /// one is. `None` when nothing is queued or another one is active.
+    pub fn activate_next(
         &self,
-        deployment: &Deployment,
-        host_index: u32,
-        command_id: &str,
-        signed: &[u8],
-    ) -> Result<(), StoreError> {
-        let host = &deployment.hosts[host_index as usize];
-        let bytes = encode(deployment)?;
-        let cmd = encode(&CommandRef {
-            deployment_id: deployment.id.clone(),
-            host_index,
-            host_id: host.host_id.clone(),
+        app: &AppName,
+        env: &EnvName,
+    ) -> Result<Option<String>, StoreError> {
+        let key = pair_key(app.as_str(), env.as_str());
+        let mut prefix = key.clone();
+        prefix.push(0);
+        let Some(first) = self.queue.scan_prefix(&prefix).keys().next().transpose()? else {
+            return Ok(None);
+        };
+        let id = first[prefix.len()..].to_vec();
+        let activated = (&self.active, &self.queue).transaction(|(active, queue)| {
+            if active.get(&key)?.is_some() {
+                return Ok(false);
+            }
+            active.insert(key.as_slice(), id.as_slice())?;
+            queue.remove(&*first)?;
+            Ok(true)
         })?;
-        let outbox_key = pair_key(host.host_id.as_str(), command_id);
-        (&self.deployments, &self.outbox, &self.commands).transaction(
-            |(deployments, outbox, commands)| {
-                deployments.insert(deployment.id.as_bytes(), bytes.clone())?;
-                outbox.insert(outbox_key.as_slice(), signed)?;
-                commands.insert(command_id.as_bytes(), cmd.clone())?;
-                Ok(())
-            },
-        )?;
+        Ok(activated.then(|| String::from_utf8_lossy(&id).into_owned()))
+    }
+
+    /// Every (app, env) with a queued deployment.
+    pub fn queued_apps(&self) -> Result<Vec<(AppName, EnvName)>, StoreError> {
+        let mut out: Vec<(AppName, EnvName)> = Vec::new();
+        for key in self.queue.iter().keys() {
+            let key = key?;
+            let mut parts = key.split(|b| *b == 0);
+            let (Some(app), Some(env)) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            let (Ok(app), Ok(env)) = (
+                AppName::parse(String::from_utf8_lossy(app)),
+                EnvName::parse(String::from_utf8_lossy(env)),
+            ) else {
+                continue;
+            };
+            if !out.iter().any(|(a, e)| a == &app && e == &env) {
+                out.push((app, env));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Events of a deployment with seq > `after`, oldest first.
+    pub fn events_after(
+        &self,
+        deployment_id: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Event>, StoreError> {
+        let start = event_key(deployment_id, after.saturating_add(1));
+        let mut end = pair_key(deployment_id, "");
+        end.extend_from_slice(&u64::MAX.to_be_bytes());
+        self.events
+            .range(start..=end)
+            .take(limit)
+            .map(|item| decode("events", &item?.1))
+            .collect()
+    }
+
+    // ----- what each host runs -----
+
+    /// Records the image `host` reported for `app`.
+    pub fn set_host_image(
+        &self,
+        host: &HostId,
+        app: &AppName,
+        image: &ImageRef,
+    ) -> Result<(), StoreError> {
+        self.host_apps
+            .insert(pair_key(host.as_str(), app.as_str()), image.as_str())?;
+        Ok(())
+    }
+
+    /// The image `host` last reported for `app`.
+    pub fn host_image(&self, host: &HostId, app: &AppName) -> Result<Option<ImageRef>, StoreError> {
+        Ok(self
+            .host_apps
+            .get(pair_key(host.as_str(), app.as_str()))?
+            .and_then(|v| ImageRef::parse(String::from_utf8_lossy(&v)).ok()))
+    }
+
+    // ----- app settings -----
+
+    pub fn app_settings(&self, app: &AppName, env: &EnvName) -> Result<AppSettings, StoreError> {
+        Ok(self
+            .app_settings
+            .get(pair_key(app.as_str(), env.as_str()))?
+            .map(|v| decode("app_settings", &v))
+            .transpose()?
+            .unwrap_or_default())
+    }
+
+    pub fn put_app_settings(
+        &self,
+        app: &AppName,
+        env: &EnvName,
+        settings: &AppSettings,
+    ) -> Result<(), StoreError> {
+        self.app_settings
+            .insert(pair_key(app.as_str(), env.as_str()), encode(settings)?)?;
         Ok(())
     }
 
@@ -627,14 +1067,16 @@ impl Store {
     // ----- logs -----
 
     /// Stores a log line; storing the same (command, seq) twice keeps one copy.
-    pub fn put_log(
-        &self,
-        deployment_id: &str,
-        host_index: u32,
-        line: &LogLine,
-    ) -> Result<(), StoreError> {
-        self.logs
-            .insert(log_key(deployment_id, host_index, line.seq), encode(line)?)?;
+    pub fn put_log(&self, command: &CommandRef, line: &LogLine) -> Result<(), StoreError> {
+        self.logs.insert(
+            log_key(
+                &command.deployment_id,
+                command.host_index,
+                command.rollback,
+                line.seq,
+            ),
+            encode(line)?,
+        )?;
         Ok(())
     }
 

@@ -19,6 +19,8 @@ fn join_token(expires_at_ms: i64) -> JoinTokenRecord {
         created_by: "test".into(),
         used_by: None,
         used_at_ms: 0,
+        max_uses: 1,
+        uses: 0,
     }
 }
 
@@ -36,6 +38,27 @@ fn deployment(id: &str, state: State) -> Deployment {
         hosts: Vec::new(),
         error: String::new(),
         target_release: 0,
+        strategy: Strategy::default(),
+        batches: 1,
+        current_batch: 0,
+        resume_at_ms: 0,
+        failures: 0,
+        promoted: false,
+        cancel: None,
+        release: 0,
+        next_event: 0,
+        new_events: Vec::new(),
+    }
+}
+
+fn inserted(store: &Store, id: &str, queue: bool) -> String {
+    match store
+        .insert_deployment(&mut deployment(id, State::Running), queue)
+        .unwrap()
+    {
+        Inserted::Active => "active".into(),
+        Inserted::Queued { behind } => format!("queued behind {behind}"),
+        Inserted::Busy { active } => format!("busy with {active}"),
     }
 }
 
@@ -89,13 +112,8 @@ fn one_active_deployment_per_app_and_environment() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
     let first = deployment("d1", State::Running);
-    assert_eq!(store.insert_deployment(&first).unwrap(), Ok(()));
-    assert_eq!(
-        store
-            .insert_deployment(&deployment("d2", State::Pending))
-            .unwrap(),
-        Err("d1".into())
-    );
+    assert_eq!(inserted(&store, "d1", false), "active");
+    assert_eq!(inserted(&store, "d2", false), "busy with d1");
 
     let mut done = first.clone();
     done.state = State::Succeeded;
@@ -108,14 +126,11 @@ fn one_active_deployment_per_app_and_environment() {
         kind: DeploymentKind::Deploy,
         created_at_ms: 2,
     };
-    store.save_deployment(&done, Some(&release)).unwrap();
+    store
+        .save_deployment(&mut done, Some(&release), &[])
+        .unwrap();
     assert_eq!(store.active_deployment(&done.app, &done.env).unwrap(), None);
-    assert_eq!(
-        store
-            .insert_deployment(&deployment("d2", State::Pending))
-            .unwrap(),
-        Ok(())
-    );
+    assert_eq!(inserted(&store, "d2", false), "active");
     // Newest first.
     let ids: Vec<String> = store
         .deployments()
@@ -159,7 +174,7 @@ fn releases_are_per_app_and_environment_in_order() {
             kind: DeploymentKind::Deploy,
             created_at_ms: n,
         };
-        store.save_deployment(&d, Some(&release)).unwrap();
+        store.save_deployment(&mut d, Some(&release), &[]).unwrap();
     }
     let prod: Vec<u64> = store
         .releases(
@@ -184,13 +199,25 @@ fn log_lines_are_idempotent_and_paged_in_order() {
         line: format!("{host} {seq}"),
         at_ms: 0,
     };
+    let cmd = |deployment: &str, host_index, rollback| CommandRef {
+        deployment_id: deployment.into(),
+        host_index,
+        host_id: HostId::parse("h").unwrap(),
+        rollback,
+    };
     for seq in [2, 0, 1, 1] {
-        store.put_log("d1", 1, &line("b", seq)).unwrap();
+        store
+            .put_log(&cmd("d1", 1, false), &line("b", seq))
+            .unwrap();
     }
+    // A host's rollback lines come after its deploy lines.
+    store.put_log(&cmd("d1", 0, true), &line("r", 0)).unwrap();
     for seq in 0..300 {
-        store.put_log("d1", 0, &line("a", seq)).unwrap();
+        store
+            .put_log(&cmd("d1", 0, false), &line("a", seq))
+            .unwrap();
     }
-    store.put_log("d10", 0, &line("z", 0)).unwrap();
+    store.put_log(&cmd("d10", 0, false), &line("z", 0)).unwrap();
     let mut all = Vec::new();
     let mut cursor = None;
     loop {
@@ -202,6 +229,7 @@ fn log_lines_are_idempotent_and_paged_in_order() {
         cursor = next;
     }
     let mut expected: Vec<String> = (0..300).map(|s| format!("a {s}")).collect();
+    expected.push("r 0".into());
     expected.extend((0..3).map(|s| format!("b {s}")));
     assert_eq!(all, expected);
 }
@@ -220,4 +248,84 @@ fn reopening_right_after_drop_works() {
     }
     let store = Store::open(dir.path()).unwrap();
     assert!(store.join_token("t49").unwrap().is_some());
+}
+
+#[test]
+fn multi_use_join_tokens_count_their_uses() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let mut token = join_token(100);
+    token.max_uses = 2;
+    store.put_join_token("t", &token).unwrap();
+    for id in ["a", "b"] {
+        assert!(matches!(
+            store.join_host("t", &host(id), 50).unwrap(),
+            JoinOutcome::Joined
+        ));
+    }
+    assert!(matches!(
+        store.join_host("t", &host("c"), 50).unwrap(),
+        JoinOutcome::AlreadyUsed { .. }
+    ));
+}
+
+#[test]
+fn queued_deployments_start_in_order_once_the_active_one_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let (app, env) = (
+        AppName::parse("shop").unwrap(),
+        EnvName::parse("prod").unwrap(),
+    );
+    assert_eq!(inserted(&store, "d1", true), "active");
+    assert_eq!(inserted(&store, "d2", true), "queued behind d1");
+    assert_eq!(inserted(&store, "d3", true), "queued behind d1");
+    assert_eq!(
+        store.deployment("d2").unwrap().unwrap().state,
+        State::Queued
+    );
+    assert_eq!(store.queued_apps().unwrap(), [(app.clone(), env.clone())]);
+    // d1 is still active: nothing starts.
+    assert_eq!(store.activate_next(&app, &env).unwrap(), None);
+    let mut d1 = store.deployment("d1").unwrap().unwrap();
+    d1.state = State::Failed;
+    store.save_deployment(&mut d1, None, &[]).unwrap();
+    assert_eq!(
+        store.activate_next(&app, &env).unwrap().as_deref(),
+        Some("d2")
+    );
+    assert_eq!(
+        store.active_deployment(&app, &env).unwrap().as_deref(),
+        Some("d2")
+    );
+    assert_eq!(store.activate_next(&app, &env).unwrap(), None);
+    // A cancelled queued deployment leaves the queue.
+    store
+        .unqueue(&store.deployment("d3").unwrap().unwrap())
+        .unwrap();
+    assert!(store.queued_apps().unwrap().is_empty());
+}
+
+#[test]
+fn events_are_saved_with_the_deployment_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let mut d = deployment("d1", State::Running);
+    d.event("created", None, "x");
+    store.insert_deployment(&mut d, false).unwrap();
+    assert!(d.new_events.is_empty());
+    for n in 0..300 {
+        d.event("tick", None, format!("{n}"));
+    }
+    store.save_deployment(&mut d, None, &[]).unwrap();
+    let seqs: Vec<u64> = store
+        .events_after("d1", 0, 1000)
+        .unwrap()
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(seqs, (1..=301).collect::<Vec<_>>());
+    let after = store.events_after("d1", 299, 10).unwrap();
+    assert_eq!(after.iter().map(|e| e.seq).collect::<Vec<_>>(), [300, 301]);
+    assert_eq!(after[1].message, "299");
 }

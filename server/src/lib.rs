@@ -44,6 +44,8 @@ pub struct ServeConfig {
     pub sweep_interval: Duration,
     /// Longest wait for background tasks at shutdown.
     pub shutdown_grace: Duration,
+    /// HTTP/2 keepalive interval and timeout.
+    pub keepalive: Duration,
 }
 
 impl ServeConfig {
@@ -55,6 +57,7 @@ impl ServeConfig {
             command_ttl: Duration::from_secs(600),
             sweep_interval: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(10),
+            keepalive: Duration::from_secs(20),
         }
     }
 }
@@ -146,8 +149,8 @@ pub async fn run(
     let serve = tonic::transport::Server::builder()
         .tls_config(server_tls)
         .context("TLS configuration")?
-        .http2_keepalive_interval(Some(Duration::from_secs(20)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .http2_keepalive_interval(Some(config.keepalive))
+        .http2_keepalive_timeout(Some(config.keepalive))
         .add_service(AgentServiceServer::new(fleet::service::AgentApi {
             coordinator: Arc::clone(&coordinator),
             cancel: cancel.clone(),

@@ -59,6 +59,12 @@ enum Cmd {
         /// How long a signed command stays valid (an agent refuses it after that).
         #[arg(long, env = "FLOTILLA_COMMAND_TTL", default_value = "10m", value_parser = humantime::parse_duration)]
         command_ttl: Duration,
+        /// HTTP/2 keepalive ping interval for connections (agent sessions
+        /// included); a peer that does not answer a ping within the same time
+        /// is dropped, so a frozen or cut-off agent is noticed within about
+        /// twice this, and its commands wait in the outbox for its reconnect.
+        #[arg(long, env = "FLOTILLA_KEEPALIVE", default_value = "20s", value_parser = humantime::parse_duration)]
+        keepalive: Duration,
     },
     /// Run a local dev fleet: a coordinator plus N agents on simulated Dokku
     /// hosts (fake-dokku) in a temporary directory. Prints how to point
@@ -104,8 +110,10 @@ fn real_main(args: Args) -> anyhow::Result<()> {
             signing_key,
             previous_signing_keys,
             command_ttl,
+            keepalive,
         } => {
             let mut config = ServeConfig::new(DataDir::new(data_dir));
+            config.keepalive = keepalive;
             config.signing_key = signing_key;
             config.previous_signing_keys = previous_signing_keys;
             config.command_ttl = command_ttl;

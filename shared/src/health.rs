@@ -226,7 +226,10 @@ pub fn check_template(template: &str) -> Result<(), NameError> {
     if stripped.contains('{') || stripped.contains('}') {
         return Err(bad("placeholders are {app}, {env}, {host}, {domain}"));
     }
-    if template.chars().any(|c| c.is_whitespace() || c.is_control()) {
+    if template
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control())
+    {
         return Err(bad("has no spaces"));
     }
     Ok(())
@@ -295,7 +298,13 @@ mod tests {
             https.url("shop", "prod", "h", Some("shop.example.com")),
             "https://shop.example.com/"
         );
-        for bad in ["ftp://x", "http://", "http://{port}", "127.0.0.1:80", "http://a b"] {
+        for bad in [
+            "ftp://x",
+            "http://",
+            "http://{port}",
+            "127.0.0.1:80",
+            "http://a b",
+        ] {
             assert!(check_template(bad).is_err(), "{bad}");
         }
         let too_long_min = HealthCheck::new(

@@ -110,7 +110,16 @@ fn unhealthy_deploy_fails_shows_dokku_output_and_keeps_the_old_release() {
 
     let (ok, status) = deploy_wait(s, "blog", "acme/blog:2-unhealthy");
     assert!(!ok, "deploy --wait must exit non-zero on failure");
-    assert_eq!(status["state"], "failed");
+    // Dokku's checks failed, so the host never changed: nothing to roll back,
+    // and the fleet is at the old release.
+    assert_eq!(status["state"], "rolled_back", "{status}");
+    assert!(
+        status["error"]
+            .as_str()
+            .unwrap()
+            .contains("no host had changed"),
+        "{status}"
+    );
     let hosts = status["hosts"].as_array().unwrap();
     assert_eq!(hosts[0]["state"], "failed");
     assert_eq!(hosts[0]["exit_code"], 1);
@@ -120,7 +129,7 @@ fn unhealthy_deploy_fails_shows_dokku_output_and_keeps_the_old_release() {
         "{error}"
     );
     // Stops at the first failure: the second host was never touched.
-    assert_eq!(hosts[1]["state"], "pending");
+    assert_eq!(hosts[1]["state"], "skipped");
     assert_eq!(
         f.hosts[1]
             .invocations(&["git:from-image", "blog", "acme/blog:2-unhealthy"])
@@ -237,11 +246,11 @@ fn under_github_actions_deploy_wait_writes_groups_annotations_and_a_summary() {
     );
     let md = std::fs::read_to_string(&summary).unwrap();
     assert!(
-        md.contains("❌ Flotilla deploy: `web` → `acme/web:2-unhealthy` in `prod`: failed"),
+        md.contains("❌ Flotilla deploy: `web` → `acme/web:2-unhealthy` in `prod`: rolled_back"),
         "{md}"
     );
     assert!(md.contains("| web-1 | failed | 1 | acme/web:1 |"), "{md}");
-    assert!(md.contains("| web-2 | pending |"), "{md}");
+    assert!(md.contains("| web-2 | skipped |"), "{md}");
 }
 
 #[test]
@@ -258,9 +267,10 @@ fn default_rollback_after_a_partial_failure_returns_every_host_to_the_current_re
         .join(".fake-dokku/apps/shop/.deploy.lock");
     let lock = std::fs::File::create(&lock_path).unwrap();
     lock.try_lock().unwrap();
-    let (ok, status) = deploy_wait(s, "shop", "acme/shop:3");
+    let (code, status) = crate::deploy_with(s, "shop", "acme/shop:3", &["--no-auto-rollback"]);
     drop(lock);
-    assert!(!ok);
+    assert_eq!(code, 3, "{status}");
+    assert_eq!(status["state"], "failed", "{status}");
     assert_eq!(status["hosts"][0]["state"], "succeeded", "{status}");
     assert!(host_error(&status, 1).contains("deploy lock"), "{status}");
     assert_eq!(f.hosts[0].deployed_image("shop").unwrap(), "acme/shop:3");

@@ -6,10 +6,12 @@
 // The whole binary is test code: helpers panic on setup failures, like tests do.
 #![allow(clippy::unwrap_used)]
 
+mod crash;
 mod deploy;
 mod dev;
 mod replay;
 mod restart;
+mod rollout;
 mod trust;
 
 use flotilla_tests::{Host, Proc, Server};
@@ -24,15 +26,23 @@ pub struct Fleet {
 }
 
 pub fn fleet(n: usize) -> Fleet {
+    fleet_with(n, &[])
+}
+
+/// A fleet whose coordinator runs with `server_args`; host `web-i` has the
+/// label `slot=i`.
+pub fn fleet_with(n: usize, server_args: &[&str]) -> Fleet {
     let root = tempfile::tempdir().unwrap();
     let data_dir = Server::init(root.path()).unwrap();
     // A port outside the ephemeral range, so a restart can bind it again.
     let listen = format!("127.0.0.1:{}", flotilla_tests::free_port().unwrap());
-    let server = Server::start(&data_dir, &listen, &[]).unwrap();
+    let server = Server::start(&data_dir, &listen, server_args).unwrap();
     let mut hosts = Vec::new();
     let mut agents = Vec::new();
     for i in 1..=n {
-        let host = Host::join(root.path(), &server, &format!("web-{i}"), "prod").unwrap();
+        let slot = format!("slot={i}");
+        let host = Host::join_labeled(root.path(), &server, &format!("web-{i}"), "prod", &[&slot])
+            .unwrap();
         agents.push(host.start().unwrap());
         hosts.push(host);
     }
@@ -58,6 +68,89 @@ pub fn deploy_wait(server: &Server, app: &str, image: &str) -> (bool, serde_json
         )
     });
     (out.status.success(), status)
+}
+
+/// `flotilla deploy APP --image IMAGE --env prod EXTRA… --wait --output json`
+/// → (exit code, status object).
+pub fn deploy_with(
+    server: &Server,
+    app: &str,
+    image: &str,
+    extra: &[&str],
+) -> (i32, serde_json::Value) {
+    let mut args = vec!["deploy", app, "--image", image, "--env", "prod"];
+    args.extend(extra);
+    args.extend(["--wait", "--output", "json"]);
+    let out = server.cli(&args).unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "deploy printed no JSON ({e}): {}",
+            flotilla_tests::text(&out)
+        )
+    });
+    (out.status.code().unwrap_or(-1), status)
+}
+
+/// `flotilla deploy … EXTRA` without waiting → the deployment id.
+pub fn deploy_start_with(server: &Server, app: &str, image: &str, extra: &[&str]) -> String {
+    let mut args = vec!["deploy", app, "--image", image, "--env", "prod"];
+    args.extend(extra);
+    let out = server.cli(&args).unwrap();
+    assert!(out.status.success(), "{}", flotilla_tests::text(&out));
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+/// Follows `flotilla logs ID --follow` until a line contains `needle` (or
+/// the log ends, or `WAIT` passes).
+pub fn wait_for_log_line(server: &Server, id: &str, needle: &str) {
+    use std::io::BufRead as _;
+    let mut cmd = server.cli_as(&server.admin_token(), &["logs", id, "--follow"]);
+    cmd.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null());
+    let mut child = cmd.spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let needle_owned = needle.to_owned();
+    std::thread::spawn(move || {
+        let found = std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .any(|l| l.contains(&needle_owned));
+        let _ = tx.send(found);
+    });
+    let found = rx.recv_timeout(flotilla_tests::WAIT);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(found, Ok(true), "log of {id} never showed {needle:?}");
+}
+
+/// Waits (bounded) until deployment `id` is final; returns its status.
+pub fn wait_final(server: &Server, id: &str) -> serde_json::Value {
+    let out = server.cli(&["logs", id, "--follow"]).unwrap();
+    assert!(out.status.success(), "{}", flotilla_tests::text(&out));
+    let status = server.json(&["status", id]).unwrap();
+    let state = status["state"].as_str().unwrap_or_default();
+    assert!(
+        ["succeeded", "failed", "rolled_back", "cancelled"].contains(&state),
+        "{status}"
+    );
+    status
+}
+
+/// The states of a status object's hosts, in order.
+pub fn host_states(status: &serde_json::Value) -> Vec<String> {
+    status["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["state"].as_str().unwrap().to_owned())
+        .collect()
 }
 
 /// `flotilla rollback APP --env prod [EXTRA…] --wait --output json` → (success, status object).

@@ -130,6 +130,7 @@ fn the_same_signed_command_never_runs_twice_even_across_an_agent_restart() {
             Action::Deploy {
                 app: AppName::parse("shop").unwrap(),
                 image: ImageRef::parse("acme/shop:1").unwrap(),
+                health: None,
             }
             .to_proto(),
         ),

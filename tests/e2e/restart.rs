@@ -2,36 +2,16 @@
 
 use std::process::Stdio;
 
+use crate::wait_for_log_line;
+
 use crate::fleet;
 use crate::{deploy_start, host_error};
-use flotilla_tests::{Server, text};
-
-/// Starts `flotilla logs ID --follow` and waits for a line containing `needle`.
-/// Follows `flotilla logs ID --follow` until a line contains `needle` (or
-/// the log ends, or `WAIT` passes).
-fn wait_for_log_line(server: &Server, id: &str, needle: &str) {
-    use std::io::BufRead as _;
-    let mut cmd = server.cli_as(&server.admin_token(), &["logs", id, "--follow"]);
-    cmd.stdout(Stdio::piped()).stderr(Stdio::null());
-    let mut child = cmd.spawn().unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let needle_owned = needle.to_owned();
-    std::thread::spawn(move || {
-        let found = std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-            .any(|l| l.contains(&needle_owned));
-        let _ = tx.send(found);
-    });
-    let found = rx.recv_timeout(flotilla_tests::WAIT);
-    let _ = child.kill();
-    let _ = child.wait();
-    assert_eq!(found, Ok(true), "log of {id} never showed {needle:?}");
-}
+use flotilla_tests::text;
 
 #[test]
 fn an_agent_killed_mid_command_reports_it_interrupted_and_never_reruns_anything() {
+    // The interrupted host is a failure under the strategy: the rollout stops
+    // and (auto-rollback) the host is returned to the image it had.
     let mut f = fleet(2);
     let s = &f.server;
     let out = s
@@ -62,13 +42,16 @@ fn an_agent_killed_mid_command_reports_it_interrupted_and_never_reruns_anything(
     assert!(out.status.success());
 
     let status = s.json(&["status", &id]).unwrap();
-    assert_eq!(status["state"], "failed", "{status}");
+    assert_eq!(status["state"], "rolled_back", "{status}");
     let error = host_error(&status, 0);
     assert!(
         error.contains("interrupted") && error.contains("not re-run"),
         "{error}"
     );
-    assert_eq!(status["hosts"][1]["state"], "pending");
+    // Returned to the image it had (what it last reported), the rest untouched.
+    assert_eq!(status["hosts"][0]["state"], "rolled_back", "{status}");
+    assert_eq!(status["hosts"][1]["state"], "skipped", "{status}");
+    assert_eq!(f.hosts[0].deployed_image("shop").unwrap(), "acme/shop:1");
 
     // Restart once more: still nothing re-runs.
     f.agents[0].terminate().unwrap();
@@ -86,10 +69,11 @@ fn an_agent_killed_mid_command_reports_it_interrupted_and_never_reruns_anything(
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
     let h = &f.hosts[0];
+    // The first deploy and the rollback.
     assert_eq!(
         h.invocations(&["git:from-image", "shop", "acme/shop:1"])
             .unwrap(),
-        1
+        2
     );
     assert_eq!(
         h.invocations(&["git:from-image", "shop", "acme/shop:2-hang"])

@@ -99,6 +99,28 @@ impl LogWatch {
         self.len() == 0
     }
 
+    /// How many lines contain `needle`.
+    pub fn count(&self, needle: &str) -> usize {
+        self.inner
+            .0
+            .lock()
+            .map(|l| l.iter().filter(|line| line.contains(needle)).count())
+            .unwrap_or(0)
+    }
+
+    /// How many lines contain both `a` and `b`.
+    pub fn count_both(&self, a: &str, b: &str) -> usize {
+        self.inner
+            .0
+            .lock()
+            .map(|l| {
+                l.iter()
+                    .filter(|line| line.contains(a) && line.contains(b))
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+
     pub fn contains(&self, needle: &str) -> bool {
         self.inner
             .0
@@ -373,6 +395,18 @@ impl Host {
         host_id: &str,
         env: &str,
     ) -> anyhow::Result<(Self, Output)> {
+        Self::join_with_args(root, server, token, host_id, env, &[])
+    }
+
+    /// `join_with` plus extra `join` arguments (e.g. `--label k=v`).
+    pub fn join_with_args(
+        root: &Path,
+        server: &Server,
+        token: &str,
+        host_id: &str,
+        env: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<(Self, Output)> {
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let base = root.join(format!("host-{host_id}-{n}"));
@@ -394,6 +428,7 @@ impl Host {
             ])
             .arg("--data-dir")
             .arg(&host.agent_dir)
+            .args(extra)
             .env("FLOTILLA_JOIN_TOKEN", token);
         let out = run(cmd)?;
         Ok((host, out))
@@ -401,8 +436,20 @@ impl Host {
 
     /// Joins with a fresh token and checks it worked.
     pub fn join(root: &Path, server: &Server, host_id: &str, env: &str) -> anyhow::Result<Self> {
+        Self::join_labeled(root, server, host_id, env, &[])
+    }
+
+    /// Joins with a fresh token and `labels` (`k=v`) and checks it worked.
+    pub fn join_labeled(
+        root: &Path,
+        server: &Server,
+        host_id: &str,
+        env: &str,
+        labels: &[&str],
+    ) -> anyhow::Result<Self> {
         let token = server.join_token()?;
-        let (host, out) = Self::join_with(root, server, &token, host_id, env)?;
+        let extra: Vec<&str> = labels.iter().flat_map(|l| ["--label", *l]).collect();
+        let (host, out) = Self::join_with_args(root, server, &token, host_id, env, &extra)?;
         if !out.status.success() {
             bail!("join failed: {}", String::from_utf8_lossy(&out.stderr));
         }
@@ -443,6 +490,23 @@ impl Host {
         Ok(String::from_utf8(out.stdout)?.trim().to_owned())
     }
 
+    /// Lets one `hang` deploy on this host go on (fake-dokku waits for this file).
+    pub fn release_hang(&self) -> anyhow::Result<()> {
+        let dir = self.dokku_root.join(".fake-dokku");
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join("release"), "")?;
+        Ok(())
+    }
+
+    /// Makes `git:from-image` of these images fail their checks on this host
+    /// (the stand-in's `.standin/fail-images`).
+    pub fn fail_images(&self, images: &[&str]) -> anyhow::Result<()> {
+        let dir = self.dokku_root.join(".standin");
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join("fail-images"), images.join("\n") + "\n")?;
+        Ok(())
+    }
+
     /// How many times fake-dokku ran with exactly these leading arguments.
     pub fn invocations(&self, prefix: &[&str]) -> anyhow::Result<usize> {
         let path = self.dokku_root.join(".fake-dokku/invocations.jsonl");
@@ -469,4 +533,99 @@ pub fn text(out: &Output) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )
+}
+
+/// A tiny HTTP server on loopback that answers `GET /{host}/…` with the status
+/// set for that host (200 by default) and counts requests per host. Stands in
+/// for the apps behind Dokku's proxy in health-gate tests.
+pub struct HealthServer {
+    pub port: u16,
+    state: std::sync::Arc<HealthState>,
+}
+
+#[derive(Default)]
+struct HealthState {
+    statuses: std::sync::Mutex<std::collections::HashMap<String, u16>>,
+    hits: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+    stop: std::sync::atomic::AtomicBool,
+}
+
+impl HealthServer {
+    pub fn start() -> anyhow::Result<Self> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let port = listener.local_addr()?.port();
+        let state = std::sync::Arc::new(HealthState::default());
+        let shared = std::sync::Arc::clone(&state);
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                if shared.stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    return;
+                }
+                if let Ok(stream) = stream {
+                    let _ = answer(&shared, stream);
+                }
+            }
+        });
+        Ok(Self { port, state })
+    }
+
+    /// The URL template agents probe: `http://127.0.0.1:PORT/{host}`.
+    pub fn template(&self) -> String {
+        format!("http://127.0.0.1:{}/{{host}}", self.port)
+    }
+
+    pub fn set(&self, host: &str, status: u16) {
+        if let Ok(mut s) = self.state.statuses.lock() {
+            s.insert(host.to_owned(), status);
+        }
+    }
+
+    pub fn hits(&self, host: &str) -> usize {
+        self.state
+            .hits
+            .lock()
+            .map(|h| h.get(host).copied().unwrap_or(0))
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for HealthServer {
+    fn drop(&mut self) {
+        self.state
+            .stop
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        // Wake the accept loop so it sees the flag.
+        let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+fn answer(state: &HealthState, mut stream: std::net::TcpStream) -> std::io::Result<()> {
+    use std::io::{BufRead as _, Write as _};
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut reader = std::io::BufReader::new(stream.try_clone()?);
+    let mut request_line = String::new();
+    reader.read_line(&mut request_line)?;
+    // Skip the headers.
+    let mut header = String::new();
+    for _ in 0..100 {
+        header.clear();
+        if reader.read_line(&mut header)? == 0 || header == "\r\n" {
+            break;
+        }
+    }
+    let path = request_line.split_whitespace().nth(1).unwrap_or("/");
+    let host = path.trim_start_matches('/').split('/').next().unwrap_or("");
+    if let Ok(mut hits) = state.hits.lock() {
+        *hits.entry(host.to_owned()).or_default() += 1;
+    }
+    let status = state
+        .statuses
+        .lock()
+        .map(|s| s.get(host).copied().unwrap_or(200))
+        .unwrap_or(500);
+    write!(
+        stream,
+        "HTTP/1.1 {status} X\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
+    )?;
+    stream.flush()
 }

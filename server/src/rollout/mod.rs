@@ -813,6 +813,7 @@ impl Engine {
                     None,
                     format!("next batch at {}", format_ms(d.resume_at_ms)),
                 );
+                tracing::info!(deployment = %d.id, resume_at = %format_ms(d.resume_at_ms), "deployment paused between batches");
                 self.timer.notify_one();
                 continue;
             }

@@ -47,6 +47,7 @@ fn signing_bench() -> anyhow::Result<()> {
                 app: AppName::parse("shop").unwrap_or_else(|_| unreachable!()),
                 image: ImageRef::parse("registry.example.com/shop:1.2.3")
                     .unwrap_or_else(|_| unreachable!()),
+                health: None,
             }
             .to_proto(),
         ),

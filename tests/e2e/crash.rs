@@ -1,0 +1,358 @@
+//! The coordinator killed with SIGKILL at many points of a rollout, then
+//! restarted on the same data dir: every deployment reaches the right end
+//! state, no host runs a command twice, and every log line arrives once, in
+//! order. Plus an agent frozen (SIGSTOP) long enough for its session to drop.
+//!
+//! Each test is one kill point; the checks are shared (`check`).
+
+use std::collections::HashMap;
+
+use flotilla_tests::text;
+
+use crate::{
+    Fleet, deploy_start_with, deploy_with, fleet, fleet_with, wait_final, wait_for_log_line,
+};
+
+/// SIGKILL the coordinator and start it again on the same data dir.
+fn crash(f: &mut Fleet) {
+    f.server.proc.kill9();
+    f.start_server_again(&[]);
+}
+
+/// Waits for the `n`th (from 1) coordinator log line containing `needle`.
+fn server_saw(f: &Fleet, needle: &str, n: usize) {
+    let mut from = 0;
+    for _ in 0..n {
+        from = f.server.proc.log.wait_for_from(needle, from).unwrap() + 1;
+    }
+}
+
+/// Deploys `acme/app:1` everywhere at once (the starting point).
+fn v1(f: &Fleet) {
+    let (code, status) = deploy_with(&f.server, "app", "acme/app:1", &["--batch", "100%"]);
+    assert_eq!(code, 0, "{status}");
+}
+
+/// The invariants after a crash: state, every host's image through the Dokku
+/// stand-in, each command run exactly once (the agents' records and the
+/// stand-in's invocations agree with the coordinator's), and each command's
+/// log lines complete and in order.
+fn check(f: &Fleet, id: &str, state: &str, images: &[&str]) {
+    let s = &f.server;
+    let status = wait_final(s, id);
+    assert_eq!(status["state"], state, "{status}");
+    for (i, host) in f.hosts.iter().enumerate() {
+        assert_eq!(
+            host.deployed_image("app").unwrap(),
+            images[i],
+            "{} {status}",
+            host.host_id
+        );
+    }
+    // Commands the coordinator sent for this deployment, per host.
+    let mut sent: HashMap<String, Vec<String>> = HashMap::new();
+    for h in status["hosts"].as_array().unwrap() {
+        let host = h["host_id"].as_str().unwrap().to_owned();
+        for key in ["command_id", "rollback_command_id"] {
+            if let Some(c) = h[key].as_str().filter(|c| !c.is_empty()) {
+                sent.entry(host.clone()).or_default().push(c.to_owned());
+            }
+        }
+    }
+    for (i, host) in f.hosts.iter().enumerate() {
+        let commands = sent.get(&host.host_id).cloned().unwrap_or_default();
+        for c in &commands {
+            let accepted = format!("command accepted command={c}");
+            let finished = format!("command finished command={c}");
+            let log = &f.agents[i].log;
+            assert_eq!(
+                count(log, &accepted),
+                1,
+                "{} accepted {c} once",
+                host.host_id
+            );
+            assert!(log.contains(&finished), "{} ran {c}", host.host_id);
+        }
+        // Nothing else of this deployment was accepted there.
+        assert_eq!(
+            count_accepted(&f.agents[i].log, id),
+            commands.len(),
+            "{}",
+            host.host_id
+        );
+        // git:from-image ran once per command (plus the initial v1 deploy).
+        let runs = host.invocations(&["git:from-image", "app"]).unwrap();
+        assert_eq!(
+            runs,
+            1 + commands.len(),
+            "{} ran git:from-image {runs} times",
+            host.host_id
+        );
+    }
+    // Log lines: per host, one run of seq 0,1,2,… per command, nothing missing or doubled.
+    let out = s.cli(&["logs", id, "--output", "json"]).unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for host in &f.hosts {
+        let seqs: Vec<u64> = lines
+            .iter()
+            .filter(|l| l["host_id"] == host.host_id.as_str())
+            .map(|l| l["seq"].as_u64().unwrap())
+            .collect();
+        let runs = seqs.iter().filter(|&&s| s == 0).count();
+        let expected = sent.get(&host.host_id).map_or(0, Vec::len);
+        assert_eq!(runs, expected, "{}: {seqs:?}", host.host_id);
+        for pair in seqs.windows(2) {
+            assert!(
+                pair[1] == pair[0] + 1 || pair[1] == 0,
+                "{}: {seqs:?}",
+                host.host_id
+            );
+        }
+    }
+}
+
+fn count(log: &flotilla_tests::LogWatch, needle: &str) -> usize {
+    log.count(needle)
+}
+
+/// Waits until agent `i` accepted a command of deployment `id`; its log position.
+fn accepted(f: &Fleet, i: usize, id: &str) -> usize {
+    f.agents[i]
+        .log
+        .wait_for(&format!("deployment={id}"))
+        .unwrap()
+}
+
+/// Waits until agent `i` finished its command of deployment `id`.
+fn finished(f: &Fleet, i: usize, id: &str) {
+    let at = accepted(f, i, id);
+    f.agents[i]
+        .log
+        .wait_for_from("command finished", at)
+        .unwrap();
+}
+
+/// "command accepted" lines of the agent for deployment `id`.
+fn count_accepted(log: &flotilla_tests::LogWatch, id: &str) -> usize {
+    log.count_both("command accepted", &format!("deployment={id}"))
+}
+
+#[test]
+fn kill_right_after_the_first_dispatch() {
+    let mut f = fleet(3);
+    v1(&f);
+    let id = deploy_start_with(&f.server, "app", "acme/app:2", &[]);
+    crash(&mut f);
+    check(&f, &id, "succeeded", &["acme/app:2"; 3]);
+}
+
+#[test]
+fn kill_mid_command_in_the_first_batch() {
+    let mut f = fleet(3);
+    v1(&f);
+    f.hosts[1].release_hang().unwrap();
+    f.hosts[2].release_hang().unwrap();
+    let id = deploy_start_with(&f.server, "app", "acme/app:2-hang", &[]);
+    wait_for_log_line(&f.server, &id, "(fake-dokku) waiting for");
+    crash(&mut f);
+    f.hosts[0].release_hang().unwrap();
+    check(&f, &id, "succeeded", &["acme/app:2-hang"; 3]);
+}
+
+#[test]
+fn kill_during_the_pause_between_batches() {
+    let mut f = fleet(3);
+    v1(&f);
+    let id = deploy_start_with(&f.server, "app", "acme/app:2", &["--pause", "2s"]);
+    server_saw(&f, "deployment paused between batches", 1);
+    crash(&mut f);
+    check(&f, &id, "succeeded", &["acme/app:2"; 3]);
+}
+
+#[test]
+fn kill_mid_command_in_the_second_batch() {
+    let mut f = fleet(3);
+    v1(&f);
+    f.hosts[0].release_hang().unwrap();
+    f.hosts[2].release_hang().unwrap();
+    let id = deploy_start_with(&f.server, "app", "acme/app:2-hang", &[]);
+    accepted(&f, 1, &id);
+    crash(&mut f);
+    f.hosts[1].release_hang().unwrap();
+    check(&f, &id, "succeeded", &["acme/app:2-hang"; 3]);
+}
+
+#[test]
+fn kill_while_awaiting_promotion() {
+    let mut f = fleet(3);
+    v1(&f);
+    let id = deploy_start_with(
+        &f.server,
+        "app",
+        "acme/app:2",
+        &["--canary", "1", "--canary-manual", "--batch", "2"],
+    );
+    server_saw(&f, "awaiting promotion", 1);
+    crash(&mut f);
+    assert_eq!(
+        f.server.json(&["status", &id]).unwrap()["state"],
+        "awaiting_promotion"
+    );
+    let out = f.server.cli(&["promote", &id]).unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    check(&f, &id, "succeeded", &["acme/app:2"; 3]);
+}
+
+#[test]
+fn kill_as_the_automatic_rollback_starts() {
+    let mut f = fleet(3);
+    v1(&f);
+    f.hosts[1].fail_images(&["acme/app:2"]).unwrap();
+    let id = deploy_start_with(&f.server, "app", "acme/app:2", &[]);
+    server_saw(&f, "rolling back", 1);
+    crash(&mut f);
+    check(&f, &id, "rolled_back", &["acme/app:1"; 3]);
+}
+
+#[test]
+fn kill_mid_rollback_command() {
+    let mut f = fleet(3);
+    // The release to return to hangs when redeployed.
+    for host in &f.hosts {
+        host.release_hang().unwrap();
+    }
+    let (code, status) = deploy_with(&f.server, "app", "acme/app:1-hang", &["--batch", "100%"]);
+    assert_eq!(code, 0, "{status}");
+    f.hosts[1].fail_images(&["acme/app:2"]).unwrap();
+    let id = deploy_start_with(&f.server, "app", "acme/app:2", &[]);
+    // web-1 took v2, web-2 failed: web-1's rollback to 1-hang blocks.
+    wait_for_log_line(&f.server, &id, "(fake-dokku) waiting for");
+    crash(&mut f);
+    f.hosts[0].release_hang().unwrap();
+    check(&f, &id, "rolled_back", &["acme/app:1-hang"; 3]);
+}
+
+#[test]
+fn kill_with_a_deployment_queued() {
+    let mut f = fleet(3);
+    v1(&f);
+    let first = deploy_start_with(&f.server, "app", "acme/app:2-hang", &["--batch", "3"]);
+    let queued = deploy_start_with(&f.server, "app", "acme/app:3", &["--queue"]);
+    server_saw(&f, "deployment queued", 1);
+    crash(&mut f);
+    for host in &f.hosts {
+        host.release_hang().unwrap();
+    }
+    assert_eq!(wait_final(&f.server, &first)["state"], "succeeded");
+    // Both deployments' commands count: check the second on its own terms.
+    let status = wait_final(&f.server, &queued);
+    assert_eq!(status["state"], "succeeded", "{status}");
+    for host in &f.hosts {
+        assert_eq!(host.deployed_image("app").unwrap(), "acme/app:3");
+        assert_eq!(
+            host.invocations(&["git:from-image", "app", "acme/app:3"])
+                .unwrap(),
+            1
+        );
+        assert_eq!(
+            host.invocations(&["git:from-image", "app", "acme/app:2-hang"])
+                .unwrap(),
+            1
+        );
+    }
+}
+
+#[test]
+fn kill_while_a_command_waits_in_the_outbox_for_an_offline_agent() {
+    let mut f = fleet(3);
+    v1(&f);
+    f.agents[2].terminate().unwrap();
+    let id = deploy_start_with(&f.server, "app", "acme/app:2", &["--batch", "3"]);
+    finished(&f, 0, &id);
+    finished(&f, 1, &id);
+    crash(&mut f);
+    f.agents[2] = f.hosts[2].start().unwrap();
+    check(&f, &id, "succeeded", &["acme/app:2"; 3]);
+}
+
+#[test]
+fn kill_after_a_cancel_was_requested() {
+    let mut f = fleet(3);
+    v1(&f);
+    let id = deploy_start_with(&f.server, "app", "acme/app:2-hang", &[]);
+    wait_for_log_line(&f.server, &id, "(fake-dokku) waiting for");
+    let out = f.server.cli(&["cancel", &id, "--rollback"]).unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    crash(&mut f);
+    f.hosts[0].release_hang().unwrap();
+    check(&f, &id, "cancelled", &["acme/app:1"; 3]);
+}
+
+#[test]
+fn kill_after_every_host_result() {
+    let mut f = fleet(3);
+    v1(&f);
+    let id = deploy_start_with(&f.server, "app", "acme/app:2-hang", &[]);
+    for i in 0..3 {
+        accepted(&f, i, &id);
+        f.hosts[i].release_hang().unwrap();
+        finished(&f, i, &id);
+        // Kill once the coordinator recorded the host's result.
+        server_saw(&f, "host finished", 1);
+        crash(&mut f);
+    }
+    check(&f, &id, "succeeded", &["acme/app:2-hang"; 3]);
+}
+
+#[test]
+fn kill_while_results_wait_in_the_agents_spools() {
+    let mut f = fleet(3);
+    v1(&f);
+    let id = deploy_start_with(&f.server, "app", "acme/app:2-hang", &["--batch", "3"]);
+    for i in 0..3 {
+        accepted(&f, i, &id);
+    }
+    f.server.proc.kill9();
+    for i in 0..3 {
+        f.hosts[i].release_hang().unwrap();
+        finished(&f, i, &id);
+    }
+    f.start_server_again(&[]);
+    check(&f, &id, "succeeded", &["acme/app:2-hang"; 3]);
+}
+
+#[test]
+fn an_agent_frozen_mid_deploy_reconnects_and_the_command_runs_once() {
+    let f = fleet_with(2, &["--keepalive", "500ms"]);
+    v1(&f);
+    let id = deploy_start_with(&f.server, "app", "acme/app:2-hang", &["--batch", "2"]);
+    accepted(&f, 0, &id);
+    f.hosts[1].release_hang().unwrap();
+    // Freeze the agent (its dokku keeps running in its own process group)
+    // until the coordinator drops the silent session.
+    let pid = f.agents[0].pid().to_string();
+    let sent = std::process::Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    server_saw(&f, "agent disconnected", 1);
+    // Dokku finishes while the agent is frozen; its output waits in the pipe.
+    f.hosts[0].release_hang().unwrap();
+    let sent = std::process::Command::new("kill")
+        .args(["-CONT", &pid])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    check(&f, &id, "succeeded", &["acme/app:2-hang"; 2]);
+    let reconnects = f.agents[0].log.count("session established");
+    assert!(
+        reconnects >= 2,
+        "the agent reconnected ({reconnects} sessions)"
+    );
+}

@@ -83,7 +83,7 @@ pub async fn run(
                     outcome: pb::Outcome::Interrupted.into(),
                     exit_code: None,
                     error: error.into(),
-                    deployed_image: String::new(),
+                    ..Default::default()
                 },
             )
             .await?;
@@ -185,7 +185,7 @@ async fn work(
                 error: format!(
                     "the agent could not record the command start, so it did not run it: {e}"
                 ),
-                deployed_image: String::new(),
+                ..Default::default()
             };
             if let Err(e) = ctx.spool.finish(&id, result).await {
                 tracing::error!(command = %id, "cannot record the result: {e}");

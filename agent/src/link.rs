@@ -10,6 +10,7 @@ use flotilla_proto::v1 as pb;
 use flotilla_proto::v1::agent_service_client::AgentServiceClient;
 use flotilla_shared::signing::{self, TrustedKeys, VerifiedCommand, VerifyPolicy};
 use flotilla_shared::time::now_ms;
+use flotilla_shared::{AppName, ImageRef};
 use prost::Message as _;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -285,7 +286,8 @@ async fn handle_command(
             spool.accept(&cmd).await?;
             ctx.reports.notify_one();
             tracing::info!(command = %cmd.command_id, deployment = %cmd.deployment_id,
-                action = cmd.action.kind(), app = %cmd.action.app(), image = %cmd.action.image(),
+                action = cmd.action.kind(), app = ?cmd.action.app().map(AppName::as_str),
+                image = ?cmd.action.image().map(ImageRef::as_str),
                 "command accepted");
             work.send(cmd)
                 .await

@@ -122,8 +122,16 @@ impl Spool {
             command_id: cmd.command_id.clone(),
             deployment_id: cmd.deployment_id.clone(),
             action: cmd.action.kind().into(),
-            app: cmd.action.app().to_string(),
-            image: cmd.action.image().to_string(),
+            app: cmd
+                .action
+                .app()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+            image: cmd
+                .action
+                .image()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
             expires_at_ms: cmd.expires_at_ms,
             accepted_at_ms: now_ms(),
             state: CommandState::Accepted,
@@ -258,6 +266,7 @@ mod tests {
             action: Action::Deploy {
                 app: AppName::parse("shop").unwrap(),
                 image: ImageRef::parse("acme/shop:1").unwrap(),
+                health: None,
             },
         }
     }

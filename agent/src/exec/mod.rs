@@ -180,36 +180,46 @@ impl Dokku {
             .find(|l| !l.is_empty())
     }
 
-    /// Carries out `action`, streaming every line to `sink`, and says how it ended.
+    /// Carries out `action`, streaming every line to `sink`, and says how it
+    /// ended. `previous_image` is what Dokku reported before `git:from-image`
+    /// (left empty when the app had to be created), `deployed_image` what it
+    /// reports afterwards. Not cancel-safe by dropping: use `cancel`.
     pub async fn execute(
         &self,
         action: &Action,
         sink: &mut (dyn LineSink + Send),
         cancel: &CancellationToken,
     ) -> pb::CommandResult {
-        let app = action.app();
-        let image = action.image();
-        match self.deploy_image(app, image, sink, cancel).await {
+        let (app, image) = match action {
+            Action::Deploy { app, image, .. } | Action::Rollback { app, image, .. } => (app, image),
+            // Answered by the link, never queued; kept harmless here.
+            Action::Ping => return succeeded(None),
+        };
+        let mut previous = None;
+        let mut result = match self
+            .deploy_image(app, image, &mut previous, sink, cancel)
+            .await
+        {
             Ok(mut result) => {
                 if let Some(deployed) = self.deployed_image(app, cancel).await {
                     result.deployed_image = deployed;
                 }
                 result
             }
-            Err(ExecError::Cancelled) => pb::CommandResult {
-                outcome: pb::Outcome::Interrupted.into(),
-                exit_code: None,
-                error: "interrupted: the agent shut down while dokku ran; it was not re-run".into(),
-                deployed_image: String::new(),
-            },
+            Err(ExecError::Cancelled) => interrupted(),
             Err(e) => failed(None, e.to_string()),
-        }
+        };
+        result.previous_image = previous.unwrap_or_default();
+        result
     }
 
+    /// `apps:exists` (creating the app when missing), then `git:from-image`.
+    /// Sets `previous` to the deployed image before deploying, if the app existed.
     async fn deploy_image(
         &self,
         app: &AppName,
         image: &ImageRef,
+        previous: &mut Option<String>,
         sink: &mut (dyn LineSink + Send),
         cancel: &CancellationToken,
     ) -> Result<pb::CommandResult, ExecError> {
@@ -217,7 +227,7 @@ impl Dokku {
             .logged(&["apps:exists", app.as_str()], sink, cancel)
             .await?;
         match exists.code {
-            Some(0) => {}
+            Some(0) => *previous = self.deployed_image(app, cancel).await,
             Some(EXIT_APP_MISSING) => {
                 let created = self
                     .logged(&["apps:create", app.as_str()], sink, cancel)
@@ -365,8 +375,7 @@ fn succeeded(code: Option<i32>) -> pb::CommandResult {
     pb::CommandResult {
         outcome: pb::Outcome::Succeeded.into(),
         exit_code: code,
-        error: String::new(),
-        deployed_image: String::new(),
+        ..Default::default()
     }
 }
 
@@ -375,7 +384,16 @@ fn failed(code: Option<i32>, error: String) -> pb::CommandResult {
         outcome: pb::Outcome::Failed.into(),
         exit_code: code,
         error,
-        deployed_image: String::new(),
+        ..Default::default()
+    }
+}
+
+fn interrupted() -> pb::CommandResult {
+    pb::CommandResult {
+        outcome: pb::Outcome::Interrupted.into(),
+        exit_code: None,
+        error: "interrupted: the agent shut down while dokku ran; it was not re-run".into(),
+        ..Default::default()
     }
 }
 

@@ -5,16 +5,27 @@ use std::os::unix::fs::PermissionsExt as _;
 
 use super::*;
 
-/// A fake `dokku` whose behaviour for each subcommand is a shell snippet.
-/// Every invocation's argv is appended to `calls`, one argument per line.
+/// A fake `dokku` whose behaviour for each subcommand is a shell snippet; the
+/// app `shop` does not exist yet. Every invocation's argv is appended to
+/// `calls`, one argument per line.
 fn fixture(dir: &std::path::Path, git_from_image: &str, report: &str) -> Dokku {
+    fixture_with(
+        dir,
+        "echo ' !     App shop does not exist' >&2; exit 20",
+        git_from_image,
+        report,
+    )
+}
+
+/// `fixture`, with the `apps:exists` behaviour given too.
+fn fixture_with(dir: &std::path::Path, exists: &str, git_from_image: &str, report: &str) -> Dokku {
     let calls = dir.join("calls");
     let script = format!(
         r#"#!/bin/sh
 for a in "$@"; do printf '%s\n' "$a" >> '{calls}'; done
 printf -- '--\n' >> '{calls}'
 case "$1" in
-  apps:exists) echo ' !     App shop does not exist' >&2; exit 20 ;;
+  apps:exists) {exists} ;;
   apps:create) echo "-----> Creating $2..." ;;
   git:from-image) {git_from_image} ;;
   apps:report) {report} ;;
@@ -50,6 +61,7 @@ fn deploy(image: &str) -> Action {
     Action::Deploy {
         app: AppName::parse("shop").unwrap(),
         image: ImageRef::parse(image).unwrap(),
+        health: None,
     }
 }
 
@@ -78,6 +90,8 @@ async fn creates_a_missing_app_then_deploys_with_exact_arguments_and_line_order(
     );
     assert_eq!(result.exit_code, Some(0));
     assert_eq!(result.deployed_image, "acme/shop:1");
+    // The app had to be created: there was nothing deployed before.
+    assert_eq!(result.previous_image, "");
     assert_eq!(
         calls(dir.path()),
         [
@@ -105,6 +119,79 @@ async fn creates_a_missing_app_then_deploys_with_exact_arguments_and_line_order(
         ]
     );
     assert!(lines.0.iter().any(|(s, l)| *s == pb::Stream::Agent && l == "$ dokku git:from-image shop acme/shop:1"));
+}
+
+/// An existing app whose deployed image lives in `state`: `git:from-image`
+/// runs `deploy` (a snippet that may change it), `apps:report` prints it.
+fn existing_app(dir: &std::path::Path, deploy: &str) -> Dokku {
+    let state = dir.join("state");
+    std::fs::write(&state, "acme/shop:1\n").unwrap();
+    let deploy = deploy.replace("STATE", &state.display().to_string());
+    fixture_with(
+        dir,
+        "exit 0",
+        &deploy,
+        &format!("cat '{}'", state.display()),
+    )
+}
+
+#[tokio::test]
+async fn previous_image_is_read_before_deploying_an_existing_app() {
+    let dir = tempfile::tempdir().unwrap();
+    let dokku = existing_app(dir.path(), "echo '-----> deployed'; echo $3 > 'STATE'");
+    let (result, _) = run_deploy(&dokku, "acme/shop:2").await;
+    assert_eq!(
+        result.outcome,
+        i32::from(pb::Outcome::Succeeded),
+        "{result:?}"
+    );
+    assert_eq!(result.previous_image, "acme/shop:1");
+    assert_eq!(result.deployed_image, "acme/shop:2");
+    assert_eq!(
+        calls(dir.path()),
+        [
+            vec!["apps:exists", "shop"],
+            vec!["apps:report", "shop", "--app-deploy-source-metadata"],
+            vec!["git:from-image", "shop", "acme/shop:2"],
+            vec!["apps:report", "shop", "--app-deploy-source-metadata"],
+        ]
+    );
+}
+
+#[tokio::test]
+async fn previous_image_is_reported_for_failures_and_rollbacks() {
+    let dir = tempfile::tempdir().unwrap();
+    let dokku = existing_app(
+        dir.path(),
+        "echo ' !     Could not start due to 1 failed checks (web.1)' >&2; exit 1",
+    );
+    let (result, _) = run_deploy(&dokku, "acme/shop:2").await;
+    assert_eq!(result.outcome, i32::from(pb::Outcome::Failed));
+    assert_eq!(result.previous_image, "acme/shop:1");
+    assert_eq!(result.deployed_image, "acme/shop:1");
+
+    let dir = tempfile::tempdir().unwrap();
+    let dokku = existing_app(dir.path(), "echo $3 > 'STATE'");
+    let rollback = Action::Rollback {
+        app: AppName::parse("shop").unwrap(),
+        image: ImageRef::parse("acme/shop:0").unwrap(),
+        release: 3,
+    };
+    let result = dokku
+        .execute(&rollback, &mut Lines::default(), &CancellationToken::new())
+        .await;
+    assert_eq!(
+        result.outcome,
+        i32::from(pb::Outcome::Succeeded),
+        "{result:?}"
+    );
+    assert_eq!(
+        (
+            result.previous_image.as_str(),
+            result.deployed_image.as_str()
+        ),
+        ("acme/shop:1", "acme/shop:0")
+    );
 }
 
 #[tokio::test]

@@ -110,6 +110,8 @@ pub async fn run(
     let (work_tx, work_rx) = mpsc::channel::<VerifiedCommand>(64);
     let dokku = Dokku {
         bin: config.dokku_bin.clone(),
+        host_id: ctx.identity.file.host_id.clone(),
+        env: ctx.identity.file.env.clone(),
     };
     let mut worker = tokio::spawn(work(
         Arc::clone(&ctx),

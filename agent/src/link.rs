@@ -12,7 +12,7 @@ use flotilla_shared::signing::{self, Action, TrustedKeys, VerifiedCommand, Verif
 use flotilla_shared::time::now_ms;
 use flotilla_shared::{AppName, ImageRef};
 use prost::Message as _;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::identity::{AgentDir, Identity, write_trusted_keys};
@@ -38,6 +38,27 @@ pub struct Ctx {
     pub policy: VerifyPolicy,
     pub heartbeat: Duration,
     pub backoff_max: Duration,
+    /// Whether a session is up now (`simulate` waits on it).
+    pub connected: watch::Sender<bool>,
+}
+
+impl Ctx {
+    /// The state of an agent whose data dir is `config.dir`.
+    pub fn new(identity: Identity, spool: Spool, config: &crate::RunConfig) -> Self {
+        Self {
+            dir: config.dir.clone(),
+            trusted: RwLock::new((identity.trusted.clone(), identity.keys_updated_at_ms)),
+            identity_pem: RwLock::new(identity.identity_pem.clone()),
+            renew_before: config.renew_before,
+            identity,
+            spool,
+            reports: Notify::new(),
+            policy: VerifyPolicy::default(),
+            heartbeat: config.heartbeat,
+            backoff_max: config.backoff_max,
+            connected: watch::Sender::new(false),
+        }
+    }
 }
 
 /// Exponential backoff with jitter: each delay is uniform in [d/2, d], d doubling up to `max`.
@@ -143,6 +164,7 @@ async fn session(
         .map_err(|s| anyhow::anyhow!("session refused: {} ({:?})", s.message(), s.code()))?
         .into_inner();
     tracing::info!(server = %id.file.server, pending = ctx.spool.pending_len(), "session established");
+    ctx.connected.send_replace(true);
 
     let session_cancel = cancel.child_token();
     let pump = tokio::spawn(pump(Arc::clone(ctx), tx.clone(), session_cancel.clone()));
@@ -171,6 +193,7 @@ async fn session(
             },
         }
     };
+    ctx.connected.send_replace(false);
     session_cancel.cancel();
     let _ = pump.await;
     result

@@ -17,8 +17,34 @@ use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 
 pub mod health;
+pub mod memory;
 #[cfg(test)]
 mod tests;
+
+/// Carries out verified actions for the worker: `Dokku` on a real host,
+/// `memory::MemoryDokku` in `simulate`.
+pub trait Executor: Send + Sync + 'static {
+    /// Carries out `action` (a deploy or rollback), streaming every line to
+    /// `sink`, and says how it ended; `Interrupted` once `cancel` fires. Not
+    /// cancel-safe by dropping: use `cancel`.
+    fn execute(
+        &self,
+        action: &Action,
+        sink: &mut (dyn LineSink + Send),
+        cancel: &CancellationToken,
+    ) -> impl Future<Output = pb::CommandResult> + Send;
+}
+
+impl Executor for Dokku {
+    fn execute(
+        &self,
+        action: &Action,
+        sink: &mut (dyn LineSink + Send),
+        cancel: &CancellationToken,
+    ) -> impl Future<Output = pb::CommandResult> + Send {
+        Dokku::execute(self, action, sink, cancel)
+    }
+}
 
 /// Dokku's exit code for "app does not exist".
 pub const EXIT_APP_MISSING: i32 = 20;

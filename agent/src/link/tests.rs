@@ -32,21 +32,12 @@ fn fixture() -> Fixture {
         },
         identity_pem: Vec::new(),
         ca_pem: Vec::new(),
-        trusted: trusted.clone(),
+        trusted,
         keys_updated_at_ms: 0,
     };
-    let ctx = Arc::new(Ctx {
-        dir: AgentDir::new(dir.path()),
-        identity,
-        trusted: RwLock::new((trusted, 0)),
-        identity_pem: RwLock::new(Vec::new()),
-        renew_before: Duration::from_secs(1),
-        spool: Spool::open(&dir.path().join("spool")).unwrap(),
-        reports: Notify::new(),
-        policy: VerifyPolicy::default(),
-        heartbeat: Duration::from_secs(15),
-        backoff_max: Duration::from_secs(1),
-    });
+    let spool = Spool::open(&dir.path().join("spool")).unwrap();
+    let config = crate::RunConfig::new(AgentDir::new(dir.path()));
+    let ctx = Arc::new(Ctx::new(identity, spool, &config));
     let (work_tx, work) = mpsc::channel(4);
     let (session_tx, session) = mpsc::channel(4);
     Fixture {

@@ -2,8 +2,10 @@
 //! signed commands and runs them with the `dokku` CLI.
 //!
 //! Code map: `identity` (data dir), `join` (first contact), `link` (session,
-//! reconnect, verification), `spool` (sled: seen commands, unacked reports),
-//! `exec` (typed actions → dokku argument vectors).
+//! reconnect, verification, pings), `spool` (sled: seen commands, unacked
+//! reports), `exec` (the `Executor` trait: typed actions → dokku argument
+//! vectors, the health gate; the in-memory Dokku), `simulate` (many agents in
+//! one process). `Agent` is one agent's worker and link; `run` is the daemon.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -11,8 +13,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use flotilla_proto::v1 as pb;
-use flotilla_shared::signing::{VerifiedCommand, VerifyPolicy};
-use tokio::sync::{Notify, mpsc};
+use flotilla_shared::signing::VerifiedCommand;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub mod exec;
@@ -20,9 +22,10 @@ pub mod identity;
 pub mod join;
 pub mod link;
 pub mod renew;
+pub mod simulate;
 pub mod spool;
 
-use exec::{Dokku, Numbered};
+use exec::{Dokku, Executor, Numbered};
 use identity::{AgentDir, Identity};
 use link::Ctx;
 use spool::{CommandState, Spool};
@@ -69,6 +72,41 @@ pub async fn run(
 
     // 2. Commands a previous run accepted but did not finish are reported as
     //    interrupted; they never re-run on their own.
+    report_interrupted(&spool).await?;
+    tracing::info!(host_id = %identity.file.host_id, env = %identity.file.env, server = %identity.file.server, "agent starting");
+
+    let dokku = Dokku {
+        bin: config.dokku_bin.clone(),
+        host_id: identity.file.host_id.clone(),
+        env: identity.file.env.clone(),
+    };
+    let ctx = Arc::new(Ctx::new(identity, spool, &config));
+
+    // 3. The worker (runs dokku) and the link (talks to the coordinator).
+    let mut agent = Agent::start(Arc::clone(&ctx), dokku, &Stops::default());
+
+    let mut failure = None;
+    tokio::select! {
+        () = shutdown => {}
+        res = agent.worker_stopped() => {
+            failure = Some(format!("the command worker stopped unexpectedly: {res:?}"));
+        }
+    }
+
+    // 4. Shutdown order: see `stop_all`; the spool last.
+    stop_all(vec![agent], config.shutdown_grace).await;
+    ctx.spool.flush().await?;
+    if let Some(failure) = failure {
+        // Exit non-zero so the service manager restarts the agent.
+        anyhow::bail!(failure);
+    }
+    tracing::info!("agent stopped");
+    Ok(())
+}
+
+/// Reports every command a previous run accepted but did not finish as
+/// interrupted (it is never re-run on its own).
+pub async fn report_interrupted(spool: &Spool) -> anyhow::Result<()> {
     for record in spool.unfinished()? {
         tracing::warn!(command = %record.command_id, app = %record.app, "command was interrupted by a restart; reporting it, not re-running it");
         let error = if record.state == CommandState::Running {
@@ -83,89 +121,139 @@ pub async fn run(
                     outcome: pb::Outcome::Interrupted.into(),
                     exit_code: None,
                     error: error.into(),
-                    deployed_image: String::new(),
+                    ..Default::default()
                 },
             )
             .await?;
     }
-    tracing::info!(host_id = %identity.file.host_id, env = %identity.file.env, server = %identity.file.server, "agent starting");
+    Ok(())
+}
 
-    let ctx = Arc::new(Ctx {
-        dir: config.dir.clone(),
-        trusted: std::sync::RwLock::new((identity.trusted.clone(), identity.keys_updated_at_ms)),
-        identity_pem: std::sync::RwLock::new(identity.identity_pem.clone()),
-        renew_before: config.renew_before,
-        identity,
-        spool,
-        reports: Notify::new(),
-        policy: VerifyPolicy::default(),
-        heartbeat: config.heartbeat,
-        backoff_max: config.backoff_max,
-    });
+/// The parent tokens of a group of agents' tasks, so a whole group stops at
+/// once (each agent gets child tokens).
+#[derive(Debug, Clone, Default)]
+pub struct Stops {
+    /// Ends the links (no new commands).
+    pub link: CancellationToken,
+    /// Makes the workers stop taking queued commands.
+    pub work: CancellationToken,
+    /// Kills running commands (reported interrupted).
+    pub kill: CancellationToken,
+}
 
-    // 3. The worker (runs dokku) and the link (talks to the coordinator).
-    let stop_link = CancellationToken::new();
-    let stop_work = CancellationToken::new();
-    let kill_work = CancellationToken::new();
-    let (work_tx, work_rx) = mpsc::channel::<VerifiedCommand>(64);
-    let dokku = Dokku {
-        bin: config.dokku_bin.clone(),
-    };
-    let mut worker = tokio::spawn(work(
-        Arc::clone(&ctx),
-        dokku,
-        work_rx,
-        stop_work.clone(),
-        kill_work.clone(),
-    ));
-    let mut link = tokio::spawn(link::run(Arc::clone(&ctx), work_tx, stop_link.clone()));
+/// One agent's running tasks: the worker, which runs accepted commands one
+/// at a time with an `Executor`, and the link, which talks to the coordinator.
+pub struct Agent {
+    link: tokio::task::JoinHandle<()>,
+    worker: tokio::task::JoinHandle<()>,
+    stops: Stops,
+}
 
-    let mut failure = None;
-    tokio::select! {
-        () = shutdown => {}
-        res = &mut worker => {
-            failure = Some(format!("the command worker stopped unexpectedly: {res:?}"));
+impl Agent {
+    /// Starts the worker and the link, under child tokens of `parent`.
+    pub fn start<E: Executor>(ctx: Arc<Ctx>, executor: E, parent: &Stops) -> Self {
+        Self::start_in(ctx, executor, parent, tracing::Span::none())
+    }
+
+    /// `start`, with both tasks' events in `span` (e.g. the host id in `simulate`).
+    pub fn start_in<E: Executor>(
+        ctx: Arc<Ctx>,
+        executor: E,
+        parent: &Stops,
+        span: tracing::Span,
+    ) -> Self {
+        use tracing::Instrument as _;
+        let stops = Stops {
+            link: parent.link.child_token(),
+            work: parent.work.child_token(),
+            kill: parent.kill.child_token(),
+        };
+        let (work_tx, work_rx) = mpsc::channel::<VerifiedCommand>(64);
+        let worker = tokio::spawn(
+            work(
+                Arc::clone(&ctx),
+                executor,
+                work_rx,
+                stops.work.clone(),
+                stops.kill.clone(),
+            )
+            .instrument(span.clone()),
+        );
+        let link = tokio::spawn(link::run(ctx, work_tx, stops.link.clone()).instrument(span));
+        Self {
+            link,
+            worker,
+            stops,
         }
     }
 
-    // 4. Shutdown order: stop the link (no new commands), let the running
-    //    command finish within the grace period, then kill it.
-    stop_link.cancel();
-    stop_work.cancel();
-    if tokio::time::timeout(Duration::from_secs(5), &mut link)
-        .await
-        .is_err()
-    {
-        link.abort();
+    /// Completes if the worker ends on its own (it should not before a stop).
+    /// Cancel-safe.
+    pub async fn worker_stopped(&mut self) -> Result<(), tokio::task::JoinError> {
+        (&mut self.worker).await
     }
-    // (`is_finished` first: the handle may already have been awaited above.)
-    if !worker.is_finished()
-        && tokio::time::timeout(config.shutdown_grace, &mut worker)
+}
+
+/// Stops agents in the written order, with shared deadlines so the total wait
+/// is bounded however many there are: 1. end every link (no new commands;
+/// 5 s, then abort); 2. let running commands finish within `grace`; 3. kill
+/// those still running (reported interrupted; 10 s, then abort). The caller
+/// flushes the spool(s) afterwards.
+pub async fn stop_all(agents: Vec<Agent>, grace: Duration) {
+    for agent in &agents {
+        agent.stops.link.cancel();
+        agent.stops.work.cancel();
+    }
+    let links_deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut workers = Vec::with_capacity(agents.len());
+    for agent in agents {
+        let Agent {
+            mut link,
+            worker,
+            stops,
+        } = agent;
+        if tokio::time::timeout_at(links_deadline, &mut link)
             .await
             .is_err()
-    {
-        tracing::warn!("running command did not finish in time; killing it");
-        kill_work.cancel();
-        if tokio::time::timeout(Duration::from_secs(10), &mut worker)
+        {
+            link.abort();
+        }
+        workers.push((worker, stops));
+    }
+    let grace_deadline = tokio::time::Instant::now() + grace;
+    let mut running = Vec::new();
+    for (mut worker, stops) in workers {
+        // (`is_finished` first: the handle may already have been awaited.)
+        if !worker.is_finished()
+            && tokio::time::timeout_at(grace_deadline, &mut worker)
+                .await
+                .is_err()
+        {
+            stops.kill.cancel();
+            running.push(worker);
+        }
+    }
+    if !running.is_empty() {
+        tracing::warn!(
+            n_running = running.len(),
+            "running commands did not finish in time; killed them"
+        );
+    }
+    let kill_deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    for mut worker in running {
+        if tokio::time::timeout_at(kill_deadline, &mut worker)
             .await
             .is_err()
         {
             worker.abort();
         }
     }
-    ctx.spool.flush().await?;
-    if let Some(failure) = failure {
-        // Exit non-zero so the service manager restarts the agent.
-        anyhow::bail!(failure);
-    }
-    tracing::info!("agent stopped");
-    Ok(())
 }
 
 /// Runs accepted commands one at a time, in order. Stops taking new ones on `stop`.
-async fn work(
+async fn work<E: Executor>(
     ctx: Arc<Ctx>,
-    dokku: Dokku,
+    executor: E,
     mut rx: mpsc::Receiver<VerifiedCommand>,
     stop: CancellationToken,
     kill: CancellationToken,
@@ -185,7 +273,7 @@ async fn work(
                 error: format!(
                     "the agent could not record the command start, so it did not run it: {e}"
                 ),
-                deployed_image: String::new(),
+                ..Default::default()
             };
             if let Err(e) = ctx.spool.finish(&id, result).await {
                 tracing::error!(command = %id, "cannot record the result: {e}");
@@ -201,7 +289,7 @@ async fn work(
             }
             reports.notify_one();
         });
-        let result = dokku.execute(&cmd.action, &mut sink, &kill).await;
+        let result = executor.execute(&cmd.action, &mut sink, &kill).await;
         let outcome = pb::Outcome::try_from(result.outcome).unwrap_or_default();
         tracing::info!(command = %id, outcome = outcome.as_str_name(), exit_code = ?result.exit_code,
             error = %result.error, "command finished");

@@ -8,14 +8,18 @@ use std::time::Duration;
 
 use flotilla_proto::v1 as pb;
 use flotilla_proto::v1::agent_service_client::AgentServiceClient;
-use flotilla_shared::signing::{self, TrustedKeys, VerifiedCommand, VerifyPolicy};
+use flotilla_shared::signing::{self, Action, TrustedKeys, VerifiedCommand, VerifyPolicy};
 use flotilla_shared::time::now_ms;
+use flotilla_shared::{AppName, ImageRef};
 use prost::Message as _;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::identity::{AgentDir, Identity, write_trusted_keys};
 use crate::spool::Spool;
+
+#[cfg(test)]
+mod tests;
 
 /// Shared by the link, the pump and the worker.
 pub struct Ctx {
@@ -34,6 +38,27 @@ pub struct Ctx {
     pub policy: VerifyPolicy,
     pub heartbeat: Duration,
     pub backoff_max: Duration,
+    /// Whether a session is up now (`simulate` waits on it).
+    pub connected: watch::Sender<bool>,
+}
+
+impl Ctx {
+    /// The state of an agent whose data dir is `config.dir`.
+    pub fn new(identity: Identity, spool: Spool, config: &crate::RunConfig) -> Self {
+        Self {
+            dir: config.dir.clone(),
+            trusted: RwLock::new((identity.trusted.clone(), identity.keys_updated_at_ms)),
+            identity_pem: RwLock::new(identity.identity_pem.clone()),
+            renew_before: config.renew_before,
+            identity,
+            spool,
+            reports: Notify::new(),
+            policy: VerifyPolicy::default(),
+            heartbeat: config.heartbeat,
+            backoff_max: config.backoff_max,
+            connected: watch::Sender::new(false),
+        }
+    }
 }
 
 /// Exponential backoff with jitter: each delay is uniform in [d/2, d], d doubling up to `max`.
@@ -139,6 +164,7 @@ async fn session(
         .map_err(|s| anyhow::anyhow!("session refused: {} ({:?})", s.message(), s.code()))?
         .into_inner();
     tracing::info!(server = %id.file.server, pending = ctx.spool.pending_len(), "session established");
+    ctx.connected.send_replace(true);
 
     let session_cancel = cancel.child_token();
     let pump = tokio::spawn(pump(Arc::clone(ctx), tx.clone(), session_cancel.clone()));
@@ -158,7 +184,7 @@ async fn session(
             }
             msg = inbound.message() => match msg {
                 Ok(Some(msg)) => {
-                    if let Err(e) = handle(ctx, work, msg).await {
+                    if let Err(e) = handle(ctx, work, &tx, msg).await {
                         break Err(e);
                     }
                 }
@@ -167,6 +193,7 @@ async fn session(
             },
         }
     };
+    ctx.connected.send_replace(false);
     session_cancel.cancel();
     let _ = pump.await;
     result
@@ -216,6 +243,7 @@ async fn pump(ctx: Arc<Ctx>, tx: mpsc::Sender<pb::AgentMessage>, cancel: Cancell
 async fn handle(
     ctx: &Arc<Ctx>,
     work: &mpsc::Sender<VerifiedCommand>,
+    session: &mpsc::Sender<pb::AgentMessage>,
     msg: pb::CoordinatorMessage,
 ) -> anyhow::Result<()> {
     match msg.msg {
@@ -223,7 +251,7 @@ async fn handle(
             ctx.spool.ack(ack.up_to)?;
         }
         Some(pb::coordinator_message::Msg::Command(signed)) => {
-            handle_command(ctx, work, &signed).await?;
+            handle_command(ctx, work, session, &signed).await?;
         }
         Some(pb::coordinator_message::Msg::KeyUpdate(update)) => update_keys(ctx, &update)?,
         None => {}
@@ -258,39 +286,34 @@ fn update_keys(ctx: &Ctx, update: &pb::KeySetUpdate) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Verifies a command; accepted ones are recorded durably before they are
-/// acknowledged and queued, refused ones are reported and logged, never run.
-async fn handle_command(
-    ctx: &Arc<Ctx>,
-    work: &mpsc::Sender<VerifiedCommand>,
+/// What to do with an incoming signed command.
+#[derive(Debug)]
+enum Decision {
+    /// A verified ping: answer with a `Pong` at once; nothing is recorded.
+    Pong { command_id: String },
+    /// Verified and new: record it, acknowledge it (through the spool), run it.
+    Run(Box<VerifiedCommand>),
+    /// Refused: report it (through the spool) and log it; never run it.
+    Refuse {
+        command_id: String,
+        refusal: signing::Refusal,
+    },
+}
+
+/// Verifies `signed` and decides what to do with it. Pure apart from `seen`.
+fn decide(
     signed: &pb::SignedCommand,
-) -> anyhow::Result<()> {
-    let id = &ctx.identity;
-    let spool = &ctx.spool;
-    let trusted = ctx
-        .trusted
-        .read()
-        .map(|t| t.0.clone())
-        .map_err(|_| anyhow::anyhow!("trusted keys lock poisoned"))?;
-    let verified = signing::verify(
-        signed,
-        &trusted,
-        &id.file.host_id,
-        now_ms(),
-        ctx.policy,
-        &|command_id| spool.seen(command_id),
-    );
-    match verified {
-        Ok(cmd) => {
-            spool.accept(&cmd).await?;
-            ctx.reports.notify_one();
-            tracing::info!(command = %cmd.command_id, deployment = %cmd.deployment_id,
-                action = cmd.action.kind(), app = %cmd.action.app(), image = %cmd.action.image(),
-                "command accepted");
-            work.send(cmd)
-                .await
-                .map_err(|_| anyhow::anyhow!("worker stopped"))?;
-        }
+    trusted: &TrustedKeys,
+    host_id: &flotilla_shared::HostId,
+    now_ms: i64,
+    policy: VerifyPolicy,
+    seen: &dyn Fn(&str) -> bool,
+) -> Decision {
+    match signing::verify(signed, trusted, host_id, now_ms, policy, seen) {
+        Ok(cmd) if cmd.action == Action::Ping => Decision::Pong {
+            command_id: cmd.command_id,
+        },
+        Ok(cmd) => Decision::Run(Box::new(cmd)),
         Err(refusal) => {
             // For reporting only: which command this claimed to be.
             let command_id = refusal.command_id.clone().unwrap_or_else(|| {
@@ -298,6 +321,64 @@ async fn handle_command(
                     .map(|e| e.command_id.chars().take(64).collect())
                     .unwrap_or_default()
             });
+            Decision::Refuse {
+                command_id,
+                refusal,
+            }
+        }
+    }
+}
+
+/// Verifies a command. A ping is answered on `session` at once (not spooled,
+/// not remembered: it runs nothing, so a replayed ping costs one pong);
+/// accepted commands are recorded durably before they are acknowledged and
+/// queued; refused ones are reported and logged, never run.
+async fn handle_command(
+    ctx: &Arc<Ctx>,
+    work: &mpsc::Sender<VerifiedCommand>,
+    session: &mpsc::Sender<pb::AgentMessage>,
+    signed: &pb::SignedCommand,
+) -> anyhow::Result<()> {
+    let spool = &ctx.spool;
+    let trusted = ctx
+        .trusted
+        .read()
+        .map(|t| t.0.clone())
+        .map_err(|_| anyhow::anyhow!("trusted keys lock poisoned"))?;
+    let decision = decide(
+        signed,
+        &trusted,
+        &ctx.identity.file.host_id,
+        now_ms(),
+        ctx.policy,
+        &|command_id| spool.seen(command_id),
+    );
+    match decision {
+        Decision::Pong { command_id } => {
+            tracing::debug!(command = %command_id, "ping; answering");
+            let pong = pb::AgentMessage {
+                msg: Some(pb::agent_message::Msg::Pong(pb::Pong { command_id })),
+            };
+            session
+                .send(pong)
+                .await
+                .map_err(|_| anyhow::anyhow!("session closed"))?;
+        }
+        Decision::Run(cmd) => {
+            spool.accept(&cmd).await?;
+            ctx.reports.notify_one();
+            tracing::info!(command = %cmd.command_id, deployment = %cmd.deployment_id,
+                action = cmd.action.kind(), app = ?cmd.action.app().map(AppName::as_str),
+                image = ?cmd.action.image().map(ImageRef::as_str),
+                "command accepted");
+            work.send(*cmd)
+                .await
+                .map_err(|_| anyhow::anyhow!("worker stopped"))?;
+        }
+        Decision::Refuse {
+            command_id,
+            refusal,
+        } => {
             if refusal.reason == signing::RefusalReason::Replayed {
                 tracing::info!(command = %command_id, "command already seen; not running it again");
             } else {

@@ -1,12 +1,15 @@
 //! `flotilla-agent` entry point: parse flags, set up logging and the runtime,
-//! then `join` once or `run` until SIGTERM.
+//! then `join` once, `run` until SIGTERM, or `simulate` many agents.
 
+use std::io::Write as _;
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use flotilla_agent::identity::AgentDir;
 use flotilla_agent::join::{JoinOptions, join};
+use flotilla_agent::simulate::{self, SimulateOptions};
 use flotilla_agent::{RunConfig, run};
 use flotilla_shared::telemetry::LogArgs;
 use flotilla_shared::token::JoinToken;
@@ -72,6 +75,67 @@ enum Cmd {
         #[arg(long, env = "FLOTILLA_RENEW_BEFORE", default_value = "30days", value_parser = humantime::parse_duration)]
         renew_before: Duration,
     },
+    /// Run many simulated agents in this process, for tests and benchmarks.
+    ///
+    /// Each agent is real as far as the coordinator can tell: host id
+    /// PREFIX-0001, PREFIX-0002, … (labels sim=1, slot=I and every --label),
+    /// its own key and certificate (joined with the one --join-token, which the
+    /// coordinator must allow COUNT uses of; DIR/HOST_ID/ keeps it, so a later
+    /// run with the same --dir reuses it instead of joining again), and its own
+    /// mTLS session with the agent's usual command verification, replay
+    /// protection, spool, acknowledgements, pings and reconnects.
+    ///
+    /// Only Dokku is simulated, in memory and instantly: a deploy or rollback
+    /// records APP → IMAGE, logs `$ dokku git:from-image APP IMAGE` and
+    /// `=====> Application deployed`, reports previous_image/deployed_image and
+    /// succeeds. An image listed in --fail-images fails instead, like
+    /// fake-dokku's "unhealthy" images: ` !     Could not start due to 1 failed
+    /// checks (web.1)`, exit 1, the old image stays. HTTP health checks are
+    /// skipped (the log says so). Apps start empty at every run.
+    ///
+    /// The spools are trees of one sled database in DIR/spool. Once every
+    /// agent has had a session, one line goes to stdout:
+    /// `simulate: COUNT agents connected`. SIGINT/SIGTERM stops every session,
+    /// lets commands finish and flushes the spool. Logs go to stderr, each
+    /// agent's in a `sim{host_id=…}` span.
+    #[command(verbatim_doc_comment)]
+    Simulate {
+        /// Number of agents.
+        #[arg(long)]
+        count: NonZeroUsize,
+        /// Where the agents' identities (DIR/HOST_ID/) and the shared spool (DIR/spool) live.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Coordinator URL, e.g. https://127.0.0.1:7443.
+        #[arg(long, env = "FLOTILLA_SERVER")]
+        server: String,
+        /// A join token allowing COUNT uses (prefer FLOTILLA_JOIN_TOKEN: arguments are visible in `ps`).
+        /// Needed only while some agent has no identity in DIR yet.
+        #[arg(long, env = "FLOTILLA_JOIN_TOKEN", hide_env_values = true)]
+        join_token: Option<String>,
+        /// The environment of every agent.
+        #[arg(long)]
+        env: EnvName,
+        /// Host id prefix: PREFIX-0001 … (must make valid host ids).
+        #[arg(long, default_value = "sim")]
+        prefix: String,
+        /// An extra label `key=value` for every agent (repeatable); sim=1 and slot=I are always set.
+        #[arg(long = "label")]
+        labels: Vec<String>,
+        /// A file of images whose deploys fail: one image reference a line, blank lines and
+        /// `#` comments ignored; read at every deploy (so it can change while running).
+        #[arg(long)]
+        fail_images: Option<PathBuf>,
+        /// Joins in flight at once.
+        #[arg(long, default_value = "64")]
+        concurrency: NonZeroUsize,
+        /// On SIGTERM, how long running commands may continue before they are killed.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        shutdown_grace: Duration,
+        /// Longest wait between reconnection attempts (backoff doubles up to this, with jitter).
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        reconnect_max: Duration,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -120,6 +184,46 @@ fn real_main(args: Args) -> anyhow::Result<()> {
             config.backoff_max = reconnect_max;
             config.renew_before = renew_before;
             runtime.block_on(run(config, flotilla_shared::shutdown::signal()))
+        }
+        Cmd::Simulate {
+            count,
+            dir,
+            server,
+            join_token,
+            env,
+            prefix,
+            labels,
+            fail_images,
+            concurrency,
+            shutdown_grace,
+            reconnect_max,
+        } => {
+            // Parsed here, not by clap, whose errors would print the secret.
+            let token = join_token.map(|t| t.parse::<JoinToken>()).transpose()?;
+            let mut run = RunConfig::new(AgentDir::new(&dir));
+            run.shutdown_grace = shutdown_grace;
+            run.backoff_max = reconnect_max;
+            let opts = SimulateOptions {
+                count,
+                dir,
+                server,
+                token,
+                env,
+                prefix,
+                labels,
+                fail_images,
+                concurrency,
+                run,
+            };
+            runtime.block_on(simulate::run(
+                opts,
+                flotilla_shared::shutdown::signal(),
+                |n_agents| {
+                    let mut stdout = std::io::stdout().lock();
+                    let _ = writeln!(stdout, "simulate: {n_agents} agents connected");
+                    let _ = stdout.flush();
+                },
+            ))
         }
     }
 }

@@ -1,11 +1,18 @@
 //! The agent's durable spool (sled): every command it accepted, with its state
 //! and result, and the queue of reports (accepted, log lines, results,
 //! refusals) not yet acknowledged by the coordinator. Only this module touches sled.
+//!
+//! An agent has its own database (`Spool::open`); `simulate` keeps many
+//! agents' spools as trees of one shared database (`SpoolDb` +
+//! `Spool::open_in`), where one flush serves every agent waiting for one.
 
 use std::path::Path;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use flotilla_proto::v1 as pb;
+use flotilla_shared::HostId;
 use flotilla_shared::signing::VerifiedCommand;
 use flotilla_shared::time::now_ms;
 use prost::Message as _;
@@ -17,6 +24,8 @@ pub enum SpoolError {
     Sled(#[from] sled::Error),
     #[error("spool: corrupt record: {0}")]
     Corrupt(String),
+    #[error("spool: flush task failed: {0}")]
+    FlushTask(String),
 }
 
 impl From<sled::transaction::TransactionError<SpoolError>> for SpoolError {
@@ -49,8 +58,77 @@ pub struct CommandRecord {
     pub outcome: Option<String>,
 }
 
-pub struct Spool {
+/// A sled database holding one or more spools, with group flushing.
+pub struct SpoolDb {
     db: sled::Db,
+    /// Flush requests so far (a ticket per `flush` call).
+    requested: AtomicU64,
+    /// The highest ticket a completed flush covers; held while flushing.
+    flushed: tokio::sync::Mutex<u64>,
+    /// Flushes that reached sled.
+    n_flushes: AtomicU64,
+}
+
+impl SpoolDb {
+    /// Opens (or creates) a database at `path` with a page cache of
+    /// `cache_bytes`; `flush_every` is sled's background flush (`None`: only
+    /// the explicit flushes, which every durability point makes anyway).
+    pub fn open(
+        path: &Path,
+        cache_bytes: u64,
+        flush_every: Option<Duration>,
+    ) -> Result<Self, SpoolError> {
+        let flush_every_ms =
+            flush_every.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1));
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(cache_bytes)
+            .flush_every_ms(flush_every_ms)
+            .open()?;
+        Ok(Self {
+            db,
+            requested: AtomicU64::new(0),
+            flushed: tokio::sync::Mutex::new(0),
+            n_flushes: AtomicU64::new(0),
+        })
+    }
+
+    /// Makes every write made before the call durable. Concurrent callers
+    /// share flushes (group commit): a caller whose writes a flush that
+    /// started after them already covered returns without flushing again, so
+    /// a thousand agents finishing together cost a few flushes, not a
+    /// thousand (and not a thousand sled threads). Cancel-safe.
+    pub async fn flush(&self) -> Result<(), SpoolError> {
+        // Our writes happened before this ticket was drawn.
+        let ticket = self.requested.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut flushed = self.flushed.lock().await;
+        if *flushed >= ticket {
+            return Ok(());
+        }
+        // Every ticket drawn so far was drawn after its writes, so the flush
+        // below covers all of them.
+        let covers = self.requested.load(Ordering::SeqCst);
+        // Not sled's `flush_async`: its thread pool grows to 128 threads and
+        // may still hold the database for a moment after answering. Here the
+        // clone is dropped before the result arrives.
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .map_err(|e| SpoolError::FlushTask(e.to_string()))??;
+        *flushed = covers;
+        self.n_flushes.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// How many flushes reached sled so far.
+    pub fn n_flushes(&self) -> u64 {
+        self.n_flushes.load(Ordering::Relaxed)
+    }
+}
+
+/// One agent's spool: two trees in a `SpoolDb`.
+pub struct Spool {
+    db: std::sync::Arc<SpoolDb>,
     commands: sled::Tree,
     outgoing: sled::Tree,
     /// Makes "allocate sequence number + insert" atomic, so reports are
@@ -67,23 +145,31 @@ fn encode_record(record: &CommandRecord) -> Result<Vec<u8>, SpoolError> {
 }
 
 impl Spool {
+    /// An agent's own spool database at `path` (trees `commands`, `outgoing`).
     pub fn open(path: &Path) -> Result<Self, SpoolError> {
-        let db = sled::Config::new()
-            .path(path)
-            .cache_capacity(8 * 1024 * 1024)
-            .open()?;
+        let db = SpoolDb::open(path, 8 * 1024 * 1024, Some(Duration::from_millis(500)))?;
+        Self::with_trees(std::sync::Arc::new(db), "")
+    }
+
+    /// The spool of agent `host_id` inside a shared database (trees
+    /// `<host_id>/commands`, `<host_id>/outgoing`; a host id has no `/`).
+    pub fn open_in(db: &std::sync::Arc<SpoolDb>, host_id: &HostId) -> Result<Self, SpoolError> {
+        Self::with_trees(std::sync::Arc::clone(db), &format!("{host_id}/"))
+    }
+
+    fn with_trees(db: std::sync::Arc<SpoolDb>, prefix: &str) -> Result<Self, SpoolError> {
         Ok(Self {
-            commands: db.open_tree("commands")?,
-            outgoing: db.open_tree("outgoing")?,
+            commands: db.db.open_tree(format!("{prefix}commands"))?,
+            outgoing: db.db.open_tree(format!("{prefix}outgoing"))?,
             db,
             append: Mutex::new(()),
         })
     }
 
-    /// Makes all writes durable. Cancel-safe.
+    /// Makes all writes durable (for a shared database: every spool's).
+    /// Cancel-safe.
     pub async fn flush(&self) -> Result<(), SpoolError> {
-        self.db.flush_async().await?;
-        Ok(())
+        self.db.flush().await
     }
 
     /// Whether this command id was ever accepted here (the replay check).
@@ -104,7 +190,9 @@ impl Spool {
             .append
             .lock()
             .map_err(|_| SpoolError::Corrupt("poisoned".into()))?;
-        let seq = self.db.generate_id()?;
+        // Unique and increasing across the database: per spool they are
+        // increasing too, just not contiguous when spools share it.
+        let seq = self.db.db.generate_id()?;
         let report = pb::Report {
             spool_seq: seq,
             command_id: command_id.to_owned(),
@@ -122,8 +210,16 @@ impl Spool {
             command_id: cmd.command_id.clone(),
             deployment_id: cmd.deployment_id.clone(),
             action: cmd.action.kind().into(),
-            app: cmd.action.app().to_string(),
-            image: cmd.action.image().to_string(),
+            app: cmd
+                .action
+                .app()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+            image: cmd
+                .action
+                .image()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
             expires_at_ms: cmd.expires_at_ms,
             accepted_at_ms: now_ms(),
             state: CommandState::Accepted,
@@ -244,7 +340,7 @@ impl Spool {
 #[cfg(test)]
 mod tests {
     use flotilla_shared::signing::Action;
-    use flotilla_shared::{AppName, HostId, ImageRef};
+    use flotilla_shared::{AppName, ImageRef};
 
     use super::*;
 
@@ -258,6 +354,7 @@ mod tests {
             action: Action::Deploy {
                 app: AppName::parse("shop").unwrap(),
                 image: ImageRef::parse("acme/shop:1").unwrap(),
+                health: None,
             },
         }
     }
@@ -341,5 +438,131 @@ mod tests {
             .map(|r| r.spool_seq)
             .collect();
         assert!(after[0] < after[1]);
+    }
+}
+
+#[cfg(test)]
+mod shared_tests {
+    use std::sync::Arc;
+
+    use flotilla_shared::signing::Action;
+    use flotilla_shared::{AppName, ImageRef};
+
+    use super::*;
+
+    fn command(id: &str, host: &str) -> VerifiedCommand {
+        VerifiedCommand {
+            command_id: id.into(),
+            host_id: HostId::parse(host).unwrap(),
+            deployment_id: "d-1".into(),
+            issued_at_ms: 1,
+            expires_at_ms: 2,
+            action: Action::Deploy {
+                app: AppName::parse("shop").unwrap(),
+                image: ImageRef::parse("acme/shop:1").unwrap(),
+                health: None,
+            },
+        }
+    }
+
+    fn host(name: &str) -> HostId {
+        HostId::parse(name).unwrap()
+    }
+
+    #[tokio::test]
+    async fn spools_in_one_database_are_separate_and_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let (one_seqs, two_seqs);
+        {
+            let db = Arc::new(SpoolDb::open(dir.path(), 1024 * 1024, None).unwrap());
+            let one = Spool::open_in(&db, &host("sim-0001")).unwrap();
+            let two = Spool::open_in(&db, &host("sim-0002")).unwrap();
+            one.accept(&command("c-1", "sim-0001")).await.unwrap();
+            two.accept(&command("c-2", "sim-0002")).await.unwrap();
+            one.push_log(
+                "c-1",
+                pb::LogLine {
+                    seq: 0,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            // Replay protection and reports are per agent.
+            assert!(one.seen("c-1") && !one.seen("c-2"));
+            assert!(two.seen("c-2") && !two.seen("c-1"));
+            assert_eq!(one.pending_len(), 2);
+            assert_eq!(two.pending_len(), 1);
+            one_seqs = one
+                .pending_after(None, 10)
+                .unwrap()
+                .iter()
+                .map(|r| r.spool_seq)
+                .collect::<Vec<_>>();
+            two_seqs = two
+                .pending_after(None, 10)
+                .unwrap()
+                .iter()
+                .map(|r| r.spool_seq)
+                .collect::<Vec<_>>();
+            assert!(one_seqs.windows(2).all(|w| w[0] < w[1]));
+            // An ack of one agent's reports leaves the other's alone, even
+            // with a sequence number beyond them.
+            assert_eq!(one.ack(u64::MAX).unwrap(), 2);
+            assert_eq!(two.pending_len(), 1);
+            one.push_log("c-1", pb::LogLine::default()).unwrap();
+            one.flush().await.unwrap();
+        }
+        let db = Arc::new(SpoolDb::open(dir.path(), 1024 * 1024, None).unwrap());
+        let one = Spool::open_in(&db, &host("sim-0001")).unwrap();
+        let two = Spool::open_in(&db, &host("sim-0002")).unwrap();
+        assert!(one.seen("c-1") && two.seen("c-2"));
+        assert_eq!(one.pending_len(), 1);
+        let after: Vec<u64> = one
+            .pending_after(None, 10)
+            .unwrap()
+            .iter()
+            .map(|r| r.spool_seq)
+            .collect();
+        assert!(after[0] > one_seqs[1], "sequence numbers keep growing");
+        assert_eq!(
+            two.pending_after(None, 10)
+                .unwrap()
+                .iter()
+                .map(|r| r.spool_seq)
+                .collect::<Vec<_>>(),
+            two_seqs
+        );
+        assert_eq!(one.unfinished().unwrap().len(), 1);
+        // A standalone spool uses the unprefixed trees and sees none of this.
+        let own = tempfile::tempdir().unwrap();
+        assert!(!Spool::open(own.path()).unwrap().seen("c-1"));
+    }
+
+    #[tokio::test]
+    async fn concurrent_flushes_are_shared() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Arc::new(SpoolDb::open(dir.path(), 1024 * 1024, None).unwrap());
+        let spools: Vec<Arc<Spool>> = (1..=50)
+            .map(|i| Arc::new(Spool::open_in(&db, &host(&format!("sim-{i:04}"))).unwrap()))
+            .collect();
+        let mut tasks = tokio::task::JoinSet::new();
+        for (i, spool) in spools.iter().enumerate() {
+            let spool = Arc::clone(spool);
+            let host_id = format!("sim-{:04}", i + 1);
+            tasks.spawn(async move { spool.accept(&command(&format!("c-{i}"), &host_id)).await });
+        }
+        while let Some(done) = tasks.join_next().await {
+            done.unwrap().unwrap();
+        }
+        // 50 durable accepts (each flushes once), far fewer sled flushes.
+        assert_eq!(db.requested.load(Ordering::SeqCst), 50);
+        assert!(db.n_flushes() < 25, "{} flushes", db.n_flushes());
+        drop(spools);
+        drop(db);
+        let db = Arc::new(SpoolDb::open(dir.path(), 1024 * 1024, None).unwrap());
+        for i in 0..50 {
+            let spool = Spool::open_in(&db, &host(&format!("sim-{:04}", i + 1))).unwrap();
+            assert!(spool.seen(&format!("c-{i}")));
+        }
     }
 }

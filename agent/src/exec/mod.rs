@@ -2,20 +2,49 @@
 //! turns their output into numbered log lines. Knows Dokku's real behaviour
 //! (see `../shared/dokku.md`): exit 20 means "no such app", and
 //! `git:from-image` with the current image exits 1 with "No changes detected".
+//! After a deploy, the optional HTTP health gate (`health`) decides the outcome.
 
 use std::path::PathBuf;
 use std::process::Stdio;
 
 use flotilla_proto::v1 as pb;
+use flotilla_shared::health::HealthCheck;
 use flotilla_shared::signing::Action;
 use flotilla_shared::time::now_ms;
-use flotilla_shared::{AppName, ImageRef};
+use flotilla_shared::{AppName, EnvName, HostId, ImageRef};
 use tokio::io::AsyncBufReadExt as _;
 use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 
+pub mod health;
+pub mod memory;
 #[cfg(test)]
 mod tests;
+
+/// Carries out verified actions for the worker: `Dokku` on a real host,
+/// `memory::MemoryDokku` in `simulate`.
+pub trait Executor: Send + Sync + 'static {
+    /// Carries out `action` (a deploy or rollback), streaming every line to
+    /// `sink`, and says how it ended; `Interrupted` once `cancel` fires. Not
+    /// cancel-safe by dropping: use `cancel`.
+    fn execute(
+        &self,
+        action: &Action,
+        sink: &mut (dyn LineSink + Send),
+        cancel: &CancellationToken,
+    ) -> impl Future<Output = pb::CommandResult> + Send;
+}
+
+impl Executor for Dokku {
+    fn execute(
+        &self,
+        action: &Action,
+        sink: &mut (dyn LineSink + Send),
+        cancel: &CancellationToken,
+    ) -> impl Future<Output = pb::CommandResult> + Send {
+        Dokku::execute(self, action, sink, cancel)
+    }
+}
 
 /// Dokku's exit code for "app does not exist".
 pub const EXIT_APP_MISSING: i32 = 20;
@@ -48,7 +77,12 @@ pub enum ExecError {
 
 #[derive(Debug, Clone)]
 pub struct Dokku {
+    /// The `dokku` executable.
     pub bin: PathBuf,
+    /// This agent's host id and environment: `{host}` and `{env}` in
+    /// health-check URLs.
+    pub host_id: HostId,
+    pub env: EnvName,
 }
 
 impl Dokku {
@@ -153,6 +187,28 @@ impl Dokku {
         app: &AppName,
         cancel: &CancellationToken,
     ) -> Option<String> {
+        self.report_value(
+            &["apps:report", app.as_str(), "--app-deploy-source-metadata"],
+            cancel,
+        )
+        .await
+    }
+
+    /// `dokku domains:report APP --domains-app-vhosts` (space-separated): the
+    /// app's first domain, or `None` if it has none or Dokku cannot tell.
+    pub async fn first_domain(&self, app: &AppName, cancel: &CancellationToken) -> Option<String> {
+        let vhosts = self
+            .report_value(
+                &["domains:report", app.as_str(), "--domains-app-vhosts"],
+                cancel,
+            )
+            .await?;
+        vhosts.split_whitespace().next().map(str::to_owned)
+    }
+
+    /// The first non-empty stdout line of a single-flag report, trimmed;
+    /// `None` on a non-zero exit or no value.
+    async fn report_value(&self, args: &[&str], cancel: &CancellationToken) -> Option<String> {
         struct Capture(Vec<String>);
         impl LineSink for Capture {
             fn line(&mut self, stream: pb::Stream, line: String) {
@@ -162,14 +218,7 @@ impl Dokku {
             }
         }
         let mut capture = Capture(Vec::new());
-        let exit = self
-            .run(
-                &["apps:report", app.as_str(), "--app-deploy-source-metadata"],
-                &mut capture,
-                cancel,
-            )
-            .await
-            .ok()?;
+        let exit = self.run(args, &mut capture, cancel).await.ok()?;
         if exit.code != Some(0) {
             return None;
         }
@@ -180,36 +229,103 @@ impl Dokku {
             .find(|l| !l.is_empty())
     }
 
-    /// Carries out `action`, streaming every line to `sink`, and says how it ended.
+    /// Carries out `action`, streaming every line to `sink`, and says how it
+    /// ended. `previous_image` is what Dokku reported before `git:from-image`
+    /// (left empty when the app had to be created), `deployed_image` what it
+    /// reports afterwards. Not cancel-safe by dropping: use `cancel`.
     pub async fn execute(
         &self,
         action: &Action,
         sink: &mut (dyn LineSink + Send),
         cancel: &CancellationToken,
     ) -> pb::CommandResult {
-        let app = action.app();
-        let image = action.image();
-        match self.deploy_image(app, image, sink, cancel).await {
+        let (app, image, health) = match action {
+            Action::Deploy { app, image, health } => (app, image, health.as_ref()),
+            Action::Rollback { app, image, .. } => (app, image, None),
+            // Answered by the link, never queued; kept harmless here.
+            Action::Ping => return succeeded(None),
+        };
+        let mut previous = None;
+        let mut result = match self
+            .deploy_image(app, image, &mut previous, sink, cancel)
+            .await
+        {
             Ok(mut result) => {
+                if let Some(check) = health
+                    && result.outcome == i32::from(pb::Outcome::Succeeded)
+                {
+                    match self.health_gate(app, check, sink, cancel).await {
+                        health::Verdict::Healthy { .. } => {}
+                        health::Verdict::Failed(verdict) => {
+                            // The new image runs but is unhealthy: the
+                            // coordinator decides about rolling back.
+                            result.outcome = pb::Outcome::Failed.into();
+                            result.error = verdict;
+                        }
+                        health::Verdict::Cancelled => {
+                            let mut result = interrupted();
+                            result.error = "interrupted: the agent shut down during the health \
+                                check; the new image is deployed, its health is unknown"
+                                .into();
+                            result.previous_image = previous.unwrap_or_default();
+                            return result;
+                        }
+                    }
+                }
                 if let Some(deployed) = self.deployed_image(app, cancel).await {
                     result.deployed_image = deployed;
                 }
                 result
             }
-            Err(ExecError::Cancelled) => pb::CommandResult {
-                outcome: pb::Outcome::Interrupted.into(),
-                exit_code: None,
-                error: "interrupted: the agent shut down while dokku ran; it was not re-run".into(),
-                deployed_image: String::new(),
-            },
+            Err(ExecError::Cancelled) => interrupted(),
             Err(e) => failed(None, e.to_string()),
-        }
+        };
+        result.previous_image = previous.unwrap_or_default();
+        result
     }
 
+    /// Expands the check's URL for this host (`{domain}`: the app's first
+    /// Dokku domain) and runs the HTTP health gate.
+    async fn health_gate(
+        &self,
+        app: &AppName,
+        check: &HealthCheck,
+        sink: &mut (dyn LineSink + Send),
+        cancel: &CancellationToken,
+    ) -> health::Verdict {
+        let domain = if check.needs_domain() {
+            match self.first_domain(app, cancel).await {
+                Some(domain) => Some(domain),
+                None if cancel.is_cancelled() => return health::Verdict::Cancelled,
+                None => {
+                    let verdict = format!(
+                        "health check failed: its URL {} needs {{domain}}, but \
+                         `dokku domains:report {app} --domains-app-vhosts` lists no domain",
+                        health::redact(&check.url_template)
+                    );
+                    sink.line(pb::Stream::Agent, verdict.clone());
+                    return health::Verdict::Failed(verdict);
+                }
+            }
+        } else {
+            None
+        };
+        let url = check.url(
+            app.as_str(),
+            self.env.as_str(),
+            self.host_id.as_str(),
+            domain.as_deref(),
+        );
+        health::gate(check, &url, sink, cancel).await
+    }
+
+    /// `apps:exists` (creating the app when missing), then `git:from-image`.
+    /// Sets `previous` to the deployed image before deploying, if the app existed.
     async fn deploy_image(
         &self,
         app: &AppName,
         image: &ImageRef,
+        previous: &mut Option<String>,
         sink: &mut (dyn LineSink + Send),
         cancel: &CancellationToken,
     ) -> Result<pb::CommandResult, ExecError> {
@@ -217,7 +333,7 @@ impl Dokku {
             .logged(&["apps:exists", app.as_str()], sink, cancel)
             .await?;
         match exists.code {
-            Some(0) => {}
+            Some(0) => *previous = self.deployed_image(app, cancel).await,
             Some(EXIT_APP_MISSING) => {
                 let created = self
                     .logged(&["apps:create", app.as_str()], sink, cancel)
@@ -365,8 +481,7 @@ fn succeeded(code: Option<i32>) -> pb::CommandResult {
     pb::CommandResult {
         outcome: pb::Outcome::Succeeded.into(),
         exit_code: code,
-        error: String::new(),
-        deployed_image: String::new(),
+        ..Default::default()
     }
 }
 
@@ -375,7 +490,16 @@ fn failed(code: Option<i32>, error: String) -> pb::CommandResult {
         outcome: pb::Outcome::Failed.into(),
         exit_code: code,
         error,
-        deployed_image: String::new(),
+        ..Default::default()
+    }
+}
+
+fn interrupted() -> pb::CommandResult {
+    pb::CommandResult {
+        outcome: pb::Outcome::Interrupted.into(),
+        exit_code: None,
+        error: "interrupted: the agent shut down while dokku ran; it was not re-run".into(),
+        ..Default::default()
     }
 }
 

@@ -5,27 +5,48 @@ use std::os::unix::fs::PermissionsExt as _;
 
 use super::*;
 
-/// A fake `dokku` whose behaviour for each subcommand is a shell snippet.
-/// Every invocation's argv is appended to `calls`, one argument per line.
+/// A fake `dokku` whose behaviour for each subcommand is a shell snippet; the
+/// app `shop` does not exist yet. Every invocation's argv is appended to
+/// `calls`, one argument per line.
 fn fixture(dir: &std::path::Path, git_from_image: &str, report: &str) -> Dokku {
+    fixture_with(
+        dir,
+        "echo ' !     App shop does not exist' >&2; exit 20",
+        git_from_image,
+        report,
+    )
+}
+
+/// `fixture`, with the `apps:exists` behaviour given too.
+fn fixture_with(dir: &std::path::Path, exists: &str, git_from_image: &str, report: &str) -> Dokku {
     let calls = dir.join("calls");
     let script = format!(
         r#"#!/bin/sh
 for a in "$@"; do printf '%s\n' "$a" >> '{calls}'; done
 printf -- '--\n' >> '{calls}'
 case "$1" in
-  apps:exists) echo ' !     App shop does not exist' >&2; exit 20 ;;
+  apps:exists) {exists} ;;
   apps:create) echo "-----> Creating $2..." ;;
   git:from-image) {git_from_image} ;;
   apps:report) {report} ;;
+  domains:report) cat '{domains}' 2>/dev/null ;;
 esac
 "#,
-        calls = calls.display()
+        calls = calls.display(),
+        domains = dir.join("domains").display(),
     );
     let bin = dir.join("dokku");
     std::fs::write(&bin, script).unwrap();
     std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
-    Dokku { bin }
+    dokku(bin)
+}
+
+fn dokku(bin: impl Into<std::path::PathBuf>) -> Dokku {
+    Dokku {
+        bin: bin.into(),
+        host_id: HostId::parse("web-1").unwrap(),
+        env: EnvName::parse("prod").unwrap(),
+    }
 }
 
 fn calls(dir: &std::path::Path) -> Vec<Vec<String>> {
@@ -50,6 +71,7 @@ fn deploy(image: &str) -> Action {
     Action::Deploy {
         app: AppName::parse("shop").unwrap(),
         image: ImageRef::parse(image).unwrap(),
+        health: None,
     }
 }
 
@@ -78,6 +100,8 @@ async fn creates_a_missing_app_then_deploys_with_exact_arguments_and_line_order(
     );
     assert_eq!(result.exit_code, Some(0));
     assert_eq!(result.deployed_image, "acme/shop:1");
+    // The app had to be created: there was nothing deployed before.
+    assert_eq!(result.previous_image, "");
     assert_eq!(
         calls(dir.path()),
         [
@@ -105,6 +129,79 @@ async fn creates_a_missing_app_then_deploys_with_exact_arguments_and_line_order(
         ]
     );
     assert!(lines.0.iter().any(|(s, l)| *s == pb::Stream::Agent && l == "$ dokku git:from-image shop acme/shop:1"));
+}
+
+/// An existing app whose deployed image lives in `state`: `git:from-image`
+/// runs `deploy` (a snippet that may change it), `apps:report` prints it.
+fn existing_app(dir: &std::path::Path, deploy: &str) -> Dokku {
+    let state = dir.join("state");
+    std::fs::write(&state, "acme/shop:1\n").unwrap();
+    let deploy = deploy.replace("STATE", &state.display().to_string());
+    fixture_with(
+        dir,
+        "exit 0",
+        &deploy,
+        &format!("cat '{}'", state.display()),
+    )
+}
+
+#[tokio::test]
+async fn previous_image_is_read_before_deploying_an_existing_app() {
+    let dir = tempfile::tempdir().unwrap();
+    let dokku = existing_app(dir.path(), "echo '-----> deployed'; echo $3 > 'STATE'");
+    let (result, _) = run_deploy(&dokku, "acme/shop:2").await;
+    assert_eq!(
+        result.outcome,
+        i32::from(pb::Outcome::Succeeded),
+        "{result:?}"
+    );
+    assert_eq!(result.previous_image, "acme/shop:1");
+    assert_eq!(result.deployed_image, "acme/shop:2");
+    assert_eq!(
+        calls(dir.path()),
+        [
+            vec!["apps:exists", "shop"],
+            vec!["apps:report", "shop", "--app-deploy-source-metadata"],
+            vec!["git:from-image", "shop", "acme/shop:2"],
+            vec!["apps:report", "shop", "--app-deploy-source-metadata"],
+        ]
+    );
+}
+
+#[tokio::test]
+async fn previous_image_is_reported_for_failures_and_rollbacks() {
+    let dir = tempfile::tempdir().unwrap();
+    let dokku = existing_app(
+        dir.path(),
+        "echo ' !     Could not start due to 1 failed checks (web.1)' >&2; exit 1",
+    );
+    let (result, _) = run_deploy(&dokku, "acme/shop:2").await;
+    assert_eq!(result.outcome, i32::from(pb::Outcome::Failed));
+    assert_eq!(result.previous_image, "acme/shop:1");
+    assert_eq!(result.deployed_image, "acme/shop:1");
+
+    let dir = tempfile::tempdir().unwrap();
+    let dokku = existing_app(dir.path(), "echo $3 > 'STATE'");
+    let rollback = Action::Rollback {
+        app: AppName::parse("shop").unwrap(),
+        image: ImageRef::parse("acme/shop:0").unwrap(),
+        release: 3,
+    };
+    let result = dokku
+        .execute(&rollback, &mut Lines::default(), &CancellationToken::new())
+        .await;
+    assert_eq!(
+        result.outcome,
+        i32::from(pb::Outcome::Succeeded),
+        "{result:?}"
+    );
+    assert_eq!(
+        (
+            result.previous_image.as_str(),
+            result.deployed_image.as_str()
+        ),
+        ("acme/shop:1", "acme/shop:0")
+    );
 }
 
 #[tokio::test]
@@ -220,9 +317,7 @@ async fn cancelling_kills_dokku_and_reports_interrupted() {
 
 #[tokio::test]
 async fn a_missing_dokku_binary_is_a_clear_failure() {
-    let dokku = Dokku {
-        bin: "/nonexistent/dokku".into(),
-    };
+    let dokku = dokku("/nonexistent/dokku");
     let (result, _) = run_deploy(&dokku, "acme/shop:1").await;
     assert_eq!(result.outcome, i32::from(pb::Outcome::Failed));
     assert!(
@@ -281,4 +376,183 @@ async fn lines_are_split_and_huge_lines_cut_while_reading() {
         Some("last without newline")
     );
     assert_eq!(reader.next_line().await.unwrap(), None);
+}
+
+fn deploy_checked(image: &str, url_template: &str, expect: &str, deadline_ms: u64) -> Action {
+    let check = HealthCheck::new(
+        url_template,
+        "/health",
+        expect,
+        std::time::Duration::from_millis(deadline_ms),
+        std::time::Duration::from_millis(10),
+        std::time::Duration::ZERO,
+        std::time::Duration::from_millis(500),
+    )
+    .unwrap();
+    Action::Deploy {
+        app: AppName::parse("shop").unwrap(),
+        image: ImageRef::parse(image).unwrap(),
+        health: Some(check),
+    }
+}
+
+async fn execute(dokku: &Dokku, action: &Action) -> (pb::CommandResult, Vec<String>) {
+    flotilla_shared::tls::install_crypto_provider();
+    let mut lines = Lines::default();
+    let result = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        dokku.execute(action, &mut lines, &CancellationToken::new()),
+    )
+    .await
+    .expect("deploys end");
+    let agent = lines
+        .0
+        .into_iter()
+        .filter(|(s, _)| *s == pb::Stream::Agent)
+        .map(|(_, l)| l)
+        .collect();
+    (result, agent)
+}
+
+#[tokio::test]
+async fn a_healthy_deploy_succeeds_after_the_gate() {
+    let server = health::tests::serve(&[503, 200]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let dokku = existing_app(dir.path(), "echo $3 > 'STATE'");
+    // `{host}` and `{env}` are this agent's; the server ignores the path.
+    let template = format!("{}/{{env}}/{{host}}/{{app}}", server.url);
+    let (result, lines) = execute(
+        &dokku,
+        &deploy_checked("acme/shop:2", &template, "2xx", 10_000),
+    )
+    .await;
+    assert_eq!(
+        result.outcome,
+        i32::from(pb::Outcome::Succeeded),
+        "{result:?}"
+    );
+    assert_eq!(
+        (
+            result.previous_image.as_str(),
+            result.deployed_image.as_str()
+        ),
+        ("acme/shop:1", "acme/shop:2")
+    );
+    let url = format!("{}/prod/web-1/shop/health", server.url);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with(&format!("health: GET {url} every"))),
+        "{lines:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with(&format!("health: GET {url} → 200 (healthy "))),
+        "{lines:?}"
+    );
+    assert_eq!(server.hits.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn an_unhealthy_deploy_fails_with_the_verdict_and_the_new_image_reported() {
+    let server = health::tests::serve(&[503]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let dokku = existing_app(dir.path(), "echo $3 > 'STATE'");
+    let (result, lines) = execute(
+        &dokku,
+        &deploy_checked("acme/shop:2", &server.url, "2xx", 200),
+    )
+    .await;
+    let verdict = "health check failed after 200ms: last status 503 (expected 2xx)";
+    assert_eq!(result.outcome, i32::from(pb::Outcome::Failed));
+    assert_eq!(result.error, verdict);
+    assert_eq!(result.exit_code, Some(0), "git:from-image's exit code");
+    assert_eq!(
+        (
+            result.previous_image.as_str(),
+            result.deployed_image.as_str()
+        ),
+        ("acme/shop:1", "acme/shop:2")
+    );
+    assert_eq!(lines.last().map(String::as_str), Some(verdict));
+}
+
+#[tokio::test]
+async fn no_changes_still_runs_the_gate_and_a_failed_deploy_does_not() {
+    let server = health::tests::serve(&[503]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let dokku = existing_app(
+        dir.path(),
+        "echo ' !     No changes detected, skipping git commit' >&2; exit 1",
+    );
+    let (result, _) = execute(
+        &dokku,
+        &deploy_checked("acme/shop:1", &server.url, "2xx", 200),
+    )
+    .await;
+    assert_eq!(result.outcome, i32::from(pb::Outcome::Failed));
+    assert_eq!(result.exit_code, Some(1));
+    assert!(
+        result.error.starts_with("health check failed after 200ms"),
+        "{}",
+        result.error
+    );
+
+    let server = health::tests::serve(&[200]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let dokku = existing_app(
+        dir.path(),
+        "echo ' !     Could not start due to 1 failed checks (web.1)' >&2; exit 1",
+    );
+    let (result, _) = execute(
+        &dokku,
+        &deploy_checked("acme/shop:2", &server.url, "2xx", 5_000),
+    )
+    .await;
+    assert_eq!(
+        result.error,
+        "dokku git:from-image exited with 1: Could not start due to 1 failed checks (web.1)"
+    );
+    assert_eq!(server.hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn the_domain_comes_from_dokku_and_its_absence_fails_the_check() {
+    let server = health::tests::serve(&[200]).await;
+    let port = server.url.rsplit(':').next().unwrap().to_owned();
+    let template = format!("http://{{domain}}:{port}");
+    let dir = tempfile::tempdir().unwrap();
+    let dokku = existing_app(dir.path(), "echo $3 > 'STATE'");
+    std::fs::write(dir.path().join("domains"), "127.0.0.1 www.shop.example\n").unwrap();
+    let (result, lines) = execute(
+        &dokku,
+        &deploy_checked("acme/shop:2", &template, "2xx", 5_000),
+    )
+    .await;
+    assert_eq!(
+        result.outcome,
+        i32::from(pb::Outcome::Succeeded),
+        "{result:?} {lines:?}"
+    );
+    assert!(calls(dir.path()).contains(&vec![
+        "domains:report".to_owned(),
+        "shop".to_owned(),
+        "--domains-app-vhosts".to_owned()
+    ]));
+
+    std::fs::write(dir.path().join("domains"), "\n").unwrap();
+    let (result, _) = execute(
+        &dokku,
+        &deploy_checked("acme/shop:3", &template, "2xx", 5_000),
+    )
+    .await;
+    assert_eq!(result.outcome, i32::from(pb::Outcome::Failed));
+    assert_eq!(
+        result.error,
+        format!(
+            "health check failed: its URL http://{{domain}}:{port} needs {{domain}}, but `dokku domains:report shop --domains-app-vhosts` lists no domain"
+        )
+    );
+    assert_eq!(result.deployed_image, "acme/shop:3");
 }

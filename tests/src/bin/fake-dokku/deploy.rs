@@ -1,6 +1,6 @@
 //! Deploys: `git:from-image`, `ps:rebuild|restart|start|stop` and the release-and-deploy tail they share; the deploy
-//! lock; the failure injection chosen by image name (`missing`, `unhealthy`, `hang`); the `ps:report` and
-//! `git:report` flags. The app's git repository is reduced to one property: the image at the deploy branch's head.
+//! lock; the failure injection chosen by image name (`missing`, `unhealthy`, `hang`) or, per host, by the list in
+//! `$DOKKU_ROOT/.standin/fail-images` (`git:from-image` only); the `ps:report` and `git:report` flags. The app's git repository is reduced to one property: the image at the deploy branch's head.
 
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::ErrorKind;
@@ -52,20 +52,30 @@ const STOP: Spec = Spec {
     options: &["--parallel"],
 };
 
-/// Failure injection, chosen by substrings of the image reference (documented in `--help`).
-struct Injection {
-    missing: bool,
-    unhealthy: bool,
-    hang: bool,
+/// Failure injection, chosen by substrings of the image reference and, for `git:from-image`, by the host's
+/// fail list (documented in `--help`).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Injection {
+    pub missing: bool,
+    pub unhealthy: bool,
+    pub hang: bool,
 }
 
 impl Injection {
-    fn for_image(image: &str) -> Self {
+    pub fn for_image(image: &str) -> Self {
         Self {
             missing: image.contains("missing"),
             unhealthy: image.contains("unhealthy"),
             hang: image.contains("hang"),
         }
+    }
+
+    /// For `git:from-image` on a host whose fail list is `fail_images`: an image listed there (exactly) fails its
+    /// checks as an `unhealthy` one does.
+    pub fn for_deploy(image: &str, fail_images: &[String]) -> Self {
+        let mut injection = Self::for_image(image);
+        injection.unhealthy |= fail_images.iter().any(|listed| listed == image);
+        injection
     }
 }
 
@@ -163,11 +173,13 @@ pub fn from_image(ctx: &Ctx, args: &[String]) -> CmdResult {
     }
     let (store, out) = (&ctx.store, &ctx.out);
     let _lock = DeployLock::acquire(store, &app)?;
+    // Read at every deploy, so a test can change it between deploys.
+    let injection = Injection::for_deploy(&image, &store.fail_images()?);
 
     out.step("Generating build context");
     if parsed.has("--force") || !store.image_on_host(&image) {
         out.step("Pulling image");
-        if Injection::for_image(&image).missing {
+        if injection.missing {
             return Err(Failure::msg(1, format!("Failed to pull image: {image}")));
         }
         let (repo, tag) = util::split_image_ref(&image);
@@ -196,7 +208,7 @@ pub fn from_image(ctx: &Ctx, args: &[String]) -> CmdResult {
     commit(store, &app, Some(&image))?;
 
     build(ctx, &app, &image);
-    if let Err(failure) = release_and_deploy(ctx, &app, &image, true) {
+    if let Err(failure) = release_and_deploy(ctx, &app, &image, true, &injection) {
         // Like Dokku (#5538): a failed deploy resets the deploy branch, so the same image can be retried.
         commit(store, &app, previous_head.as_deref())?;
         return Err(failure);
@@ -261,8 +273,13 @@ fn wait_for_release(ctx: &Ctx) -> CmdResult {
 /// Release, start a new web container, run its checks, switch traffic: the shared end of every deploy. On success
 /// the release is recorded (and, with `record_source`, `deploy-source=docker-image` and its metadata); on failure
 /// nothing about the deployed release changes.
-fn release_and_deploy(ctx: &Ctx, app: &str, image: &str, record_source: bool) -> CmdResult {
-    let injection = Injection::for_image(image);
+fn release_and_deploy(
+    ctx: &Ctx,
+    app: &str,
+    image: &str,
+    record_source: bool,
+    injection: &Injection,
+) -> CmdResult {
     if injection.hang {
         wait_for_release(ctx)?;
     }
@@ -376,7 +393,7 @@ fn rebuild_one(ctx: &Ctx, app: &str) -> CmdResult {
     };
     let _lock = DeployLock::acquire(&ctx.store, app)?;
     build(ctx, app, &image);
-    release_and_deploy(ctx, app, &image, true)
+    release_and_deploy(ctx, app, &image, true, &Injection::for_image(&image))
 }
 
 pub fn restart(ctx: &Ctx, args: &[String]) -> CmdResult {
@@ -389,7 +406,7 @@ fn restart_one(ctx: &Ctx, app: &str) -> CmdResult {
         return Ok(());
     };
     let _lock = DeployLock::acquire(&ctx.store, app)?;
-    release_and_deploy(ctx, app, &image, false)
+    release_and_deploy(ctx, app, &image, false, &Injection::for_image(&image))
 }
 
 /// The restart after `config:set`/`config:unset` on a deployed app: its failure is only a warning (dokku.md §9).
@@ -398,8 +415,9 @@ pub fn restart_after_config(ctx: &Ctx, app: &str) -> CmdResult {
         return Ok(());
     };
     ctx.out.step(&format!("Restarting app {app}"));
-    let result = DeployLock::acquire(&ctx.store, app)
-        .and_then(|_lock| release_and_deploy(ctx, app, &image, false));
+    let result = DeployLock::acquire(&ctx.store, app).and_then(|_lock| {
+        release_and_deploy(ctx, app, &image, false, &Injection::for_image(&image))
+    });
     if let Err(failure) = result {
         failure.print();
         ctx.out.warn(&format!(
@@ -425,7 +443,7 @@ fn start_one(ctx: &Ctx, app: &str) -> CmdResult {
     }
     ctx.out.step(&format!("Starting {app}"));
     let _lock = DeployLock::acquire(&ctx.store, app)?;
-    release_and_deploy(ctx, app, &image, false)
+    release_and_deploy(ctx, app, &image, false, &Injection::for_image(&image))
 }
 
 pub fn stop(ctx: &Ctx, args: &[String]) -> CmdResult {

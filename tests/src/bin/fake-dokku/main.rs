@@ -1,7 +1,9 @@
 //! `fake-dokku`: the Dokku CLI stand-in that Flotilla's tests and local dev fleet run instead of `dokku`. It
 //! reproduces the argument syntax, exit codes, output lines and state effects listed in `shared/dokku.md`, keeps
 //! all state under `$DOKKU_ROOT`, and runs no containers. `fake-dokku --help` documents it, including the
-//! failure injection; this file owns the global flags and the command table.
+//! failure injection (by image name, and per host by `$DOKKU_ROOT/.standin/fail-images`: `git:from-image` of an
+//! image listed there fails its checks like an `unhealthy` one); this file owns the global flags and the command
+//! table.
 
 mod apps;
 mod args;
@@ -265,6 +267,10 @@ for ps:rebuild, ps:restart, ps:start and the restart after config:set/config:uns
                           until that file exists, deletes it (one file releases one waiting deploy) and goes on.
                           Gives up with exit 1 after $FAKE_DOKKU_HANG_TIMEOUT_SECS (default 600).
     The rules combine: "hang-unhealthy" waits, then fails its checks.
+    $DOKKU_ROOT/.standin/fail-images (per host; read at every git:from-image): one image reference a line, blank
+                          lines and `#` comments ignored. git:from-image of an image listed there (exact match)
+                          fails its checks exactly like an "unhealthy" one: same lines, exit 1, the previous
+                          release keeps running. ps:rebuild/restart/start are not affected by the list.
     FAKE_DOKKU_EXIT_CODE=N (N != 0): every command but help/version is logged, then fails with exit N.
     A deploy holds an exclusive flock on the app's .deploy.lock: a second deploy of the same app meanwhile
     prints ` !     <app> currently has a deploy lock in place. Exiting...` and exits 1. As in real Dokku,
@@ -278,6 +284,7 @@ State under $DOKKU_ROOT (files are replaced atomically):
     .fake-dokku/invocations.jsonl    one JSON array of the arguments per invocation
     .fake-dokku/images/              images pulled once ("on the host")
     .fake-dokku/release              create it to release a "hang" deploy
+    .standin/fail-images             images whose git:from-image fails its checks on this host (written by tests)
     .fake-dokku/apps/<app>/          .deploy.lock, app.log (for logs), properties/<plugin>/<key>
                                      (apps: created-at, deploy-source, deploy-source-metadata; git: head-image,
                                      source-image, last-updated-at; ps: deployed, running, image, container-id)"#;

@@ -35,6 +35,23 @@ impl Store {
         }
     }
 
+    /// A store at `root` (tests; the binary reads `$DOKKU_ROOT`).
+    #[cfg(test)]
+    pub fn at(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// `$DOKKU_ROOT/.standin/fail-images`: images whose deploys fail their checks on this host (see `--help`).
+    pub fn fail_images_path(&self) -> PathBuf {
+        self.root.join(".standin").join("fail-images")
+    }
+
+    /// The images listed in `fail_images_path()`, read afresh at every call; empty if there is no file.
+    pub fn fail_images(&self) -> Result<Vec<String>, Failure> {
+        let text = read_optional(&self.fail_images_path())?.unwrap_or_default();
+        Ok(util::parse_image_list(&text))
+    }
+
     /// `$DOKKU_ROOT/.fake-dokku`: state real Dokku keeps elsewhere (images, properties, logs) or not at all.
     pub fn fake_dir(&self) -> PathBuf {
         self.root.join(".fake-dokku")

@@ -295,3 +295,85 @@ fn image_refs() {
         ("r.io/app", "sha256:ab")
     );
 }
+
+#[test]
+fn fail_image_lists() {
+    let text =
+        "# images that fail on this host\n\nacme/shop:2\n  acme/shop:3  # flaky\n#acme/shop:4\n";
+    assert_eq!(
+        util::parse_image_list(text),
+        strings(&["acme/shop:2", "acme/shop:3"])
+    );
+    assert!(util::parse_image_list("").is_empty());
+
+    let list = strings(&["acme/shop:2"]);
+    let listed = crate::deploy::Injection::for_deploy("acme/shop:2", &list);
+    assert_eq!(
+        listed,
+        crate::deploy::Injection::for_image("acme/shop-unhealthy:2")
+    );
+    // Exact references only, not substrings; name rules still apply.
+    assert!(!crate::deploy::Injection::for_deploy("acme/shop:20", &list).unhealthy);
+    assert!(!crate::deploy::Injection::for_deploy("acme/shop", &list).unhealthy);
+    assert!(crate::deploy::Injection::for_deploy("acme/shop:unhealthy", &[]).unhealthy);
+}
+
+/// A listed image fails `git:from-image` like an `unhealthy` one: exit 1, the checks' error, the old release kept,
+/// the deploy branch reset; removing it from the list (read at every deploy) lets the same image deploy.
+#[test]
+fn listed_images_fail_their_checks_on_this_host_only() {
+    use crate::store::Store;
+    use crate::{Ctx, apps, deploy, out::Out};
+
+    let host = |root: &std::path::Path| Ctx {
+        store: Store::at(root),
+        out: Out { quiet: true },
+        app: None,
+        force: false,
+    };
+    let metadata = |ctx: &Ctx| {
+        ctx.store
+            .property("shop", apps::PLUGIN, "deploy-source-metadata")
+            .unwrap()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (one, two) = (dir.path().join("one"), dir.path().join("two"));
+    let (one, two) = (host(&one), host(&two));
+    for ctx in [&one, &two] {
+        apps::create(ctx, &strings(&["shop"])).unwrap();
+        deploy::from_image(ctx, &strings(&["shop", "acme/shop:1"])).unwrap();
+    }
+    let list = one.store.fail_images_path();
+    std::fs::create_dir_all(list.parent().unwrap()).unwrap();
+    std::fs::write(&list, "# fails here\nacme/shop:2\n").unwrap();
+
+    let failure = deploy::from_image(&one, &strings(&["shop", "acme/shop:2"])).unwrap_err();
+    assert_eq!(failure.code, 1);
+    assert_eq!(
+        failure.lines(),
+        [" !     Could not start due to 1 failed checks (web.1)"]
+    );
+    let unhealthy =
+        deploy::from_image(&two, &strings(&["shop", "acme/shop:2-unhealthy"])).unwrap_err();
+    assert_eq!(
+        (unhealthy.code, unhealthy.lines()),
+        (failure.code, failure.lines())
+    );
+    assert_eq!(metadata(&one).as_deref(), Some("acme/shop:1"));
+    assert_eq!(
+        one.store
+            .property("shop", "git", "source-image")
+            .unwrap()
+            .as_deref(),
+        Some("acme/shop:2")
+    );
+
+    // The other host has no list: the same image deploys there.
+    deploy::from_image(&two, &strings(&["shop", "acme/shop:2"])).unwrap();
+    assert_eq!(metadata(&two).as_deref(), Some("acme/shop:2"));
+
+    // The list is read at every deploy, and the failed deploy reset the branch: a retry really deploys.
+    std::fs::write(&list, "\n").unwrap();
+    deploy::from_image(&one, &strings(&["shop", "acme/shop:2"])).unwrap();
+    assert_eq!(metadata(&one).as_deref(), Some("acme/shop:2"));
+}

@@ -38,6 +38,16 @@ pub fn is_valid_host(host: &str) -> bool {
     }
 }
 
+/// An image list file (`.standin/fail-images`): one image reference a line; blank lines and `#` comments (whole
+/// lines or the rest of a line: image references never contain `#`) are ignored, surrounding spaces trimmed.
+pub fn parse_image_list(text: &str) -> Vec<String> {
+    text.lines()
+        .map(|line| line.split('#').next().unwrap_or_default().trim())
+        .filter(|line| !line.is_empty())
+        .map(String::from)
+        .collect()
+}
+
 /// `'v'`, with embedded single quotes written as `'\''`.
 pub fn single_quote(value: &str) -> String {
     format!("'{}'", value.replace('\'', r"'\''"))

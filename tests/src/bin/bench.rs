@@ -1,11 +1,16 @@
 //! `bench`: prints Flotilla's figures on this machine.
 //!
-//! 1. Command signing and verification (the agent's per-command check), in-process.
-//! 2. End-to-end deploy latency: a real coordinator and N agents on fake-dokku,
-//!    timing `flotilla deploy --wait` from the CLI's start to its exit.
+//! - `signing`: command signing and verification (the agent's per-command check), in-process.
+//! - `deploy [HOSTS] [DEPLOYS]`: end-to-end deploy latency, a real coordinator and HOSTS agents on
+//!   fake-dokku, timing `flotilla deploy --wait` from the CLI's start to its exit.
+//! - `rollout [HOSTS] [BATCH]`: a rolling deploy to HOSTS (100) simulated agents
+//!   (`flotilla-agent simulate`: real identities, mTLS sessions, signature checks and spools,
+//!   with an instant in-memory Dokku) in batches of BATCH (10): wall time, per-batch time and
+//!   the coordinator's gap between batches.
+//! - `ping [N…]`: `flotilla ping` round trip through every agent at N (50 and 1000) agents.
 //!
-//! Usage: `cargo build --release --workspace && target/release/bench [HOSTS] [DEPLOYS]`
-//! (or the debug build; the profile is printed). Timing is never asserted anywhere.
+//! Usage: `scripts/bench [all|signing|deploy|rollout|ping] [ARGS]` (a release build; the debug
+//! build works too and says so). Timing is never asserted anywhere.
 
 use std::time::{Duration, Instant};
 
@@ -17,16 +22,188 @@ use flotilla_tests::{Host, Server};
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
-    let hosts: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(3);
-    let deploys: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(20);
+    let what = args.next().unwrap_or_else(|| "all".into());
+    let nums: Vec<usize> = args
+        .map(|a| a.parse().with_context(|| format!("not a number: {a}")))
+        .collect::<anyhow::Result<_>>()?;
+    let arg = |i: usize, default: usize| nums.get(i).copied().unwrap_or(default);
     let profile = if cfg!(debug_assertions) {
         "debug"
     } else {
         "release"
     };
     println!("flotilla bench ({profile} build)");
-    signing_bench()?;
-    deploy_bench(hosts, deploys)
+    match what.as_str() {
+        "signing" => signing_bench(),
+        "deploy" => deploy_bench(arg(0, 3), arg(1, 20)),
+        "rollout" => rollout_bench(arg(0, 100), arg(1, 10)),
+        "ping" if nums.is_empty() => ping_bench(&[50, 1000]),
+        "ping" => ping_bench(&nums),
+        "all" => {
+            signing_bench()?;
+            deploy_bench(3, 20)?;
+            rollout_bench(100, 10)?;
+            ping_bench(&[50, 1000])
+        }
+        other => anyhow::bail!(
+            "unknown benchmark {other:?}; use all, signing, deploy, rollout or ping"
+        ),
+    }
+}
+
+/// How long simulated agents may take to join and connect.
+const SIM_WAIT: Duration = Duration::from_secs(600);
+
+/// `flotilla-agent simulate` with `count` agents in `env`, running until dropped.
+struct Simulation {
+    child: std::process::Child,
+}
+
+impl Simulation {
+    fn start(root: &std::path::Path, server: &Server, env: &str, count: usize) -> anyhow::Result<Self> {
+        use std::io::BufRead as _;
+        let out = server.cli(&["join-token", "create", "--uses", &count.to_string()])?;
+        if !out.status.success() {
+            anyhow::bail!("join-token create: {}", flotilla_tests::text(&out));
+        }
+        let token = String::from_utf8(out.stdout)?.trim().to_owned();
+        let mut child = std::process::Command::new(flotilla_tests::bin("flotilla-agent"))
+            .arg("simulate")
+            .args(["--count", &count.to_string(), "--env", env, "--prefix", env])
+            .args(["--server", &server.url()])
+            .arg("--dir")
+            .arg(root.join(format!("sim-{env}")))
+            .env("FLOTILLA_JOIN_TOKEN", token)
+            .env("FLOTILLA_LOG", "warn")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("start flotilla-agent simulate")?;
+        let stdout = child.stdout.take().context("simulate stdout")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let ready = std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+                .any(|l| l.contains("agents connected"));
+            let _ = tx.send(ready);
+        });
+        let sim = Self { child };
+        match rx.recv_timeout(SIM_WAIT) {
+            Ok(true) => Ok(sim),
+            _ => anyhow::bail!("{count} simulated agents did not connect within {SIM_WAIT:?}"),
+        }
+    }
+}
+
+impl Drop for Simulation {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+fn rollout_bench(hosts: usize, batch: usize) -> anyhow::Result<()> {
+    let root = tempfile::tempdir()?;
+    let data_dir = Server::init(root.path())?;
+    let server = Server::start(&data_dir, "127.0.0.1:0", &[])?;
+    let start = Instant::now();
+    let _sim = Simulation::start(root.path(), &server, "roll", hosts)?;
+    println!(
+        "rollout: {hosts} simulated agents joined and connected in {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
+    let batch_arg = batch.to_string();
+    let start = Instant::now();
+    let out = server.cli(&[
+        "deploy", "bench", "--image", "acme/bench:1", "--env", "roll", "--batch", &batch_arg,
+        "--wait", "--output", "json",
+    ])?;
+    let wall = start.elapsed();
+    if out.status.code() != Some(0) {
+        anyhow::bail!("deploy failed: {}", flotilla_tests::text(&out));
+    }
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let num = |v: &serde_json::Value| v.as_i64().unwrap_or_default();
+    let duration_ms = num(&status["finished_at_ms"]) - num(&status["created_at_ms"]);
+    // Per batch: first dispatch, last result recorded (coordinator clock).
+    let mut spans: std::collections::BTreeMap<i64, (i64, i64)> = Default::default();
+    let mut round_trips = Vec::new();
+    for h in status["hosts"].as_array().context("hosts")? {
+        let (b, started, finished) = (num(&h["batch"]), num(&h["started_at_ms"]), num(&h["finished_at_ms"]));
+        let span = spans.entry(b).or_insert((started, finished));
+        span.0 = span.0.min(started);
+        span.1 = span.1.max(finished);
+        round_trips.push(finished - started);
+    }
+    let spans: Vec<(i64, i64)> = spans.into_values().collect();
+    let gaps: Vec<i64> = spans.windows(2).map(|w| w[1].0 - w[0].1).collect();
+    let batch_times: Vec<i64> = spans.iter().map(|(s, e)| e - s).collect();
+    round_trips.sort_unstable();
+    println!(
+        "rollout: {hosts} hosts in {} batches of {batch}: `deploy --wait` {:.2} s wall; deployment {:.2} s (created → finished) — all of it orchestration, the stand-in is instant",
+        spans.len(),
+        wall.as_secs_f64(),
+        duration_ms as f64 / 1000.0,
+    );
+    println!(
+        "rollout: per batch (dispatch → last result stored) mean {:.0} ms, max {} ms; host round trip p50 {} ms, max {} ms",
+        mean(&batch_times),
+        batch_times.iter().max().copied().unwrap_or(0),
+        round_trips.get(round_trips.len() / 2).copied().unwrap_or(0),
+        round_trips.last().copied().unwrap_or(0),
+    );
+    println!(
+        "rollout: coordinator between batches (last result stored → next batch dispatched) mean {:.1} ms, max {} ms, total {} ms",
+        mean(&gaps),
+        gaps.iter().max().copied().unwrap_or(0),
+        gaps.iter().sum::<i64>(),
+    );
+    Ok(())
+}
+
+fn mean(v: &[i64]) -> f64 {
+    if v.is_empty() {
+        0.0
+    } else {
+        v.iter().sum::<i64>() as f64 / v.len() as f64
+    }
+}
+
+fn ping_bench(counts: &[usize]) -> anyhow::Result<()> {
+    let root = tempfile::tempdir()?;
+    let data_dir = Server::init(root.path())?;
+    let server = Server::start(&data_dir, "127.0.0.1:0", &[])?;
+    for &n in counts {
+        let env = format!("ping{n}");
+        let start = Instant::now();
+        let _sim = Simulation::start(root.path(), &server, &env, n)?;
+        println!(
+            "ping: {n} simulated agents joined and connected in {:.1} s",
+            start.elapsed().as_secs_f64()
+        );
+        let mut totals = Vec::new();
+        for _ in 0..5 {
+            let out = server.cli(&["ping", "--env", &env, "--output", "json"])?;
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+                .with_context(|| flotilla_tests::text(&out))?;
+            if v["ok"].as_u64() != Some(n as u64) {
+                anyhow::bail!("not every agent answered: {v}");
+            }
+            totals.push(v["total_ms"].as_f64().unwrap_or(f64::NAN));
+        }
+        totals.sort_by(f64::total_cmp);
+        println!(
+            "ping: {n} agents, 5 runs: total (first command signed → last answer) min {:.1} ms, median {:.1} ms, max {:.1} ms",
+            totals[0],
+            totals[2],
+            totals[4]
+        );
+    }
+    Ok(())
 }
 
 fn signing_bench() -> anyhow::Result<()> {

@@ -29,7 +29,7 @@ Exit codes:
   4  the deployment was rolled back
   5  the deployment was cancelled
   6  refused: another deployment of the app is active (see --queue), no host matches, ...
-  130  --wait interrupted (Ctrl-C); the deployment goes on
+  130 --wait interrupted (Ctrl-C); the deployment goes on
 
 With --wait on a terminal, progress is a live view on stderr: one line per host with its latest \
 log line; the last lines of failed hosts print at the end. Otherwise (CI, pipes, --output json) \
@@ -82,7 +82,10 @@ enum Cmd {
         env: Option<String>,
     },
     /// Revoke a host: its agent is disconnected and refused from now on (admin).
-    Revoke { host_id: String },
+    Revoke {
+        /// The host id, as `flotilla hosts` lists it.
+        host_id: String,
+    },
     /// Deploy an image of an app to the hosts of an environment, batch by batch.
     ///
     /// One host at a time by default, stopping at the first failure and rolling
@@ -90,6 +93,7 @@ enum Cmd {
     /// --output json, the deployment). --wait follows it to the end.
     #[command(after_long_help = EXIT_CODES)]
     Deploy {
+        /// The app, as Dokku names it.
         app: String,
         /// Image reference; use an immutable tag or @sha256 digest.
         #[arg(long)]
@@ -106,6 +110,7 @@ enum Cmd {
     /// Roll an app back to an earlier release (by default, the previous one).
     #[command(after_long_help = EXIT_CODES)]
     Rollback {
+        /// The app, as Dokku names it.
         app: String,
         /// Environment to roll back.
         #[arg(long)]
@@ -120,6 +125,7 @@ enum Cmd {
     /// Cancel a deployment: no further host is started; hosts already running finish.
     #[command(after_long_help = EXIT_CODES)]
     Cancel {
+        /// Deployment id (from `deploy` or `flotilla deployments`).
         id: String,
         /// Then return every host that took the new image to the image it had.
         #[arg(long)]
@@ -131,6 +137,7 @@ enum Cmd {
     /// Go on with a deployment that waits after its canary batch (--canary-manual).
     #[command(after_long_help = EXIT_CODES)]
     Promote {
+        /// Deployment id (from `deploy` or `flotilla deployments`).
         id: String,
         /// Follow the deployment to its end and exit with its outcome (see below).
         #[arg(long)]
@@ -157,6 +164,7 @@ enum Cmd {
     App(AppCmd),
     /// The release history of an app in an environment.
     Releases {
+        /// Release history of this app.
         app: String,
         /// Environment whose history to show.
         #[arg(long)]
@@ -175,9 +183,13 @@ enum Cmd {
         limit: u32,
     },
     /// One deployment: its strategy, progress, and the state of each host.
-    Status { id: String },
+    Status {
+        /// Deployment id.
+        id: String,
+    },
     /// The Dokku output of a deployment, per host.
     Logs {
+        /// Deployment id.
         id: String,
         /// Keep streaming until the deployment ends.
         #[arg(long, short)]
@@ -202,7 +214,10 @@ enum TokenCmd {
     /// List API tokens (ids, names, roles, scopes; never the secrets).
     List,
     /// Revoke an API token by the id `token list` shows.
-    Revoke { id: String },
+    Revoke {
+        /// The token id `token list` shows (not the token).
+        id: String,
+    },
     /// Create an API token; prints only the token.
     Create {
         /// admin, deployer (deploy and roll back) or viewer (read only).
@@ -241,6 +256,7 @@ enum AppCmd {
     /// Placeholders: {app}, {env}, {host} (the host id), {domain} (the app's
     /// domain), e.g. `http://{host}.internal:5000` or `https://{domain}`.
     HealthUrl {
+        /// The app, as Dokku names it.
         app: String,
         /// Environment the setting is for.
         #[arg(long)]
@@ -347,7 +363,8 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             let answer = client.ping(&env, selector, timeout).await?;
             output::ping(out, &answer);
             if answer.hosts.is_empty() {
-                anyhow::bail!("no host of {env} matched; nothing was pinged");
+                eprintln!("error: no host of {env} matched; nothing was pinged");
+                return Ok(exit::code(exit::REFUSED));
             }
             if answer.hosts.iter().any(|h| !h.ok) {
                 return Ok(exit::code(exit::FAILED));
@@ -407,15 +424,21 @@ fn check_before_connecting(args: &Args) {
             ..
         }) => {
             if let Err(e) = flotilla_shared::health::check_template(template.trim()) {
-                usage_error(e.to_string());
+                usage_error("app", e.to_string());
             }
         }
         _ => {}
     }
 }
 
-fn usage_error(msg: String) -> ! {
-    let err = Args::command().error(clap::error::ErrorKind::ValueValidation, msg);
+/// Reports a usage error of `subcommand` as clap would, and exits 2.
+fn usage_error(subcommand: &str, msg: String) -> ! {
+    let mut cmd = Args::command();
+    cmd.build();
+    let err = match cmd.find_subcommand_mut(subcommand) {
+        Some(sub) => sub.error(clap::error::ErrorKind::ValueValidation, msg),
+        None => cmd.error(clap::error::ErrorKind::ValueValidation, msg),
+    };
     let _ = err.print();
     std::process::exit(exit::USAGE.into())
 }
@@ -425,7 +448,7 @@ fn usage_error(msg: String) -> ! {
 fn strategy_or_usage_error(args: &StrategyArgs) -> flotilla_proto::v1::Strategy {
     match args.to_proto() {
         Ok(strategy) => strategy,
-        Err(msg) => usage_error(msg),
+        Err(msg) => usage_error("deploy", msg),
     }
 }
 

@@ -128,7 +128,6 @@ fn append(path: &std::path::Path, text: &str) -> std::io::Result<()> {
 pub fn summary(d: &pb::Deployment) -> String {
     let icon = match d.state.as_str() {
         "succeeded" => "✅",
-        "rolled_back" => "↩️",
         "cancelled" => "⏹️",
         "awaiting_promotion" => "⏸️",
         _ => "❌",
@@ -267,7 +266,7 @@ mod tests {
     fn summary_is_a_markdown_table() {
         let md = summary(&failed_deployment());
         assert!(
-            md.contains("↩️ Flotilla deploy: `shop` → `acme/shop:2` in `prod`: rolled_back"),
+            md.contains("❌ Flotilla deploy: `shop` → `acme/shop:2` in `prod`: rolled_back"),
             "{md}"
         );
         assert!(md.contains("Reason: web-2 failed; rolled back"), "{md}");

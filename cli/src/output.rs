@@ -78,6 +78,9 @@ fn host_json(h: &pb::HostDeployment) -> Value {
         "exit_code": h.exit_code,
         "started_at": ts(h.started_at_ms),
         "finished_at": ts(h.finished_at_ms),
+        // The same instants as numbers (ms since the Unix epoch, 0 if not yet), for arithmetic.
+        "started_at_ms": h.started_at_ms,
+        "finished_at_ms": h.finished_at_ms,
         "duration_ms": host_duration_ms(h, 0),
         "error": h.error,
         "command_id": h.command_id,

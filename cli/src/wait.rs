@@ -66,7 +66,9 @@ pub async fn wait(
     stop_at_promotion: bool,
 ) -> anyhow::Result<ExitCode> {
     let id = d.id.clone();
-    let mut view = if out == Output::Text && std::io::stderr().is_terminal() {
+    // A terminal that cannot move the cursor gets plain lines too.
+    let live = std::io::stderr().is_terminal() && std::env::var("TERM").as_deref() != Ok("dumb");
+    let mut view = if out == Output::Text && live {
         View::Tty(Tty::new())
     } else {
         View::Plain(Plain::new(out))
@@ -339,13 +341,14 @@ pub fn print_started(out: Output, d: &pb::Deployment) {
     }
     outln!("{}", d.id);
     if d.state == "queued" {
-        let why = if d.error.is_empty() {
-            "another deployment of it is still active".to_owned()
-        } else {
-            output::clean(&d.error)
+        // The coordinator says behind which deployment ("queued behind deployment …").
+        let why = match output::clean(&d.error) {
+            e if e.starts_with("queued") => e,
+            e if e.is_empty() => "queued behind another deployment".to_owned(),
+            e => format!("queued: {e}"),
         };
         eprintln!(
-            "{} of {} in {} is queued: {why}; it starts when that one ends. Follow it with `flotilla status {}`",
+            "{} of {} in {} is {why}; it starts when that one ends. Follow it with `flotilla status {}`",
             d.kind, d.app, d.env, d.id
         );
     } else {

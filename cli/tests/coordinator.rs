@@ -443,22 +443,64 @@ fn rolled_back_script() -> Script {
             )
         },
         events: vec![
-            ev(1, "created", "", 0, "running", ""),
-            ev(2, "started", "", 0, "running", ""),
-            ev(3, "batch_started", "", 0, "running", ""),
-            ev(4, "host_dispatched", "web-1", 0, "running", ""),
-            ev(5, "host_finished", "web-1", 0, "succeeded", ""),
-            ev(6, "batch_started", "", 1, "running", ""),
-            ev(7, "host_dispatched", "web-2", 1, "running", ""),
+            ev(
+                1,
+                "created",
+                "",
+                0,
+                "running",
+                "deploy acme/shop:2 to 2 host(s) of prod in 2 batch(es)",
+            ),
+            ev(2, "batch_started", "", 0, "running", "batch 1/2: web-1"),
+            ev(
+                3,
+                "host_dispatched",
+                "web-1",
+                0,
+                "running",
+                "deploy acme/shop:2",
+            ),
+            ev(
+                4,
+                "host_accepted",
+                "web-1",
+                0,
+                "running",
+                "the agent accepted the command",
+            ),
+            ev(
+                5,
+                "host_finished",
+                "web-1",
+                0,
+                "succeeded",
+                "now at acme/shop:2",
+            ),
+            ev(6, "batch_started", "", 1, "running", "batch 2/2: web-2"),
+            ev(
+                7,
+                "host_dispatched",
+                "web-2",
+                1,
+                "running",
+                "deploy acme/shop:2",
+            ),
             ev(8, "host_finished", "web-2", 1, "failed", "health gate: 503"),
-            ev(9, "rollback_started", "", 1, "rolling_back", "web-2 failed"),
+            ev(
+                9,
+                "rollback_started",
+                "",
+                1,
+                "rolling_back",
+                "rolling back 1 host(s): web-2 failed",
+            ),
             ev(
                 10,
                 "host_rollback_dispatched",
                 "web-1",
                 0,
                 "rolling_back",
-                "",
+                "rollback acme/shop:1",
             ),
             ev(11, "host_rollback_finished", "web-1", 0, "rolled_back", ""),
             ev(
@@ -467,7 +509,7 @@ fn rolled_back_script() -> Script {
                 "",
                 1,
                 "rolled_back",
-                "web-2 failed; rolled back",
+                "rolled_back: web-2 failed; rolled back",
             ),
         ],
         break_after: Some(5),
@@ -501,8 +543,8 @@ fn wait_in_ci_prints_each_event_once_across_a_broken_stream_and_exits_4_on_rollb
     assert_eq!(text.lines().next(), Some("d1"), "{text}");
     for line in [
         "[12:00:01] deploy of shop → acme/shop:2 in prod created",
-        "[12:00:03] batch 1/2 started: web-1",
-        "[12:00:05] web-1 succeeded (1.0s)",
+        "[12:00:02] batch 1/2 started: web-1",
+        "[12:00:05] web-1 succeeded (2.0s): now at acme/shop:2",
         "[12:00:08] web-2 failed (1.0s): health gate: 503",
         "[12:00:10] web-1 rolling back to acme/shop:1",
         "[12:00:12] deploy rolled_back: web-2 failed; rolled back",
@@ -560,7 +602,10 @@ fn wait_under_github_actions_groups_output_and_annotates_failures() {
         "{text}"
     );
     let md = std::fs::read_to_string(&summary).unwrap();
-    assert!(md.contains("↩️ Flotilla deploy"), "{md}");
+    assert!(
+        md.contains("❌ Flotilla deploy: `shop` → `acme/shop:2` in `prod`: rolled_back"),
+        "{md}"
+    );
     assert!(
         md.contains("| web-2 | failed |  | acme/shop:1 | acme/shop:1 | 2 |"),
         "{md}"
@@ -609,9 +654,30 @@ fn canary_manual_wait_returns_once_the_canary_batch_is_done() {
         last: d,
         events: vec![
             ev(1, "created", "", 0, "running", ""),
-            ev(2, "batch_started", "", 0, "running", ""),
-            ev(3, "host_finished", "web-1", 0, "succeeded", ""),
-            ev(4, "awaiting_promotion", "", 0, "awaiting_promotion", ""),
+            ev(
+                2,
+                "batch_started",
+                "",
+                0,
+                "running",
+                "batch 1/2 (canary): web-1",
+            ),
+            ev(
+                3,
+                "host_finished",
+                "web-1",
+                0,
+                "succeeded",
+                "now at acme/shop:2",
+            ),
+            ev(
+                4,
+                "awaiting_promotion",
+                "",
+                0,
+                "awaiting_promotion",
+                "canary batch done; continue with `flotilla promote d1`",
+            ),
         ],
         ..Script::default()
     });
@@ -635,7 +701,7 @@ fn canary_manual_wait_returns_once_the_canary_batch_is_done() {
         stderr(&out)
     );
     assert!(
-        stdout(&out).contains("canary batch done; waiting for `flotilla promote d1`"),
+        stdout(&out).contains("[12:00:04] canary batch done; continue with `flotilla promote d1`"),
         "{}",
         stdout(&out)
     );

@@ -131,6 +131,8 @@ fn status_json_has_every_documented_field() {
             "exit_code",
             "started_at",
             "finished_at",
+            "started_at_ms",
+            "finished_at_ms",
             "duration_ms",
             "error",
             "command_id",
@@ -165,6 +167,7 @@ fn status_json_values_are_the_servers_with_defaults_resolved() {
             "host_id": "web-1", "batch": 0, "state": "rolled_back",
             "image_before": "acme/shop:2", "image": "acme/shop:2", "exit_code": 0,
             "started_at": "2026-12-23T04:26:41Z", "finished_at": "2026-12-23T04:26:45Z",
+            "started_at_ms": 1_798_000_001_000_i64, "finished_at_ms": 1_798_000_005_100_i64,
             "duration_ms": 4100, "error": "", "command_id": "c1", "rollback_command_id": "c2",
         })
     );

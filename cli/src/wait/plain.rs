@@ -9,22 +9,16 @@ use crate::Output;
 use crate::github::Actions;
 use crate::output::{self, batch_text, clean, clock, duration_text, outln};
 
-/// The line for one event, after the tracker has applied it.
+/// The line for one event, after the tracker has applied it. The
+/// coordinator's message is used where it says more than the event's kind.
 pub fn event_line(t: &Tracker, ev: &pb::DeploymentEvent) -> String {
     let msg = clean(&ev.message);
-    let with_msg = |text: String| {
+    // The message, or `fallback` when there is none.
+    let msg_or = |fallback: &str| {
         if msg.is_empty() {
-            text
+            fallback.to_owned()
         } else {
-            format!("{text}: {msg}")
-        }
-    };
-    let batch = || {
-        let text = batch_text(ev.batch, t.d.batches, t.canary());
-        if text.is_empty() {
-            format!("batch {}", ev.batch + 1)
-        } else {
-            text
+            msg.clone()
         }
     };
     let host = clean(&ev.host_id);
@@ -34,14 +28,24 @@ pub fn event_line(t: &Tracker, ev: &pb::DeploymentEvent) -> String {
             .unwrap_or_default()
     };
     let text = match ev.kind.as_str() {
-        "created" if ev.state == "queued" => with_msg(format!(
-            "{} of {} → {} in {} queued",
-            t.d.kind, t.d.app, t.d.image, t.d.env
-        )),
-        "created" => format!(
-            "{} of {} → {} in {} created",
-            t.d.kind, t.d.app, t.d.image, t.d.env
-        ),
+        "created" => {
+            let mut text = format!(
+                "{} of {} → {} in {} created",
+                t.d.kind,
+                t.d.app,
+                clean(&t.d.image),
+                t.d.env
+            );
+            if ev.state == "queued" || t.d.state == "queued" {
+                let why = if t.d.error.is_empty() {
+                    &msg
+                } else {
+                    &t.d.error
+                };
+                text.push_str(&format!("; {}", clean(why)));
+            }
+            text
+        }
         "started" => {
             let n = t.d.hosts.len();
             let mut text = format!("started on {n} host{}", if n == 1 { "" } else { "s" });
@@ -52,44 +56,34 @@ pub fn event_line(t: &Tracker, ev: &pb::DeploymentEvent) -> String {
                     if t.d.batches == 1 { "" } else { "es" }
                 ));
             }
-            with_msg(text)
+            if !msg.is_empty() {
+                text.push_str(&format!(": {msg}"));
+            }
+            text
         }
         "batch_started" => {
+            let batch = batch_text(ev.batch, t.d.batches, t.canary());
             let hosts: Vec<&str> =
                 t.d.hosts
                     .iter()
                     .filter(|h| h.batch == ev.batch && h.state != "skipped")
                     .map(|h| h.host_id.as_str())
                     .collect();
-            let mut text = format!("{} started", batch());
-            if !hosts.is_empty() && t.d.batches > 0 {
-                text.push_str(&format!(": {}", clean(&hosts.join(", "))));
+            if batch.is_empty() || hosts.is_empty() {
+                msg_or(&format!("batch {} started", ev.batch + 1))
+            } else {
+                format!("{batch} started: {}", clean(&hosts.join(", ")))
             }
-            text
         }
         "host_dispatched" => format!("{host} deploying"),
         "host_accepted" => format!("{host} {}", or(&ev.state, "running")),
-        "host_finished" => with_msg(format!("{host} {}{}", ev.state, took())),
-        "paused" => {
-            let pause = t.d.strategy.as_ref().map_or(0, |s| s.pause_ms);
-            let next = batch_text(ev.batch + 1, t.d.batches, false);
-            let text = if pause > 0 && !next.is_empty() {
-                format!(
-                    "paused; {next} starts at {}",
-                    clock(ev.at_ms.saturating_add(i64::try_from(pause).unwrap_or(0)))
-                )
-            } else {
-                "paused".to_owned()
-            };
-            with_msg(text)
+        "host_finished" | "host_rollback_finished" => {
+            let mut text = format!("{host} {}{}", ev.state, took());
+            if !msg.is_empty() && msg != ev.state {
+                text.push_str(&format!(": {msg}"));
+            }
+            text
         }
-        "awaiting_promotion" => with_msg(format!(
-            "canary batch done; waiting for `flotilla promote {}`",
-            t.d.id
-        )),
-        "promoted" => with_msg("promoted".into()),
-        "cancel_requested" => with_msg("cancel requested".into()),
-        "rollback_started" => with_msg("rolling back".into()),
         "host_rollback_dispatched" => {
             let before = t.host(&ev.host_id).map_or("", |h| h.image_before.as_str());
             if before.is_empty() {
@@ -98,17 +92,35 @@ pub fn event_line(t: &Tracker, ev: &pb::DeploymentEvent) -> String {
                 format!("{host} rolling back to {}", clean(before))
             }
         }
-        "host_rollback_finished" => with_msg(format!("{host} {}{}", ev.state, took())),
-        "finished" => with_msg(format!("{} {}", t.d.kind, or(&ev.state, &t.d.state))),
+        "paused" => {
+            let pause = t.d.strategy.as_ref().map_or(0, |s| s.pause_ms);
+            let next = batch_text(ev.batch + 1, t.d.batches, false);
+            if pause > 0 && !next.is_empty() {
+                format!(
+                    "paused; {next} starts at {}",
+                    clock(ev.at_ms.saturating_add(i64::try_from(pause).unwrap_or(0)))
+                )
+            } else {
+                format!("paused; {}", msg_or("waiting for the next batch"))
+            }
+        }
+        "awaiting_promotion" => msg_or(&format!(
+            "canary batch done; continue with `flotilla promote {}`",
+            t.d.id
+        )),
+        "promoted" => msg_or("promoted"),
+        "cancel_requested" => msg_or("cancel requested"),
+        "rollback_started" => msg_or("rolling back"),
+        "finished" => format!("{} {}", t.d.kind, msg_or(&ev.state)),
         other => {
             let mut text = clean(other);
-            for part in [host.as_str(), ev.state.as_str()] {
+            for part in [host.as_str(), ev.state.as_str(), msg.as_str()] {
                 if !part.is_empty() {
                     text.push(' ');
                     text.push_str(part);
                 }
             }
-            with_msg(text)
+            text
         }
     };
     format!("[{}] {text}", clock(ev.at_ms))

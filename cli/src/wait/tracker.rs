@@ -118,10 +118,6 @@ impl Tracker {
                         .at_ms
                         .saturating_add(i64::try_from(pause).unwrap_or(i64::MAX));
                 }
-                // Why it did not succeed, until the final snapshot says it better.
-                "finished" if self.d.error.is_empty() && self.d.state != "succeeded" => {
-                    self.d.error = ev.message.clone();
-                }
                 _ => {}
             }
             self.last_message = ev.message.clone();

@@ -361,11 +361,14 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         } => {
             let selector = hosts.map(Into::into).unwrap_or_default();
             let answer = client.ping(&env, selector, timeout).await?;
-            output::ping(out, &answer);
             if answer.hosts.is_empty() {
-                eprintln!("error: no host of {env} matched; nothing was pinged");
+                if out == Output::Json {
+                    output::ping(out, &answer);
+                }
+                eprintln!("error: no connected host of {env} matched; nothing was pinged");
                 return Ok(exit::code(exit::REFUSED));
             }
+            output::ping(out, &answer);
             if answer.hosts.iter().any(|h| !h.ok) {
                 return Ok(exit::code(exit::FAILED));
             }

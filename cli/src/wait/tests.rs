@@ -342,6 +342,19 @@ fn live_view_shows_header_and_one_line_per_host() {
     );
     assert_eq!(f.footer, None);
 
+    t.apply_event(&ev(
+        6_000,
+        "cancel_requested",
+        "",
+        1,
+        "running",
+        "cancel requested by ops",
+    ));
+    assert_eq!(
+        frame(&t, T0 + 7_000, 10, 0).header,
+        "deploy shop → acme/shop:2 in prod: running · batch 2/2 · cancelling: running hosts finish first"
+    );
+
     // More hosts than lines: busy and failed hosts first, the rest counted.
     let f = frame(&t, T0 + 7_000, 1, 0);
     assert_eq!(f.rows.len(), 1);

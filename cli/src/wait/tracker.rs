@@ -36,6 +36,8 @@ pub struct Tracker {
     pub live: BTreeMap<String, Live>,
     /// The latest deployment-level event message (why it is queued, paused, …).
     pub last_message: String,
+    /// A cancel was requested; the deployment ends once running hosts finish.
+    pub cancelling: bool,
 }
 
 impl Tracker {
@@ -44,6 +46,7 @@ impl Tracker {
             d,
             live: BTreeMap::new(),
             last_message: String::new(),
+            cancelling: false,
         }
     }
 
@@ -112,6 +115,7 @@ impl Tracker {
             }
             match ev.kind.as_str() {
                 "batch_started" => self.d.current_batch = ev.batch,
+                "cancel_requested" => self.cancelling = true,
                 "paused" => {
                     let pause = self.d.strategy.as_ref().map_or(0, |s| s.pause_ms);
                     self.d.resume_at_ms = ev

@@ -51,6 +51,9 @@ pub fn frame(t: &Tracker, now_ms: i64, max_rows: usize, tick: usize) -> Frame {
         1 => header.push_str(" · 1 failure"),
         n => header.push_str(&format!(" · {n} failures")),
     }
+    if t.cancelling && !crate::exit::is_final(&d.state) {
+        header.push_str(" · cancelling: running hosts finish first");
+    }
     match d.state.as_str() {
         "queued" => {
             let why = if d.error.is_empty() {

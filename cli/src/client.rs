@@ -1,7 +1,10 @@
-//! A thin, authenticated client of `FleetService`, with error messages for people.
+//! A thin, authenticated client of `FleetService`, with error messages for
+//! people. Streams (logs, deployment events) resume through coordinator
+//! restarts; rendering them is `output`'s and `wait`'s job, not this module's.
 
+use std::collections::BTreeMap;
+use std::fmt;
 use std::path::Path;
-use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -13,25 +16,63 @@ use crate::Output;
 use crate::output;
 
 /// How many 1-second retries a broken connection to the coordinator gets.
-const RECONNECT_ATTEMPTS: usize = 30;
-/// How often `--wait` re-follows a deployment whose log stream ended early.
-const FOLLOW_ROUNDS: usize = 5;
+pub const RECONNECT_ATTEMPTS: usize = 30;
+/// Pause between two reconnection attempts.
+pub const RECONNECT_DELAY: Duration = Duration::from_secs(1);
 
+/// Cheap to clone: clones share one HTTP/2 connection.
+#[derive(Clone)]
 pub struct Client {
     inner: FleetServiceClient<Channel>,
     auth: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
 }
 
+/// A call the coordinator answered with an error: the message a person needs,
+/// and the gRPC code, from which `exit` derives the exit code.
+#[derive(Debug)]
+pub struct ApiError {
+    pub code: tonic::Code,
+    message: String,
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ApiError {}
+
 /// Turns a gRPC status into the message a person needs.
-fn explain(status: tonic::Status) -> anyhow::Error {
+pub fn explain(status: tonic::Status) -> anyhow::Error {
     use tonic::Code;
     let msg = status.message();
-    match status.code() {
-        Code::Unauthenticated => anyhow::anyhow!("authentication failed: {msg}"),
-        Code::PermissionDenied => anyhow::anyhow!("permission denied: {msg}"),
-        Code::Unavailable => anyhow::anyhow!("coordinator unavailable: {msg}"),
-        _ => anyhow::anyhow!("{msg}"),
+    let message = match status.code() {
+        Code::Unauthenticated => format!("authentication failed: {msg}"),
+        Code::PermissionDenied => format!("permission denied: {msg}"),
+        Code::Unavailable => format!("coordinator unavailable: {msg}"),
+        Code::FailedPrecondition => format!("refused: {msg}"),
+        Code::Unimplemented => {
+            format!(
+                "the coordinator does not support this call (is it older than this CLI?): {msg}"
+            )
+        }
+        _ => msg.to_owned(),
+    };
+    ApiError {
+        code: status.code(),
+        message,
     }
+    .into()
+}
+
+/// Worth retrying after a pause: the coordinator is restarting or the
+/// connection broke, as opposed to an answer (not found, denied, invalid).
+pub fn transient(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+    )
 }
 
 impl Client {
@@ -89,11 +130,15 @@ impl Client {
         app: &str,
         env: &str,
         image: &str,
+        strategy: pb::Strategy,
+        queue: bool,
     ) -> anyhow::Result<pb::Deployment> {
         let req = self.req(pb::CreateDeploymentRequest {
             app: app.into(),
             env: env.into(),
             image: image.into(),
+            strategy: Some(strategy),
+            queue,
         });
         Ok(self
             .inner
@@ -117,6 +162,75 @@ impl Client {
         Ok(self
             .inner
             .create_rollback(req)
+            .await
+            .map_err(explain)?
+            .into_inner())
+    }
+
+    pub async fn cancel(&mut self, id: &str, rollback: bool) -> anyhow::Result<pb::Deployment> {
+        let req = self.req(pb::CancelDeploymentRequest {
+            id: id.into(),
+            rollback,
+        });
+        Ok(self
+            .inner
+            .cancel_deployment(req)
+            .await
+            .map_err(explain)?
+            .into_inner())
+    }
+
+    pub async fn promote(&mut self, id: &str) -> anyhow::Result<pb::Deployment> {
+        let req = self.req(pb::PromoteDeploymentRequest { id: id.into() });
+        Ok(self
+            .inner
+            .promote_deployment(req)
+            .await
+            .map_err(explain)?
+            .into_inner())
+    }
+
+    pub async fn ping(
+        &mut self,
+        env: &str,
+        hosts: BTreeMap<String, String>,
+        timeout: Duration,
+    ) -> anyhow::Result<pb::PingResponse> {
+        let req = self.req(pb::PingRequest {
+            env: env.into(),
+            hosts: hosts.into_iter().collect(),
+            timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+        });
+        Ok(self.inner.ping(req).await.map_err(explain)?.into_inner())
+    }
+
+    pub async fn set_health_url(
+        &mut self,
+        app: &str,
+        env: &str,
+        health_url: &str,
+    ) -> anyhow::Result<pb::AppSettings> {
+        let req = self.req(pb::SetAppSettingsRequest {
+            app: app.into(),
+            env: env.into(),
+            health_url: health_url.into(),
+        });
+        Ok(self
+            .inner
+            .set_app_settings(req)
+            .await
+            .map_err(explain)?
+            .into_inner())
+    }
+
+    pub async fn app_settings(&mut self, app: &str, env: &str) -> anyhow::Result<pb::AppSettings> {
+        let req = self.req(pb::GetAppSettingsRequest {
+            app: app.into(),
+            env: env.into(),
+        });
+        Ok(self
+            .inner
+            .get_app_settings(req)
             .await
             .map_err(explain)?
             .into_inner())
@@ -216,9 +330,10 @@ impl Client {
             .entries)
     }
 
-    pub async fn create_join_token(&mut self, ttl: Duration) -> anyhow::Result<String> {
+    pub async fn create_join_token(&mut self, ttl: Duration, uses: u32) -> anyhow::Result<String> {
         let req = self.req(pb::CreateJoinTokenRequest {
             ttl_seconds: ttl.as_secs().max(1),
+            uses,
         });
         Ok(self
             .inner
@@ -230,31 +345,20 @@ impl Client {
     }
 
     /// Prints a deployment's log lines (following it to the end with `follow`).
-    /// A broken stream is resumed a bounded number of times, skipping lines
-    /// already printed. Returns how many lines were printed.
     pub async fn logs(&mut self, out: Output, id: &str, follow: bool) -> anyhow::Result<()> {
-        self.stream_logs(id, follow, |line| output::log_line(out, line, false))
+        self.stream_logs_from(id, follow, 0, |line| output::log_line(out, line, false))
             .await
             .map(|_| ())
     }
 
-    async fn stream_logs(
-        &mut self,
-        id: &str,
-        follow: bool,
-        print: impl FnMut(&pb::DeploymentLogLine),
-    ) -> anyhow::Result<usize> {
-        self.stream_logs_from(id, follow, 0, print).await
-    }
-
     /// `GetDeployment`, retried while the coordinator is briefly unavailable.
-    async fn deployment_retrying(&mut self, id: &str) -> anyhow::Result<pb::Deployment> {
+    pub async fn deployment_retrying(&mut self, id: &str) -> anyhow::Result<pb::Deployment> {
         for _ in 0..RECONNECT_ATTEMPTS {
             let req = self.req(pb::GetDeploymentRequest { id: id.into() });
             match self.inner.get_deployment(req).await {
                 Ok(d) => return Ok(d.into_inner()),
                 Err(status) if status.code() == tonic::Code::Unavailable => {
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    tokio::time::sleep(RECONNECT_DELAY).await;
                 }
                 Err(status) => return Err(explain(status)),
             }
@@ -263,20 +367,22 @@ impl Client {
     }
 
     /// Streams log lines, skipping the first `printed` (already shown), and
-    /// resumes a broken stream up to `RECONNECT_ATTEMPTS` times, 1 s apart.
-    /// Returns how many lines have been shown in all.
-    async fn stream_logs_from(
+    /// resumes a broken stream up to `RECONNECT_ATTEMPTS` times, 1 s apart;
+    /// `note` hears about each interruption. Returns how many lines have been
+    /// shown in all. Cancel-safe only in that lines already passed to `print`
+    /// stay printed.
+    pub async fn stream_logs_noting(
         &mut self,
         id: &str,
         follow: bool,
         mut printed: usize,
         mut print: impl FnMut(&pb::DeploymentLogLine),
+        mut note: impl FnMut(String),
     ) -> anyhow::Result<usize> {
-        const ATTEMPTS: usize = RECONNECT_ATTEMPTS;
         let mut last_err = None;
-        for attempt in 0..ATTEMPTS {
+        for attempt in 0..RECONNECT_ATTEMPTS {
             if attempt > 0 {
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                tokio::time::sleep(RECONNECT_DELAY).await;
             }
             let req = self.req(pb::StreamLogsRequest {
                 deployment_id: id.into(),
@@ -302,7 +408,10 @@ impl Client {
                     }
                     Ok(None) => return Ok(printed),
                     Err(status) => {
-                        eprintln!("log stream interrupted ({}); resuming", status.message());
+                        note(format!(
+                            "log stream interrupted ({}); resuming",
+                            status.message()
+                        ));
                         last_err = Some(explain(status));
                         break;
                     }
@@ -312,66 +421,27 @@ impl Client {
         Err(last_err.unwrap_or_else(|| anyhow::anyhow!("log stream failed")))
     }
 
-    /// After `deploy`/`rollback`: print the id (or the status object), and with
-    /// `wait` stream the output and return failure if the deployment failed.
-    pub async fn after_create(
+    async fn stream_logs_from(
         &mut self,
-        out: Output,
-        d: pb::Deployment,
-        wait: bool,
-    ) -> anyhow::Result<ExitCode> {
-        if !wait {
-            match out {
-                Output::Json => output::status(out, &d),
-                Output::Text => {
-                    crate::output::outln!("{}", d.id);
-                    eprintln!(
-                        "{} of {} in {} started; follow it with `flotilla logs {} --follow`",
-                        d.kind, d.app, d.env, d.id
-                    );
-                }
-            }
-            return Ok(ExitCode::SUCCESS);
-        }
-        if out == Output::Text {
-            crate::output::outln!("{}", d.id);
-        }
-        // In JSON mode stdout carries only the final object; progress goes to stderr.
-        let to_stderr = out == Output::Json;
-        let mut actions = crate::github::Actions::detect().filter(|_| !to_stderr);
-        let mut printed = 0;
-        let mut final_state = None;
-        // The stream ends when the deployment does; if a coordinator restart
-        // ended it early, follow again (bounded) rather than report a failure.
-        for _ in 0..FOLLOW_ROUNDS {
-            printed = self
-                .stream_logs_from(&d.id, true, printed, |line| {
-                    if let Some(actions) = actions.as_mut() {
-                        actions.before_line(&line.host_id);
-                    }
-                    output::log_line(Output::Text, line, to_stderr)
-                })
-                .await?;
-            let state = self.deployment_retrying(&d.id).await?;
-            if matches!(state.state.as_str(), "succeeded" | "failed") {
-                final_state = Some(state);
-                break;
-            }
-        }
-        let final_state = final_state.with_context(|| {
-            format!(
-                "deployment {} has not finished; follow it with `flotilla logs {} --follow`",
-                d.id, d.id
-            )
-        })?;
-        if let Some(actions) = actions.as_mut() {
-            actions.finish(&final_state);
-        }
-        output::status(out, &final_state);
-        Ok(if final_state.state == "succeeded" {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::FAILURE
-        })
+        id: &str,
+        follow: bool,
+        printed: usize,
+        print: impl FnMut(&pb::DeploymentLogLine),
+    ) -> anyhow::Result<usize> {
+        self.stream_logs_noting(id, follow, printed, print, |note| eprintln!("{note}"))
+            .await
+    }
+
+    /// Opens `WatchDeployment` for events after `after_seq`.
+    pub async fn watch(
+        &mut self,
+        id: &str,
+        after_seq: u64,
+    ) -> Result<tonic::Streaming<pb::DeploymentEvent>, tonic::Status> {
+        let req = self.req(pb::WatchDeploymentRequest {
+            id: id.into(),
+            after_seq,
+        });
+        Ok(self.inner.watch_deployment(req).await?.into_inner())
     }
 }

@@ -56,15 +56,11 @@ impl Actions {
         }
     }
 
-    /// Annotations for failed hosts and the step summary.
+    /// Annotations (failed hosts, and how the deployment ended) and the step summary.
     pub fn finish(&mut self, d: &pb::Deployment) {
         self.end_group();
-        for h in d.hosts.iter().filter(|h| h.state == "failed") {
-            crate::output::outln!(
-                "::error title={}::{}",
-                escape_property(&format!("{} of {} failed on {}", d.kind, d.app, h.host_id)),
-                escape_data(&h.error)
-            );
+        for line in annotations(d) {
+            crate::output::outln!("{line}");
         }
         if let Some(path) = &self.summary_path
             && let Err(e) = append(path, &summary(d))
@@ -72,6 +68,52 @@ impl Actions {
             eprintln!("warning: cannot write the GitHub step summary: {e}");
         }
     }
+}
+
+/// `::error` per failed host, then one for the deployment when it did not
+/// succeed (a `::warning` when cancelled, a `::notice` while it awaits promotion).
+pub fn annotations(d: &pb::Deployment) -> Vec<String> {
+    let mut lines = Vec::new();
+    for h in &d.hosts {
+        let what = match h.state.as_str() {
+            "failed" => "failed",
+            "interrupted" => "was interrupted",
+            "rollback_failed" => "could not be rolled back",
+            _ => continue,
+        };
+        lines.push(format!(
+            "::error title={}::{}",
+            escape_property(&format!("{} of {} {what} on {}", d.kind, d.app, h.host_id)),
+            escape_data(&h.error)
+        ));
+    }
+    let whole = |level: &str, what: &str, message: &str| {
+        format!(
+            "::{level} title={}::{}",
+            escape_property(&format!("{} of {} in {} {what}", d.kind, d.app, d.env)),
+            escape_data(message)
+        )
+    };
+    let reason = if d.error.is_empty() {
+        d.state.as_str()
+    } else {
+        d.error.as_str()
+    };
+    match d.state.as_str() {
+        "rolled_back" => lines.push(whole("error", "was rolled back", reason)),
+        "cancelled" => lines.push(whole("warning", "was cancelled", reason)),
+        "failed" if !d.error.is_empty() => lines.push(whole("error", "failed", reason)),
+        "awaiting_promotion" => lines.push(whole(
+            "notice",
+            "awaits promotion",
+            &format!(
+                "the canary batch is done; go on with `flotilla promote {}`",
+                d.id
+            ),
+        )),
+        _ => {}
+    }
+    lines
 }
 
 fn append(path: &std::path::Path, text: &str) -> std::io::Result<()> {
@@ -84,7 +126,12 @@ fn append(path: &std::path::Path, text: &str) -> std::io::Result<()> {
 
 /// Markdown for `$GITHUB_STEP_SUMMARY`.
 pub fn summary(d: &pb::Deployment) -> String {
-    let icon = if d.state == "succeeded" { "✅" } else { "❌" };
+    let icon = match d.state.as_str() {
+        "succeeded" => "✅",
+        "cancelled" => "⏹️",
+        "awaiting_promotion" => "⏸️",
+        _ => "❌",
+    };
     let mut md = format!(
         "### {icon} Flotilla {}: `{}` → `{}` in `{}`: {}\n\n",
         d.kind,
@@ -93,15 +140,49 @@ pub fn summary(d: &pb::Deployment) -> String {
         md_cell(&d.env),
         d.state
     );
-    md.push_str("| host | state | exit | image | error |\n|---|---|---|---|---|\n");
+    if !d.error.is_empty() {
+        md.push_str(&format!("Reason: {}\n\n", md_cell(&d.error)));
+    }
+    if d.batches > 0 {
+        md.push_str(&format!(
+            "{}, {} failure{}{}\n\n",
+            crate::output::batch_text(
+                d.current_batch,
+                d.batches,
+                d.strategy.as_ref().is_some_and(|s| s.canary > 0)
+            ),
+            d.failures,
+            if d.failures == 1 { "" } else { "s" },
+            if d.release > 0 {
+                format!(", release v{}", d.release)
+            } else {
+                String::new()
+            }
+        ));
+    }
+    // `image` (after) stays the fourth column: scripts that grep the table keep working.
+    md.push_str(
+        "| host | state | exit | image | before | batch | duration | error |\n|---|---|---|---|---|---|---|---|\n",
+    );
     for h in &d.hosts {
         let exit = h.exit_code.map(|c| c.to_string()).unwrap_or_default();
+        let batch = if d.batches > 0 {
+            (h.batch + 1).to_string()
+        } else {
+            String::new()
+        };
+        let duration = crate::output::host_duration_ms(h, 0)
+            .map(crate::output::duration_text)
+            .unwrap_or_default();
         md.push_str(&format!(
-            "| {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
             md_cell(&h.host_id),
             md_cell(&h.state),
             exit,
             md_cell(&h.image),
+            md_cell(&h.image_before),
+            batch,
+            duration,
             md_cell(&h.error)
         ));
     }
@@ -135,33 +216,99 @@ mod tests {
         assert_eq!(escape_property("x: y, z"), "x%3A y%2C z");
     }
 
-    #[test]
-    fn summary_is_a_markdown_table() {
-        let d = pb::Deployment {
+    fn failed_deployment() -> pb::Deployment {
+        pb::Deployment {
             id: "d1".into(),
             app: "shop".into(),
             env: "prod".into(),
             kind: "deploy".into(),
-            state: "failed".into(),
+            state: "rolled_back".into(),
             image: "acme/shop:2".into(),
-            hosts: vec![pb::HostDeployment {
-                host_id: "web-1".into(),
-                state: "failed".into(),
-                image: "acme/shop:1".into(),
-                exit_code: Some(1),
-                error: "checks | failed".into(),
-                command_id: String::new(),
-            }],
+            error: "web-2 failed; rolled back".into(),
+            batches: 2,
+            current_batch: 1,
+            failures: 1,
+            hosts: vec![
+                pb::HostDeployment {
+                    host_id: "web-1".into(),
+                    state: "rolled_back".into(),
+                    image: "acme/shop:1".into(),
+                    image_before: "acme/shop:1".into(),
+                    exit_code: Some(0),
+                    batch: 0,
+                    started_at_ms: 1_000,
+                    finished_at_ms: 5_100,
+                    ..Default::default()
+                },
+                pb::HostDeployment {
+                    host_id: "web-2".into(),
+                    state: "failed".into(),
+                    image: "acme/shop:1".into(),
+                    image_before: "acme/shop:1".into(),
+                    exit_code: Some(1),
+                    error: "checks | failed".into(),
+                    batch: 1,
+                    ..Default::default()
+                },
+                pb::HostDeployment {
+                    host_id: "web-3".into(),
+                    state: "rollback_failed".into(),
+                    error: "agent\noffline".into(),
+                    batch: 1,
+                    ..Default::default()
+                },
+            ],
             ..Default::default()
+        }
+    }
+
+    #[test]
+    fn summary_is_a_markdown_table() {
+        let md = summary(&failed_deployment());
+        assert!(
+            md.contains("❌ Flotilla deploy: `shop` → `acme/shop:2` in `prod`: rolled_back"),
+            "{md}"
+        );
+        assert!(md.contains("Reason: web-2 failed; rolled back"), "{md}");
+        assert!(md.contains("batch 2/2, 1 failure"), "{md}");
+        assert!(
+            md.contains("| web-1 | rolled_back | 0 | acme/shop:1 | acme/shop:1 | 1 | 4.1s |  |"),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "| web-2 | failed | 1 | acme/shop:1 | acme/shop:1 | 2 |  | checks \\| failed |"
+            ),
+            "{md}"
+        );
+    }
+
+    #[test]
+    fn annotations_name_each_failed_host_and_the_outcome() {
+        assert_eq!(
+            annotations(&failed_deployment()),
+            [
+                "::error title=deploy of shop failed on web-2::checks | failed",
+                "::error title=deploy of shop could not be rolled back on web-3::agent%0Aoffline",
+                "::error title=deploy of shop in prod was rolled back::web-2 failed; rolled back",
+            ]
+        );
+        let cancelled = pb::Deployment {
+            state: "cancelled".into(),
+            hosts: vec![],
+            error: "cancelled by ops".into(),
+            ..failed_deployment()
         };
-        let md = summary(&d);
-        assert!(
-            md.contains("❌ Flotilla deploy: `shop` → `acme/shop:2` in `prod`: failed"),
-            "{md}"
+        assert_eq!(
+            annotations(&cancelled),
+            ["::warning title=deploy of shop in prod was cancelled::cancelled by ops"]
         );
-        assert!(
-            md.contains("| web-1 | failed | 1 | acme/shop:1 | checks \\| failed |"),
-            "{md}"
-        );
+        let ok = pb::Deployment {
+            state: "succeeded".into(),
+            hosts: vec![],
+            error: String::new(),
+            ..failed_deployment()
+        };
+        assert!(annotations(&ok).is_empty());
     }
 }

@@ -1,18 +1,42 @@
 //! `flotilla`: the command-line client of the coordinator's `FleetService`,
-//! for operators and CI pipelines. Every list command has `--output json`.
+//! for operators and CI pipelines. Every list command has `--output json`;
+//! exit codes are in `exit`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory as _, Parser, Subcommand, ValueEnum};
 
 mod client;
+mod exit;
 mod github;
 mod output;
+mod strategy;
+mod wait;
 
 use client::Client;
+use strategy::StrategyArgs;
+
+/// Exit codes, shown under `deploy --help` and the other `--wait` commands.
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  succeeded (without --wait: the deployment was accepted; --canary-manual: the canary batch is done)
+  1  the CLI could not do it: connection, authentication, bad argument, unknown id
+  2  usage error
+  3  the deployment failed
+  4  the deployment was rolled back
+  5  the deployment was cancelled
+  6  refused: another deployment of the app is active (see --queue), no host matches, ...
+  130 --wait interrupted (Ctrl-C); the deployment goes on
+
+With --wait on a terminal, progress is a live view on stderr: one line per host with its latest \
+log line; the last lines of failed hosts print at the end. Otherwise (CI, pipes, --output json) \
+each event and each log line is one line, prefixed with its host. Under GitHub Actions each \
+host's output is a log group, failed hosts get error annotations, and a table goes to the step \
+summary. --wait has no timeout of its own; through a coordinator restart it reconnects (for up \
+to 30 s) and goes on without repeating or skipping anything.";
 
 /// Deploy web apps to a fleet of Dokku hosts through a Flotilla coordinator.
 #[derive(Parser)]
@@ -58,36 +82,89 @@ enum Cmd {
         env: Option<String>,
     },
     /// Revoke a host: its agent is disconnected and refused from now on (admin).
-    Revoke { host_id: String },
-    /// Deploy an image of an app to every host of an environment, one host at a
-    /// time, stopping at the first failure. Prints the deployment id.
+    Revoke {
+        /// The host id, as `flotilla hosts` lists it.
+        host_id: String,
+    },
+    /// Deploy an image of an app to the hosts of an environment, batch by batch.
+    ///
+    /// One host at a time by default, stopping at the first failure and rolling
+    /// back the hosts that took the new image. Prints the deployment id (with
+    /// --output json, the deployment). --wait follows it to the end.
+    #[command(after_long_help = EXIT_CODES)]
     Deploy {
+        /// The app, as Dokku names it.
         app: String,
         /// Image reference; use an immutable tag or @sha256 digest.
         #[arg(long)]
         image: String,
-        /// Environment: every (non-revoked) host in it gets the release.
+        /// Environment: every non-revoked host in it (or those --hosts selects) gets the release.
         #[arg(long)]
         env: String,
-        /// Stream the output and wait for the end; exit non-zero if it fails.
+        #[command(flatten)]
+        strategy: StrategyArgs,
+        /// Follow the deployment to its end and exit with its outcome (see below).
         #[arg(long)]
         wait: bool,
     },
     /// Roll an app back to an earlier release (by default, the previous one).
+    #[command(after_long_help = EXIT_CODES)]
     Rollback {
+        /// The app, as Dokku names it.
         app: String,
         /// Environment to roll back.
         #[arg(long)]
         env: String,
-        /// Release number (see `flotilla releases`) or image to return to.
+        /// Release number (see `flotilla releases`) or image to return to. Default: the previous release.
         #[arg(long)]
         to: Option<String>,
-        /// Stream the output and wait for the end; exit non-zero if it fails.
+        /// Follow the rollback to its end and exit with its outcome (see below).
         #[arg(long)]
         wait: bool,
     },
+    /// Cancel a deployment: no further host is started; hosts already running finish.
+    #[command(after_long_help = EXIT_CODES)]
+    Cancel {
+        /// Deployment id (from `deploy` or `flotilla deployments`).
+        id: String,
+        /// Then return every host that took the new image to the image it had.
+        #[arg(long)]
+        rollback: bool,
+        /// Follow the deployment to its end; exit 5 once it is cancelled (4 if rolled back).
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Go on with a deployment that waits after its canary batch (--canary-manual).
+    #[command(after_long_help = EXIT_CODES)]
+    Promote {
+        /// Deployment id (from `deploy` or `flotilla deployments`).
+        id: String,
+        /// Follow the deployment to its end and exit with its outcome (see below).
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Check that the agents of an environment answer: a signed no-op to each
+    /// connected host, and its round-trip time.
+    ///
+    /// Exit code 0 if every host answered, 3 if one did not, 1 if the
+    /// coordinator could not be asked, 6 if no host matches.
+    Ping {
+        /// Environment whose hosts to ping.
+        #[arg(long)]
+        env: String,
+        /// Only hosts with all these labels, e.g. `region=eu,tier=web`. Default: every host.
+        #[arg(long, value_name = "K=V[,K=V]", value_parser = strategy::parse_selector)]
+        hosts: Option<flotilla_shared::Labels>,
+        /// How long to wait for the answers.
+        #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = strategy::parse_positive_duration)]
+        timeout: Duration,
+    },
+    /// Per-app settings (health-check URL).
+    #[command(subcommand)]
+    App(AppCmd),
     /// The release history of an app in an environment.
     Releases {
+        /// Release history of this app.
         app: String,
         /// Environment whose history to show.
         #[arg(long)]
@@ -105,10 +182,14 @@ enum Cmd {
         #[arg(long, default_value_t = 20)]
         limit: u32,
     },
-    /// One deployment and the state of each host.
-    Status { id: String },
+    /// One deployment: its strategy, progress, and the state of each host.
+    Status {
+        /// Deployment id.
+        id: String,
+    },
     /// The Dokku output of a deployment, per host.
     Logs {
+        /// Deployment id.
         id: String,
         /// Keep streaming until the deployment ends.
         #[arg(long, short)]
@@ -133,7 +214,10 @@ enum TokenCmd {
     /// List API tokens (ids, names, roles, scopes; never the secrets).
     List,
     /// Revoke an API token by the id `token list` shows.
-    Revoke { id: String },
+    Revoke {
+        /// The token id `token list` shows (not the token).
+        id: String,
+    },
     /// Create an API token; prints only the token.
     Create {
         /// admin, deployer (deploy and roll back) or viewer (read only).
@@ -153,16 +237,38 @@ enum TokenCmd {
 
 #[derive(Subcommand)]
 enum JoinTokenCmd {
-    /// Create a single-use join token; prints only the token.
+    /// Create a join token; prints only the token.
     Create {
         /// How long the token stays valid (at most 7 days).
         #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
         ttl: Duration,
+        /// How many hosts may join with it.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+        uses: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum AppCmd {
+    /// Show or set the URL template the health gate probes for an app in an
+    /// environment (deploy --health-path adds the path).
+    ///
+    /// Placeholders: {app}, {env}, {host} (the host id), {domain} (the app's
+    /// domain), e.g. `http://{host}.internal:5000` or `https://{domain}`.
+    HealthUrl {
+        /// The app, as Dokku names it.
+        app: String,
+        /// Environment the setting is for.
+        #[arg(long)]
+        env: String,
+        /// The new template; without it, the current one is shown.
+        template: Option<String>,
     },
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    check_before_connecting(&args);
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -177,7 +283,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            exit::code(exit::for_error(&e))
         }
     }
 }
@@ -209,14 +315,70 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             app,
             image,
             env,
+            strategy,
             wait,
         } => {
-            let d = client.deploy(&app, &env, &image).await?;
-            return client.after_create(out, d, wait).await;
+            let (queue, strategy) = (strategy.queue, strategy_or_usage_error(&strategy));
+            let d = client.deploy(&app, &env, &image, strategy, queue).await?;
+            if !wait {
+                wait::print_started(out, &d);
+                return Ok(ExitCode::SUCCESS);
+            }
+            if out == Output::Text {
+                output::outln!("{}", d.id);
+            }
+            return wait::wait(&client, out, d, true).await;
         }
         Cmd::Rollback { app, env, to, wait } => {
             let d = client.rollback(&app, &env, to.as_deref()).await?;
-            return client.after_create(out, d, wait).await;
+            if !wait {
+                wait::print_started(out, &d);
+                return Ok(ExitCode::SUCCESS);
+            }
+            if out == Output::Text {
+                output::outln!("{}", d.id);
+            }
+            return wait::wait(&client, out, d, false).await;
+        }
+        Cmd::Cancel { id, rollback, wait } => {
+            let d = client.cancel(&id, rollback).await?;
+            if wait {
+                return wait::wait(&client, out, d, false).await;
+            }
+            changed(out, "cancel requested for", &d);
+        }
+        Cmd::Promote { id, wait } => {
+            let d = client.promote(&id).await?;
+            if wait {
+                return wait::wait(&client, out, d, false).await;
+            }
+            changed(out, "promoted", &d);
+        }
+        Cmd::Ping {
+            env,
+            hosts,
+            timeout,
+        } => {
+            let selector = hosts.map(Into::into).unwrap_or_default();
+            let answer = client.ping(&env, selector, timeout).await?;
+            if answer.hosts.is_empty() {
+                if out == Output::Json {
+                    output::ping(out, &answer);
+                }
+                eprintln!("error: no connected host of {env} matched; nothing was pinged");
+                return Ok(exit::code(exit::REFUSED));
+            }
+            output::ping(out, &answer);
+            if answer.hosts.iter().any(|h| !h.ok) {
+                return Ok(exit::code(exit::FAILED));
+            }
+        }
+        Cmd::App(AppCmd::HealthUrl { app, env, template }) => {
+            let settings = match template {
+                Some(template) => client.set_health_url(&app, &env, template.trim()).await?,
+                None => client.app_settings(&app, &env).await?,
+            };
+            output::app_settings(out, &settings);
         }
         Cmd::Releases { app, env } => output::releases(out, &client.releases(&app, &env).await?),
         Cmd::Deployments { app, env, limit } => {
@@ -246,9 +408,57 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             crate::output::outln!("revoked token {id}");
         }
         Cmd::Audit { limit } => output::audit(out, &client.audit(limit).await?),
-        Cmd::JoinToken(JoinTokenCmd::Create { ttl }) => {
-            crate::output::outln!("{}", client.create_join_token(ttl).await?);
+        Cmd::JoinToken(JoinTokenCmd::Create { ttl, uses }) => {
+            crate::output::outln!("{}", client.create_join_token(ttl, uses).await?);
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Argument checks clap cannot do alone, before any connection: a failure
+/// is a usage error (exit 2).
+fn check_before_connecting(args: &Args) {
+    match &args.command {
+        Cmd::Deploy { strategy, .. } => {
+            strategy_or_usage_error(strategy);
+        }
+        Cmd::App(AppCmd::HealthUrl {
+            template: Some(template),
+            ..
+        }) => {
+            if let Err(e) = flotilla_shared::health::check_template(template.trim()) {
+                usage_error("app", e.to_string());
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Reports a usage error of `subcommand` as clap would, and exits 2.
+fn usage_error(subcommand: &str, msg: String) -> ! {
+    let mut cmd = Args::command();
+    cmd.build();
+    let err = match cmd.find_subcommand_mut(subcommand) {
+        Some(sub) => sub.error(clap::error::ErrorKind::ValueValidation, msg),
+        None => cmd.error(clap::error::ErrorKind::ValueValidation, msg),
+    };
+    let _ = err.print();
+    std::process::exit(exit::USAGE.into())
+}
+
+/// The strategy the flags describe; flags that do not go together are a
+/// usage error (exit 2), reported like clap's own.
+fn strategy_or_usage_error(args: &StrategyArgs) -> flotilla_proto::v1::Strategy {
+    match args.to_proto() {
+        Ok(strategy) => strategy,
+        Err(msg) => usage_error("deploy", msg),
+    }
+}
+
+/// After `cancel`/`promote` without `--wait`.
+fn changed(out: Output, what: &str, d: &flotilla_proto::v1::Deployment) {
+    if out == Output::Json {
+        return output::status(out, d);
+    }
+    output::outln!("{what} deployment {}; it is now {}", d.id, d.state);
 }

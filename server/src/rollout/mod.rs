@@ -871,6 +871,7 @@ impl Engine {
         // Every host whose image changed goes back to the image it had.
         d.error = cause.clone();
         let mut to_roll_back = Vec::new();
+        let mut impossible = Vec::new();
         for i in 0..d.hosts.len() {
             let h = &d.hosts[i];
             if !matches!(
@@ -880,23 +881,35 @@ impl Engine {
             {
                 continue;
             }
-            if h.image_before.is_none() {
-                let error = join_error(
-                    &h.error,
-                    "not rolled back: the app had no earlier image on this host",
-                );
-                d.hosts[i].error = error;
+            let revoked = self.store.host(&h.host_id)?.is_none_or(|h| h.revoked);
+            let why = if revoked {
+                "the host is revoked"
+            } else if h.image_before.is_none() {
+                "the app had no earlier image on this host"
+            } else {
+                to_roll_back.push(i);
                 continue;
-            }
-            to_roll_back.push(i);
+            };
+            let error = join_error(&h.error, &format!("not rolled back: {why}"));
+            impossible.push(format!("{} ({why})", h.host_id));
+            d.hosts[i].error = error;
         }
         if to_roll_back.is_empty() {
-            let cause = if matches!(state, State::RolledBack) {
-                format!("{cause} (no host had changed)")
+            return if !impossible.is_empty() {
+                // Hosts changed and cannot go back: that is not "rolled back".
+                let cause = format!("{cause}; not rolled back: {}", impossible.join(", "));
+                let state = if matches!(state, State::RolledBack) {
+                    State::Failed
+                } else {
+                    state
+                };
+                self.finish(d, state, cause, None).await
+            } else if matches!(state, State::RolledBack) {
+                self.finish(d, state, format!("{cause} (no host had changed)"), None)
+                    .await
             } else {
-                cause
+                self.finish(d, state, cause, None).await
             };
-            return self.finish(d, state, cause, None).await;
         }
         d.state = State::RollingBack;
         d.event(
@@ -1224,12 +1237,13 @@ impl Engine {
     }
 }
 
-/// Whether host `h`'s image changed in this deployment (unknown counts as changed).
+/// Whether host `h`'s image (may have) changed in this deployment: unknown
+/// counts as changed once the agent took the command.
 fn changed(h: &HostDeployment) -> bool {
     match (&h.image_before, &h.image) {
         (Some(before), Some(after)) => before != after,
-        (None, None) => h.state == HostState::Interrupted,
-        _ => h.state != HostState::Pending && h.state != HostState::Skipped,
+        (_, None) => h.accepted,
+        (None, Some(_)) => true,
     }
 }
 

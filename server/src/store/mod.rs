@@ -4,7 +4,9 @@
 //! Trees: `hosts`, `api_tokens` / `join_tokens` (keyed by SHA-256 of the
 //! secret), `deployments`, `active` (one active deployment per app+env),
 //! `releases`, `outbox` (signed commands not yet accepted by their agent),
-//! `commands` (command id → deployment and host), `logs`, `audit`, `events`
+//! `commands` (command id → deployment and host), `logs` (in arrival order per
+//! deployment) with `log_index` (command and line number → arrival key, so a
+//! re-sent line is stored once), `audit`, `events`
 //! (each deployment's state changes), `queue` (deployments waiting for their
 //! app+env), `host_apps` (the image each host last reported per app),
 //! `app_settings` (per app+env settings such as the health-check URL).
@@ -483,6 +485,7 @@ pub struct Store {
     outbox: sled::Tree,
     commands: sled::Tree,
     logs: sled::Tree,
+    log_index: sled::Tree,
     audit: sled::Tree,
     events: sled::Tree,
     queue: sled::Tree,
@@ -591,6 +594,7 @@ impl Store {
             outbox: db.open_tree("outbox")?,
             commands: db.open_tree("commands")?,
             logs: db.open_tree("logs")?,
+            log_index: db.open_tree("log_index")?,
             audit: db.open_tree("audit")?,
             events: db.open_tree("events")?,
             queue: db.open_tree("queue")?,
@@ -1066,21 +1070,34 @@ impl Store {
 
     // ----- logs -----
 
-    /// Stores a log line; storing the same (command, seq) twice keeps one copy.
+    /// Stores a log line; storing the same (command, seq) twice keeps one
+    /// copy. Lines are kept in arrival order (hosts of a batch interleave), so
+    /// a reader following from a cursor never misses a line that arrives later.
     pub fn put_log(&self, command: &CommandRef, line: &LogLine) -> Result<(), StoreError> {
-        self.logs.insert(
-            log_key(
-                &command.deployment_id,
-                command.host_index,
-                command.rollback,
-                line.seq,
-            ),
-            encode(line)?,
-        )?;
+        let index_key = log_key(
+            &command.deployment_id,
+            command.host_index,
+            command.rollback,
+            line.seq,
+        );
+        if self.log_index.contains_key(&index_key)? {
+            return Ok(());
+        }
+        let mut key = pair_key(&command.deployment_id, "");
+        key.extend_from_slice(&self.db.generate_id()?.to_be_bytes());
+        let bytes = encode(line)?;
+        (&self.logs, &self.log_index).transaction(|(logs, index)| {
+            if index.get(&index_key)?.is_some() {
+                return Ok(());
+            }
+            index.insert(index_key.as_slice(), key.as_slice())?;
+            logs.insert(key.as_slice(), bytes.as_slice())?;
+            Ok(())
+        })?;
         Ok(())
     }
 
-    /// Log lines of a deployment after `cursor` (exclusive), in host then line
+    /// Log lines of a deployment after `cursor` (exclusive), in arrival
     /// order, with the cursor to continue from.
     pub fn logs_after(
         &self,

@@ -210,7 +210,7 @@ fn log_lines_are_idempotent_and_paged_in_order() {
             .put_log(&cmd("d1", 1, false), &line("b", seq))
             .unwrap();
     }
-    // A host's rollback lines come after its deploy lines.
+    // A host's rollback lines are kept apart from its deploy lines (same numbers).
     store.put_log(&cmd("d1", 0, true), &line("r", 0)).unwrap();
     for seq in 0..300 {
         store
@@ -228,10 +228,15 @@ fn log_lines_are_idempotent_and_paged_in_order() {
         all.extend(page.into_iter().map(|l| l.line));
         cursor = next;
     }
-    let mut expected: Vec<String> = (0..300).map(|s| format!("a {s}")).collect();
-    expected.push("r 0".into());
-    expected.extend((0..3).map(|s| format!("b {s}")));
+    // Arrival order, each (command, seq) once.
+    let mut expected: Vec<String> = vec!["b 2".into(), "b 0".into(), "b 1".into(), "r 0".into()];
+    expected.extend((0..300).map(|s| format!("a {s}")));
     assert_eq!(all, expected);
+    // A follower at the end sees a line that arrives later, whatever its host.
+    store.put_log(&cmd("d1", 0, false), &line("a", 300)).unwrap();
+    let (page, _) = store.logs_after("d1", cursor.as_deref(), 128).unwrap();
+    assert_eq!(page.len(), 1);
+    assert_eq!(page[0].line, "a 300");
 }
 
 #[test]

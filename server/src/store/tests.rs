@@ -233,7 +233,9 @@ fn log_lines_are_idempotent_and_paged_in_order() {
     expected.extend((0..300).map(|s| format!("a {s}")));
     assert_eq!(all, expected);
     // A follower at the end sees a line that arrives later, whatever its host.
-    store.put_log(&cmd("d1", 0, false), &line("a", 300)).unwrap();
+    store
+        .put_log(&cmd("d1", 0, false), &line("a", 300))
+        .unwrap();
     let (page, _) = store.logs_after("d1", cursor.as_deref(), 128).unwrap();
     assert_eq!(page.len(), 1);
     assert_eq!(page[0].line, "a 300");

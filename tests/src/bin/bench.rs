@@ -45,9 +45,9 @@ fn main() -> anyhow::Result<()> {
             rollout_bench(100, 10)?;
             ping_bench(&[50, 1000])
         }
-        other => anyhow::bail!(
-            "unknown benchmark {other:?}; use all, signing, deploy, rollout or ping"
-        ),
+        other => {
+            anyhow::bail!("unknown benchmark {other:?}; use all, signing, deploy, rollout or ping")
+        }
     }
 }
 
@@ -60,7 +60,12 @@ struct Simulation {
 }
 
 impl Simulation {
-    fn start(root: &std::path::Path, server: &Server, env: &str, count: usize) -> anyhow::Result<Self> {
+    fn start(
+        root: &std::path::Path,
+        server: &Server,
+        env: &str,
+        count: usize,
+    ) -> anyhow::Result<Self> {
         use std::io::BufRead as _;
         let out = server.cli(&["join-token", "create", "--uses", &count.to_string()])?;
         if !out.status.success() {
@@ -119,8 +124,17 @@ fn rollout_bench(hosts: usize, batch: usize) -> anyhow::Result<()> {
     let batch_arg = batch.to_string();
     let start = Instant::now();
     let out = server.cli(&[
-        "deploy", "bench", "--image", "acme/bench:1", "--env", "roll", "--batch", &batch_arg,
-        "--wait", "--output", "json",
+        "deploy",
+        "bench",
+        "--image",
+        "acme/bench:1",
+        "--env",
+        "roll",
+        "--batch",
+        &batch_arg,
+        "--wait",
+        "--output",
+        "json",
     ])?;
     let wall = start.elapsed();
     if out.status.code() != Some(0) {
@@ -133,7 +147,11 @@ fn rollout_bench(hosts: usize, batch: usize) -> anyhow::Result<()> {
     let mut spans: std::collections::BTreeMap<i64, (i64, i64)> = Default::default();
     let mut round_trips = Vec::new();
     for h in status["hosts"].as_array().context("hosts")? {
-        let (b, started, finished) = (num(&h["batch"]), num(&h["started_at_ms"]), num(&h["finished_at_ms"]));
+        let (b, started, finished) = (
+            num(&h["batch"]),
+            num(&h["started_at_ms"]),
+            num(&h["finished_at_ms"]),
+        );
         let span = spans.entry(b).or_insert((started, finished));
         span.0 = span.0.min(started);
         span.1 = span.1.max(finished);
@@ -188,8 +206,8 @@ fn ping_bench(counts: &[usize]) -> anyhow::Result<()> {
         let mut totals = Vec::new();
         for _ in 0..5 {
             let out = server.cli(&["ping", "--env", &env, "--output", "json"])?;
-            let v: serde_json::Value = serde_json::from_slice(&out.stdout)
-                .with_context(|| flotilla_tests::text(&out))?;
+            let v: serde_json::Value =
+                serde_json::from_slice(&out.stdout).with_context(|| flotilla_tests::text(&out))?;
             if v["ok"].as_u64() != Some(n as u64) {
                 anyhow::bail!("not every agent answered: {v}");
             }
@@ -198,9 +216,7 @@ fn ping_bench(counts: &[usize]) -> anyhow::Result<()> {
         totals.sort_by(f64::total_cmp);
         println!(
             "ping: {n} agents, 5 runs: total (first command signed → last answer) min {:.1} ms, median {:.1} ms, max {:.1} ms",
-            totals[0],
-            totals[2],
-            totals[4]
+            totals[0], totals[2], totals[4]
         );
     }
     Ok(())

@@ -94,9 +94,21 @@ pub async fn run(
     let mut agents = Vec::with_capacity(n_agents);
     let mut connected = Vec::with_capacity(n_agents);
     for slot in &slots {
-        let identity = Identity::load(&slot.dir)?;
-        let spool = Spool::open_in(&db, &slot.host_id)?;
-        report_interrupted(&spool).await?;
+        let prepared = async {
+            let identity = Identity::load(&slot.dir)?;
+            let spool = Spool::open_in(&db, &slot.host_id)?;
+            report_interrupted(&spool).await?;
+            anyhow::Ok((identity, spool))
+        }
+        .await;
+        let (identity, spool) = match prepared {
+            Ok(p) => p,
+            Err(e) => {
+                // Stop the agents already started before giving up.
+                stop_all(agents, opts.run.shutdown_grace).await;
+                return Err(e.context(format!("start simulated agent {}", slot.host_id)));
+            }
+        };
         let mut config = opts.run.clone();
         config.dir = slot.dir.clone();
         let ctx = Arc::new(Ctx::new(identity, spool, &config));

@@ -85,6 +85,11 @@ impl Client {
             .tls_config(flotilla_shared::tls::client_config(&ca_pem, &name, None))
             .context("TLS configuration")?
             .connect_timeout(Duration::from_secs(10))
+            // A coordinator that froze or got cut off is noticed (and the
+            // stream resumed) within ~30 s instead of waiting forever.
+            .http2_keep_alive_interval(Duration::from_secs(15))
+            .keep_alive_timeout(Duration::from_secs(15))
+            .keep_alive_while_idle(true)
             .connect()
             .await
             .with_context(|| format!("cannot connect to {server}"))?;

@@ -204,6 +204,29 @@ fn humanish(d: Duration) -> String {
     format!("{}s", d.as_secs())
 }
 
+/// A URL (or template) fit for logs, audit entries and API responses: user
+/// information and the query string, where credentials hide, become `***`.
+pub fn redact_url(url: &str) -> String {
+    let (scheme, rest) = match url.find("://") {
+        Some(i) => url.split_at(i + 3),
+        None => ("", url),
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let authority = match authority.rfind('@') {
+        Some(at) => format!("***{}", &authority[at..]),
+        None => authority.to_owned(),
+    };
+    let tail = match tail.find('?') {
+        Some(q) => {
+            let fragment = tail[q..].find('#').map_or("", |h| &tail[q + h..]);
+            format!("{}?***{fragment}", &tail[..q])
+        }
+        None => tail.to_owned(),
+    };
+    format!("{scheme}{authority}{tail}")
+}
+
 /// A URL template: `http://` or `https://`, a non-empty authority, and braces
 /// only in the known placeholders.
 pub fn check_template(template: &str) -> Result<(), NameError> {
@@ -263,6 +286,19 @@ mod tests {
         for bad in ["abc", "700", "302-301", "2yy", "20-"] {
             assert!(StatusSet::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn redaction() {
+        assert_eq!(
+            redact_url("https://user:pw@{domain}/health?token=s3cret#x"),
+            "https://***@{domain}/health?***#x"
+        );
+        assert_eq!(
+            redact_url("http://127.0.0.1:5000/{host}"),
+            "http://127.0.0.1:5000/{host}"
+        );
+        assert_eq!(redact_url("http://a@b"), "http://***@b");
     }
 
     #[test]

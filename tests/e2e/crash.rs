@@ -51,8 +51,17 @@ fn check(f: &Fleet, id: &str, state: &str, images: &[&str]) {
     }
     // Commands the coordinator sent for this deployment, per host.
     let mut sent: HashMap<String, Vec<String>> = HashMap::new();
+    // How many of the host's git:from-image runs succeeded, from its final
+    // state (in these scenarios a rolled-back host's deploy succeeded too).
+    let mut succeeded: HashMap<String, usize> = HashMap::new();
     for h in status["hosts"].as_array().unwrap() {
         let host = h["host_id"].as_str().unwrap().to_owned();
+        let n = match h["state"].as_str().unwrap() {
+            "succeeded" => 1,
+            "rolled_back" => 2,
+            _ => 0,
+        };
+        succeeded.insert(host.clone(), n);
         for key in ["command_id", "rollback_command_id"] {
             if let Some(c) = h[key].as_str().filter(|c| !c.is_empty()) {
                 sent.entry(host.clone()).or_default().push(c.to_owned());
@@ -106,6 +115,19 @@ fn check(f: &Fleet, id: &str, state: &str, images: &[&str]) {
         let runs = seqs.iter().filter(|&&s| s == 0).count();
         let expected = sent.get(&host.host_id).map_or(0, Vec::len);
         assert_eq!(runs, expected, "{}: {seqs:?}", host.host_id);
+        // The tail of each command made it too: every git:from-image that
+        // succeeded on the host ends with Dokku's "Application deployed".
+        let deployed = lines
+            .iter()
+            .filter(|l| l["host_id"] == host.host_id.as_str())
+            .filter(|l| {
+                l["line"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("Application deployed")
+            })
+            .count();
+        assert_eq!(deployed, succeeded[&host.host_id], "{}", host.host_id);
         for pair in seqs.windows(2) {
             assert!(
                 pair[1] == pair[0] + 1 || pair[1] == 0,
@@ -172,6 +194,17 @@ fn kill_during_the_pause_between_batches() {
     server_saw(&f, "deployment paused between batches", 1);
     crash(&mut f);
     check(&f, &id, "succeeded", &["acme/app:2"; 3]);
+    // The pause was kept across the restart.
+    let status = f.server.json(&["status", &id]).unwrap();
+    let at = |i: usize, key: &str| status["hosts"][i][key].as_i64().unwrap();
+    assert!(
+        at(1, "started_at_ms") >= at(0, "finished_at_ms") + 2000,
+        "{status}"
+    );
+    assert!(
+        at(2, "started_at_ms") >= at(1, "finished_at_ms") + 2000,
+        "{status}"
+    );
 }
 
 #[test]
@@ -302,8 +335,12 @@ fn kill_after_every_host_result() {
         accepted(&f, i, &id);
         f.hosts[i].release_hang().unwrap();
         finished(&f, i, &id);
-        // Kill once the coordinator recorded the host's result.
-        server_saw(&f, "host finished", 1);
+        // Kill once the coordinator recorded this host's result.
+        server_saw(
+            &f,
+            &format!("deployment={id} host=web-{} state=succeeded", i + 1),
+            1,
+        );
         crash(&mut f);
     }
     check(&f, &id, "succeeded", &["acme/app:2-hang"; 3]);

@@ -56,18 +56,8 @@ pub fn fleet_with(n: usize, server_args: &[&str]) -> Fleet {
 
 /// `flotilla deploy APP --image IMAGE --env prod --wait --output json` → (success, status object).
 pub fn deploy_wait(server: &Server, app: &str, image: &str) -> (bool, serde_json::Value) {
-    let out = server
-        .cli(&[
-            "deploy", app, "--image", image, "--env", "prod", "--wait", "--output", "json",
-        ])
-        .unwrap();
-    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "deploy printed no JSON ({e}): {}",
-            flotilla_tests::text(&out)
-        )
-    });
-    (out.status.success(), status)
+    let (code, status) = deploy_with(server, app, image, &[]);
+    (code == 0, status)
 }
 
 /// `flotilla deploy APP --image IMAGE --env prod EXTRA… --wait --output json`
@@ -80,11 +70,17 @@ pub fn deploy_with(
 ) -> (i32, serde_json::Value) {
     let mut args = vec!["deploy", app, "--image", image, "--env", "prod"];
     args.extend(extra);
+    wait_json(server, args)
+}
+
+/// Runs `flotilla ARGS --wait --output json` → (exit code, status object).
+fn wait_json(server: &Server, mut args: Vec<&str>) -> (i32, serde_json::Value) {
     args.extend(["--wait", "--output", "json"]);
     let out = server.cli(&args).unwrap();
     let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(
-            "deploy printed no JSON ({e}): {}",
+            "flotilla {} printed no JSON ({e}): {}",
+            args[0],
             flotilla_tests::text(&out)
         )
     });
@@ -157,29 +153,13 @@ pub fn host_states(status: &serde_json::Value) -> Vec<String> {
 pub fn rollback_wait(server: &Server, app: &str, extra: &[&str]) -> (bool, serde_json::Value) {
     let mut args = vec!["rollback", app, "--env", "prod"];
     args.extend(extra);
-    args.extend(["--wait", "--output", "json"]);
-    let out = server.cli(&args).unwrap();
-    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "rollback printed no JSON ({e}): {}",
-            flotilla_tests::text(&out)
-        )
-    });
-    (out.status.success(), status)
+    let (code, status) = wait_json(server, args);
+    (code == 0, status)
 }
 
 /// `flotilla deploy APP --image IMAGE --env prod` without waiting → the deployment id.
 pub fn deploy_start(server: &Server, app: &str, image: &str) -> String {
-    let out = server
-        .cli(&["deploy", app, "--image", image, "--env", "prod"])
-        .unwrap();
-    assert!(out.status.success(), "{}", flotilla_tests::text(&out));
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .next()
-        .unwrap()
-        .to_owned()
+    deploy_start_with(server, app, image, &[])
 }
 
 /// The error of host `i` in a status object.

@@ -250,7 +250,7 @@ fn a_manual_canary_waits_for_promote() {
 
 #[test]
 fn a_label_selector_limits_the_rollout_and_ping_reaches_every_agent() {
-    let f = fleet(3);
+    let mut f = fleet(3);
     let s = &f.server;
     let (code, status) = deploy_with(s, "shop", "acme/shop:1", &["--hosts", "slot=2"]);
     assert_eq!(code, 0, "{status}");
@@ -272,24 +272,34 @@ fn a_label_selector_limits_the_rollout_and_ping_reaches_every_agent() {
         .unwrap();
     assert_eq!(out.status.code(), Some(6), "{}", text(&out));
 
+    let before: Vec<usize> = f
+        .hosts
+        .iter()
+        .map(|h| h.invocations(&[]).unwrap())
+        .collect();
     let ping = s.json(&["ping", "--env", "prod"]).unwrap();
     let hosts = ping["hosts"].as_array().unwrap();
     assert_eq!(hosts.len(), 3, "{ping}");
-    assert!(
-        hosts
-            .iter()
-            .all(|h| h["ok"] == true && h["rtt_ms"].as_f64().unwrap() > 0.0),
-        "{ping}"
-    );
-    assert!(ping["total_ms"].as_f64().unwrap() > 0.0);
-    // A ping runs nothing on the hosts.
-    for host in &f.hosts {
+    for h in hosts {
         assert!(
-            !host
-                .dokku_root
-                .join(".fake-dokku/invocations.jsonl")
-                .exists()
-                || host.host_id == "web-2"
+            h["ok"] == true && h["rtt_ms"].as_f64().unwrap() > 0.0,
+            "{ping}"
         );
     }
+    assert_eq!(ping["ok"], 3, "{ping}");
+    assert!(ping["total_ms"].as_f64().unwrap() > 0.0);
+    // A ping runs nothing on the hosts.
+    let after: Vec<usize> = f
+        .hosts
+        .iter()
+        .map(|h| h.invocations(&[]).unwrap())
+        .collect();
+    assert_eq!(before, after);
+    // An agent that is down is reported, and the exit code says so.
+    drop(f.agents.remove(2));
+    let out = s
+        .cli(&["ping", "--env", "prod", "--timeout", "2s"])
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(text(&out).contains("web-3"), "{}", text(&out));
 }

@@ -195,15 +195,9 @@ fn describe_error(e: &reqwest::Error) -> String {
     }
 }
 
-/// The URL for logs: a password in it is replaced by `***`.
+/// The URL for logs: user information and the query string become `***`.
 pub fn redact(url: &str) -> String {
-    match reqwest::Url::parse(url) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            let _ = parsed.set_password(Some("***"));
-            parsed.to_string()
-        }
-        _ => url.to_owned(),
-    }
+    flotilla_shared::health::redact_url(url)
 }
 
 fn secs(d: Duration) -> String {

@@ -83,10 +83,8 @@ impl MemoryDokku {
         sink: &mut (dyn LineSink + Send),
         cancel: &CancellationToken,
     ) -> pb::CommandResult {
-        let (app, image, health) = match action {
-            Action::Deploy { app, image, health } => (app, image, health.as_ref()),
-            Action::Rollback { app, image, .. } => (app, image, None),
-            Action::Ping => return succeeded(None),
+        let Some((app, image, health)) = action.install() else {
+            return succeeded(None);
         };
         if cancel.is_cancelled() {
             return interrupted();

@@ -239,11 +239,9 @@ impl Dokku {
         sink: &mut (dyn LineSink + Send),
         cancel: &CancellationToken,
     ) -> pb::CommandResult {
-        let (app, image, health) = match action {
-            Action::Deploy { app, image, health } => (app, image, health.as_ref()),
-            Action::Rollback { app, image, .. } => (app, image, None),
-            // Answered by the link, never queued; kept harmless here.
-            Action::Ping => return succeeded(None),
+        // A ping is answered by the link, never queued; kept harmless here.
+        let Some((app, image, health)) = action.install() else {
+            return succeeded(None);
         };
         let mut previous = None;
         let mut result = match self

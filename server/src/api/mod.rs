@@ -219,7 +219,7 @@ fn strategy_to_proto(s: &Strategy) -> pb::Strategy {
         auto_rollback: Some(s.auto_rollback),
         health: s.health.as_ref().map(|h| pb::HealthGate {
             path: h.path.clone(),
-            url_template: h.url_template.clone(),
+            url_template: flotilla_shared::health::redact_url(&h.url_template),
             expect: h.expect.to_string(),
             healthy_deadline_ms: ms(h.deadline),
             interval_ms: ms(h.interval),
@@ -844,7 +844,12 @@ impl FleetService for Api {
     ) -> Result<Response<pb::AppSettings>, Status> {
         let caller = self.authorize(&req, Role::Deployer, "set-app-settings")?;
         let r = req.into_inner();
-        let target = format!("{} {} health_url={}", r.app, r.env, r.health_url);
+        let target = format!(
+            "{} {} health_url={}",
+            r.app,
+            r.env,
+            flotilla_shared::health::redact_url(&r.health_url)
+        );
         let result = async {
             let app = arg("app", AppName::parse(&r.app))?;
             let env = arg("environment", EnvName::parse(&r.env))?;
@@ -868,7 +873,7 @@ impl FleetService for Api {
             Ok(pb::AppSettings {
                 app: app.to_string(),
                 env: env.to_string(),
-                health_url,
+                health_url: flotilla_shared::health::redact_url(&health_url),
             })
         }
         .await;
@@ -889,7 +894,8 @@ impl FleetService for Api {
         Ok(Response::new(pb::AppSettings {
             app: app.to_string(),
             env: env.to_string(),
-            health_url: settings.health_url,
+            // Credentials in a template are write-only.
+            health_url: flotilla_shared::health::redact_url(&settings.health_url),
         }))
     }
 }
@@ -927,6 +933,14 @@ async fn follow_logs(
             };
             let n = lines.len();
             cursor = next;
+            // Shown only once durable: a crash cannot take back a line a
+            // client saw (it would be stored again later, elsewhere in the order).
+            if n > 0
+                && let Err(e) = c.store.flush().await
+            {
+                let _ = tx.send(Err(internal(e))).await;
+                return;
+            }
             for line in lines {
                 let msg = pb::DeploymentLogLine {
                     host_id: line.host_id.to_string(),
@@ -987,6 +1001,13 @@ async fn follow_events(
                 }
             };
             let n = events.len();
+            // Shown only once durable, so an event's number is never reused after a crash.
+            if n > 0
+                && let Err(e) = c.store.flush().await
+            {
+                let _ = tx.send(Err(internal(e))).await;
+                return;
+            }
             for event in events {
                 after_seq = event.seq;
                 if tx

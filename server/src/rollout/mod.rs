@@ -330,13 +330,25 @@ impl Engine {
             let _guard = self.lock.lock().await;
             let mut n = 0;
             for mut deployment in self.store.active_deployments()? {
-                if !deployment.state.is_final() {
-                    self.advance(&mut deployment).await?;
-                    n += 1;
+                if deployment.state.is_final() {
+                    continue;
+                }
+                n += 1;
+                let resumed = if deployment.state == State::Queued {
+                    // Activated, but the coordinator stopped before starting it.
+                    self.begin_queued(&mut deployment).await
+                } else {
+                    self.advance(&mut deployment).await
+                };
+                if let Err(e) = resumed {
+                    // One bad deployment must not keep the coordinator down.
+                    tracing::error!(deployment = %deployment.id, "cannot resume the deployment: {e}");
                 }
             }
             for (app, env) in self.store.queued_apps()? {
-                self.start_queued(&app, &env).await?;
+                if let Err(e) = self.start_queued(&app, &env).await {
+                    tracing::error!(%app, %env, "cannot start the queued deployment: {e}");
+                }
             }
             n
         };
@@ -353,6 +365,11 @@ impl Engine {
         let Some(mut d) = self.store.deployment(&id)? else {
             return Ok(());
         };
+        self.begin_queued(&mut d).await
+    }
+
+    /// Starts a queued deployment that was just made the active one.
+    async fn begin_queued(&self, d: &mut Deployment) -> Result<(), RolloutError> {
         d.state = State::Running;
         d.error.clear();
         d.event(
@@ -360,9 +377,9 @@ impl Engine {
             None,
             "its turn came: the deployment before it ended",
         );
-        d.event("batch_started", None, batch_text(&d));
+        d.event("batch_started", None, batch_text(d));
         tracing::info!(deployment = %d.id, "queued deployment started");
-        Box::pin(self.advance(&mut d)).await
+        Box::pin(self.advance(d)).await
     }
 
     /// Ends pauses that are over; returns when the next one ends.
@@ -515,7 +532,7 @@ impl Engine {
         };
         d.event("cancel_requested", None, format!("{what} by {by}"));
         if d.state == State::Queued {
-            self.store.unqueue(&d)?;
+            // (The final save also takes it out of the queue.)
             for h in &mut d.hosts {
                 h.state = HostState::Skipped;
             }
@@ -532,6 +549,8 @@ impl Engine {
             d.state = State::Running;
         }
         self.advance(&mut d).await?;
+        // Durable before it is confirmed.
+        self.store.flush().await?;
         Ok(d)
     }
 
@@ -554,6 +573,7 @@ impl Engine {
         d.state = State::Running;
         d.event("promoted", None, format!("promoted by {by}"));
         self.advance(&mut d).await?;
+        self.store.flush().await?;
         Ok(d)
     }
 
@@ -736,7 +756,7 @@ impl Engine {
                 }
                 s if s.is_final() => return self.save(d, &[]).await,
                 State::RollingBack => {
-                    if self.waiting(d)? {
+                    if self.waiting(d) {
                         return self.save(d, &[]).await;
                     }
                     let (state, cause) = match &d.cancel {
@@ -752,25 +772,34 @@ impl Engine {
                         .filter(|h| h.state == HostState::RollbackFailed)
                         .map(|h| h.host_id.to_string())
                         .collect::<Vec<_>>();
-                    let cause = if failed_rollbacks.is_empty() {
-                        cause
+                    let (state, cause) = if failed_rollbacks.is_empty() {
+                        (state, cause)
                     } else {
-                        format!(
+                        // Some hosts still run the new release: not "rolled back".
+                        let cause = format!(
                             "{cause}; rollback FAILED on {}",
                             failed_rollbacks.join(", ")
-                        )
+                        );
+                        let state = if state == State::RolledBack {
+                            State::Failed
+                        } else {
+                            state
+                        };
+                        (state, cause)
                     };
                     return self.finish(d, state, cause, None).await;
                 }
                 _ => {}
             }
             // Running.
+            let over_budget = d.failures > d.strategy.max_failures;
             let stop = match &d.cancel {
+                // A cancel does not switch off a rollback the failures already call for.
                 Some(c) => Some(Stop::Cancelled {
                     by: c.by.clone(),
-                    rollback: c.rollback,
+                    rollback: c.rollback || (over_budget && d.strategy.auto_rollback),
                 }),
-                None if d.failures > d.strategy.max_failures => Some(Stop::Failures),
+                None if over_budget => Some(Stop::Failures),
                 None => None,
             };
             if let Some(stop) = stop {
@@ -783,7 +812,7 @@ impl Engine {
             if !pending.is_empty() {
                 return self.dispatch(d, &pending, false).await;
             }
-            if self.waiting(d)? {
+            if self.waiting(d) {
                 return self.save(d, &[]).await;
             }
             // The batch is done.
@@ -821,22 +850,10 @@ impl Engine {
         }
     }
 
-    /// Whether a command is in flight on any host (re-sending queued ones: after
-    /// a restart the outbox may hold commands a live session never got).
-    fn waiting(&self, d: &Deployment) -> Result<bool, RolloutError> {
-        let mut waiting = false;
-        for h in d.hosts.iter().filter(|h| h.state.in_flight()) {
-            waiting = true;
-            let command = if h.state == HostState::RollingBack {
-                &h.rollback_command_id
-            } else {
-                &h.command_id
-            };
-            if let Some(command_id) = command {
-                self.resend_if_queued(&h.host_id, command_id)?;
-            }
-        }
-        Ok(waiting)
+    /// Whether a command is in flight on any host. (Undelivered ones wait in
+    /// the outbox; every new session of an agent is sent its outbox first.)
+    fn waiting(&self, d: &Deployment) -> bool {
+        d.hosts.iter().any(|h| h.state.in_flight())
     }
 
     /// Stops dispatching: pending hosts are skipped; once nothing runs, rolls
@@ -853,7 +870,7 @@ impl Engine {
                 d.event("host_finished", Some(i), "skipped");
             }
         }
-        if self.waiting(d)? {
+        if self.waiting(d) {
             return self.save(d, &[]).await;
         }
         let rollback = match stop {
@@ -987,25 +1004,6 @@ impl Engine {
     async fn save(&self, d: &mut Deployment, dispatches: &[Dispatch]) -> Result<(), RolloutError> {
         self.store.save_deployment(d, None, dispatches)?;
         self.changed();
-        Ok(())
-    }
-
-    /// After a restart the outbox may hold a command a live session never got.
-    fn resend_if_queued(&self, host: &HostId, command_id: &str) -> Result<(), RolloutError> {
-        if let Some(entry) = self
-            .store
-            .outbox(host)?
-            .into_iter()
-            .find(|e| e.command_id == command_id)
-            && let Ok(signed) = pb::SignedCommand::decode(entry.signed.as_slice())
-        {
-            self.sessions.send(
-                host,
-                pb::CoordinatorMessage {
-                    msg: Some(pb::coordinator_message::Msg::Command(signed)),
-                },
-            );
-        }
         Ok(())
     }
 
@@ -1143,6 +1141,12 @@ impl Engine {
         let hosts = plan::select_hosts(self.store.hosts()?, env, strategy);
         let started = Instant::now();
         let now = now_ms();
+        // Every registration is removed when this call ends, however it ends
+        // (the RPC may be dropped mid-wait).
+        let mut registered = PingRegistrations {
+            pings: &self.pings,
+            ids: Vec::with_capacity(hosts.len()),
+        };
         let mut waiting = Vec::with_capacity(hosts.len());
         let mut results = Vec::with_capacity(hosts.len());
         for host_id in hosts {
@@ -1169,6 +1173,7 @@ impl Engine {
             if let Ok(mut pings) = self.pings.lock() {
                 pings.insert(command_id.clone(), (host_id.clone(), tx));
             }
+            registered.ids.push(command_id.clone());
             let sent_at = Instant::now();
             let sent = self.sessions.send(
                 &host_id,
@@ -1176,11 +1181,11 @@ impl Engine {
                     msg: Some(pb::coordinator_message::Msg::Command(signed)),
                 },
             );
-            waiting.push((host_id, command_id, sent_at, sent, rx));
+            waiting.push((host_id, sent_at, sent, rx));
         }
         let deadline = tokio::time::Instant::from_std(started + timeout);
         let mut last_answer = None::<Instant>;
-        for (host_id, command_id, sent_at, sent, rx) in waiting {
+        for (host_id, sent_at, sent, rx) in waiting {
             let answer = if sent {
                 tokio::time::timeout_at(deadline, rx)
                     .await
@@ -1189,9 +1194,6 @@ impl Engine {
             } else {
                 None
             };
-            if let Ok(mut pings) = self.pings.lock() {
-                pings.remove(&command_id);
-            }
             results.push(match answer {
                 Some(at) => {
                     last_answer = Some(last_answer.map_or(at, |l| l.max(at)));
@@ -1233,6 +1235,22 @@ impl Engine {
             && let Some((_, tx)) = pings.remove(command_id)
         {
             let _ = tx.send(at);
+        }
+    }
+}
+
+/// Ping waiters registered by one `ping` call; removed on drop.
+struct PingRegistrations<'a> {
+    pings: &'a PingWaiters,
+    ids: Vec<String>,
+}
+
+impl Drop for PingRegistrations<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut pings) = self.pings.lock() {
+            for id in &self.ids {
+                pings.remove(id);
+            }
         }
     }
 }

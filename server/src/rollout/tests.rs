@@ -402,7 +402,8 @@ async fn auto_rollback_returns_each_changed_host_to_its_own_image() {
     }
     f.report(&d.id, "h4", pb::Outcome::Failed, "3", "3").await;
     let d = f.get(&d.id);
-    assert_eq!(d.state, State::RolledBack);
+    // h4 still runs the new release: the deployment did not roll back.
+    assert_eq!(d.state, State::Failed);
     assert_eq!(
         f.host_states(&d.id),
         [
@@ -604,4 +605,56 @@ async fn duplicate_and_stale_reports_change_nothing() {
     assert_eq!(after.failures, 0);
     assert_eq!(after.next_event, before.next_event);
     assert_eq!(f.host_states(&d.id), ["succeeded", "running"]);
+}
+
+#[tokio::test]
+async fn a_plain_cancel_does_not_switch_off_a_rollback_the_failures_call_for() {
+    let f = fleet_of(3);
+    let d = f.deploy("2", strategy("3")).await.unwrap();
+    f.ok(&d.id, "h1", "1", "2").await;
+    f.report(&d.id, "h2", pb::Outcome::Failed, "1", "2").await;
+    // Over budget; h3 still running. Now an operator cancels without --rollback.
+    f.engine.cancel(&d.id, "op".into(), false).await.unwrap();
+    f.ok(&d.id, "h3", "1", "2").await;
+    assert_eq!(f.get(&d.id).state, State::RollingBack);
+    for host in ["h1", "h2", "h3"] {
+        f.ok(&d.id, host, "2", "1").await;
+    }
+    let d = f.get(&d.id);
+    assert_eq!(d.state, State::Cancelled);
+    assert_eq!(f.host_states(&d.id), ["rolled_back"; 3]);
+}
+
+#[tokio::test]
+async fn a_host_that_changed_but_cannot_go_back_fails_the_deployment() {
+    let f = fleet_of(2);
+    // A new app: the first host had nothing before.
+    let d = f.deploy("1", strategy("1")).await.unwrap();
+    f.ok(&d.id, "h1", "", "1").await;
+    f.report(&d.id, "h2", pb::Outcome::Failed, "", "").await;
+    let d = f.get(&d.id);
+    assert_eq!(d.state, State::Failed);
+    assert!(
+        d.error.contains("h1 (the app had no earlier image"),
+        "{}",
+        d.error
+    );
+}
+
+#[tokio::test]
+async fn an_activated_queued_deployment_is_started_on_resume() {
+    let f = fleet_of(1);
+    let first = f.deploy("2", strategy("1")).await.unwrap();
+    let queued = f.deploy_queued("3", strategy("1"), true).await.unwrap();
+    // The coordinator stopped between making it active and starting it.
+    let mut done = f.get(&first.id);
+    done.state = State::Failed;
+    f.store.save_deployment(&mut done, None, &[]).unwrap();
+    assert_eq!(
+        f.store.activate_next(&app(), &env()).unwrap().as_deref(),
+        Some(queued.id.as_str())
+    );
+    assert_eq!(f.get(&queued.id).state, State::Queued);
+    f.engine.resume().await.unwrap();
+    assert_eq!(f.running(&queued.id), ["h1"]);
 }

@@ -875,6 +875,9 @@ impl Store {
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
         let key = pair_key(deployment.app.as_str(), deployment.env.as_str());
+        let mut queue_key = key.clone();
+        queue_key.push(0);
+        queue_key.extend_from_slice(deployment.id.as_bytes());
         let is_final = deployment.state.is_final();
         let id = deployment.id.as_bytes();
         (
@@ -884,37 +887,35 @@ impl Store {
             &self.events,
             &self.outbox,
             &self.commands,
+            &self.queue,
         )
-            .transaction(|(deployments, active, releases, events, outbox, cmds)| {
-                deployments.insert(id, bytes.clone())?;
-                if is_final && active.get(&key)?.as_deref() == Some(id) {
-                    active.remove(key.as_slice())?;
-                }
-                if let (Some(release), Some(bytes)) = (release, &release_bytes) {
-                    releases.insert(
-                        release_key(&release.app, &release.env, release.number),
-                        bytes.clone(),
-                    )?;
-                }
-                for (k, v) in &events_bytes {
-                    events.insert(k.as_slice(), v.as_slice())?;
-                }
-                for (outbox_key, d, cmd) in &commands {
-                    outbox.insert(outbox_key.as_slice(), d.signed.as_slice())?;
-                    cmds.insert(d.command_id.as_bytes(), cmd.as_slice())?;
-                }
-                Ok(())
-            })?;
+            .transaction(
+                |(deployments, active, releases, events, outbox, cmds, queue)| {
+                    deployments.insert(id, bytes.clone())?;
+                    if is_final && active.get(&key)?.as_deref() == Some(id) {
+                        active.remove(key.as_slice())?;
+                    }
+                    if is_final {
+                        // A queued deployment cancelled before its turn.
+                        queue.remove(queue_key.as_slice())?;
+                    }
+                    if let (Some(release), Some(bytes)) = (release, &release_bytes) {
+                        releases.insert(
+                            release_key(&release.app, &release.env, release.number),
+                            bytes.clone(),
+                        )?;
+                    }
+                    for (k, v) in &events_bytes {
+                        events.insert(k.as_slice(), v.as_slice())?;
+                    }
+                    for (outbox_key, d, cmd) in &commands {
+                        outbox.insert(outbox_key.as_slice(), d.signed.as_slice())?;
+                        cmds.insert(d.command_id.as_bytes(), cmd.as_slice())?;
+                    }
+                    Ok(())
+                },
+            )?;
         deployment.new_events.clear();
-        Ok(())
-    }
-
-    /// Removes a queued deployment from the queue (it was cancelled).
-    pub fn unqueue(&self, deployment: &Deployment) -> Result<(), StoreError> {
-        let mut key = pair_key(deployment.app.as_str(), deployment.env.as_str());
-        key.push(0);
-        key.extend_from_slice(deployment.id.as_bytes());
-        self.queue.remove(key)?;
         Ok(())
     }
 

@@ -306,10 +306,10 @@ fn queued_deployments_start_in_order_once_the_active_one_ends() {
         Some("d2")
     );
     assert_eq!(store.activate_next(&app, &env).unwrap(), None);
-    // A cancelled queued deployment leaves the queue.
-    store
-        .unqueue(&store.deployment("d3").unwrap().unwrap())
-        .unwrap();
+    // A queued deployment that ends (cancelled) leaves the queue.
+    let mut d3 = store.deployment("d3").unwrap().unwrap();
+    d3.state = State::Cancelled;
+    store.save_deployment(&mut d3, None, &[]).unwrap();
     assert!(store.queued_apps().unwrap().is_empty());
 }
 

@@ -192,6 +192,16 @@ impl Action {
         }
     }
 
+    /// What a deploy or rollback installs, with the health gate (deploys
+    /// only); `None` for a ping.
+    pub fn install(&self) -> Option<(&AppName, &ImageRef, Option<&HealthCheck>)> {
+        match self {
+            Self::Deploy { app, image, health } => Some((app, image, health.as_ref())),
+            Self::Rollback { app, image, .. } => Some((app, image, None)),
+            Self::Ping => None,
+        }
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Deploy { .. } => "deploy",

@@ -362,7 +362,7 @@ impl Client {
             let req = self.req(pb::GetDeploymentRequest { id: id.into() });
             match self.inner.get_deployment(req).await {
                 Ok(d) => return Ok(d.into_inner()),
-                Err(status) if status.code() == tonic::Code::Unavailable => {
+                Err(status) if transient(&status) => {
                     tokio::time::sleep(RECONNECT_DELAY).await;
                 }
                 Err(status) => return Err(explain(status)),
@@ -395,7 +395,7 @@ impl Client {
             });
             let mut stream = match self.inner.stream_logs(req).await {
                 Ok(s) => s.into_inner(),
-                Err(status) if status.code() == tonic::Code::Unavailable => {
+                Err(status) if transient(&status) => {
                     last_err = Some(explain(status));
                     continue;
                 }

@@ -336,11 +336,13 @@ fn kill_after_every_host_result() {
         f.hosts[i].release_hang().unwrap();
         finished(&f, i, &id);
         // Kill once the coordinator recorded this host's result.
-        server_saw(
-            &f,
-            &format!("deployment={id} host=web-{} state=succeeded", i + 1),
-            1,
-        );
+        let host = format!("host=web-{}", i + 1);
+        let deployment = format!("deployment={id}");
+        f.server
+            .proc
+            .log
+            .wait_for_all(&["host finished", &deployment, &host], 0)
+            .unwrap();
         crash(&mut f);
     }
     check(&f, &id, "succeeded", &["acme/app:2-hang"; 3]);

@@ -170,7 +170,9 @@ fn deploy_wait_follows_a_deployment_through_a_coordinator_restart() {
     std::fs::write(f.hosts[0].dokku_root.join(".fake-dokku/release"), "").unwrap();
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
     let status = child.wait().unwrap();
-    assert!(status.success(), "{rest:#?}");
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(status.success(), "{rest:#?}\n{stderr}");
     assert!(
         rest.iter().any(|l| l.contains("Application deployed")),
         "{rest:#?}"

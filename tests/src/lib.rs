@@ -66,11 +66,22 @@ impl LogWatch {
     /// Waits until a line containing `needle` appears at index >= `from`;
     /// returns its index.
     pub fn wait_for_from(&self, needle: &str, from: usize) -> anyhow::Result<usize> {
+        self.wait_for_all(&[needle], from)
+    }
+
+    /// Waits until a line containing every one of `needles` appears at index
+    /// >= `from`; returns its index.
+    pub fn wait_for_all(&self, needles: &[&str], from: usize) -> anyhow::Result<usize> {
         let deadline = Instant::now() + WAIT;
         let (lines, cv) = &*self.inner;
         let mut guard = lines.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+        let needle = needles.join("\" … \"");
         loop {
-            if let Some(i) = guard.iter().skip(from).position(|l| l.contains(needle)) {
+            if let Some(i) = guard
+                .iter()
+                .skip(from)
+                .position(|l| needles.iter().all(|n| l.contains(n)))
+            {
                 return Ok(from + i);
             }
             if self.closed.load(std::sync::atomic::Ordering::SeqCst) {

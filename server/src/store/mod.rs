@@ -32,6 +32,8 @@ pub enum StoreError {
     },
     #[error("store: cannot encode record: {0}")]
     Encode(serde_json::Error),
+    #[error("store: flush did not complete: {0}")]
+    Flush(String),
 }
 
 impl From<TransactionError<StoreError>> for StoreError {
@@ -604,9 +606,17 @@ impl Store {
         })
     }
 
-    /// Makes every write so far durable. Cancel-safe (the flush completes in the background).
+    /// Makes every write so far durable. Cancel-safe (the flush completes in
+    /// the background).
+    ///
+    /// sled's own `flush_async` can deadlock when several are polled at once
+    /// (sled issues 1241 and 1308; it hung a 100-host rollout here), so the
+    /// blocking flush runs on the blocking pool instead.
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush_async().await?;
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .map_err(|e| StoreError::Flush(e.to_string()))??;
         Ok(())
     }
 

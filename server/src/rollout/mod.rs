@@ -863,10 +863,14 @@ impl Engine {
             Stop::Cancelled { by, .. } => format!("cancelled by {by}"),
             Stop::Failures => failure_cause(d),
         };
+        let why_skipped = match &stop {
+            Stop::Cancelled { by, .. } => format!("not attempted: cancelled by {by}"),
+            Stop::Failures => "not attempted: the rollout stopped on failures".to_owned(),
+        };
         for i in 0..d.hosts.len() {
             if d.hosts[i].state == HostState::Pending {
                 d.hosts[i].state = HostState::Skipped;
-                d.hosts[i].error = format!("not attempted: {cause}");
+                d.hosts[i].error = why_skipped.clone();
                 d.event("host_finished", Some(i), "skipped");
             }
         }
@@ -879,7 +883,7 @@ impl Engine {
         };
         let (state, cause) = match &stop {
             Stop::Cancelled { .. } => (State::Cancelled, cause),
-            Stop::Failures if rollback => (State::RolledBack, format!("rolled back: {cause}")),
+            Stop::Failures if rollback => (State::RolledBack, cause),
             Stop::Failures => (State::Failed, cause),
         };
         if !rollback {

@@ -40,6 +40,8 @@ pub struct RunConfig {
     /// is killed (and reported as interrupted).
     pub shutdown_grace: Duration,
     pub heartbeat: Duration,
+    /// HTTP/2 keepalive interval and timeout on the coordinator connection.
+    pub keepalive: Duration,
     pub backoff_max: Duration,
     /// Renew the client certificate when it expires within this.
     pub renew_before: Duration,
@@ -52,6 +54,7 @@ impl RunConfig {
             dokku_bin: PathBuf::from("dokku"),
             shutdown_grace: Duration::from_secs(60),
             heartbeat: Duration::from_secs(15),
+            keepalive: Duration::from_secs(20),
             backoff_max: Duration::from_secs(30),
             renew_before: Duration::from_secs(30 * 24 * 3600),
         }

@@ -37,6 +37,7 @@ pub struct Ctx {
     pub reports: Notify,
     pub policy: VerifyPolicy,
     pub heartbeat: Duration,
+    pub keepalive: Duration,
     pub backoff_max: Duration,
     /// Whether a session is up now (`simulate` waits on it).
     pub connected: watch::Sender<bool>,
@@ -55,6 +56,7 @@ impl Ctx {
             reports: Notify::new(),
             policy: VerifyPolicy::default(),
             heartbeat: config.heartbeat,
+            keepalive: config.keepalive,
             backoff_max: config.backoff_max,
             connected: watch::Sender::new(false),
         }
@@ -140,8 +142,9 @@ async fn session(
         .tls_config(tls)
         .context("TLS configuration")?
         .connect_timeout(Duration::from_secs(10))
-        .http2_keep_alive_interval(Duration::from_secs(20))
-        .keep_alive_timeout(Duration::from_secs(20));
+        .http2_keep_alive_interval(ctx.keepalive)
+        .keep_alive_timeout(ctx.keepalive)
+        .keep_alive_while_idle(true);
     let channel = tokio::select! {
         () = cancel.cancelled() => return Ok(()),
         c = endpoint.connect() => c.with_context(|| format!("connect to {}", id.file.server))?,

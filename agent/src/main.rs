@@ -74,6 +74,11 @@ enum Cmd {
         /// Renew the client certificate (90 days) once it expires within this.
         #[arg(long, env = "FLOTILLA_RENEW_BEFORE", default_value = "30days", value_parser = humantime::parse_duration)]
         renew_before: Duration,
+        /// HTTP/2 keepalive ping interval to the coordinator; a connection whose
+        /// ping is not answered within the same time is dropped and redialled,
+        /// so a cut-off link is noticed within about twice this.
+        #[arg(long, env = "FLOTILLA_KEEPALIVE", default_value = "20s", value_parser = humantime::parse_duration)]
+        keepalive: Duration,
     },
     /// Run many simulated agents in this process, for tests and benchmarks.
     ///
@@ -177,8 +182,10 @@ fn real_main(args: Args) -> anyhow::Result<()> {
             shutdown_grace,
             reconnect_max,
             renew_before,
+            keepalive,
         } => {
             let mut config = RunConfig::new(AgentDir::new(data_dir));
+            config.keepalive = keepalive;
             config.dokku_bin = dokku_bin;
             config.shutdown_grace = shutdown_grace;
             config.backoff_max = reconnect_max;

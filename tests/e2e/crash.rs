@@ -395,3 +395,111 @@ fn an_agent_frozen_mid_deploy_reconnects_and_the_command_runs_once() {
         "the agent reconnected ({reconnects} sessions)"
     );
 }
+
+/// A network namespace joined to this one by a veth pair: the agent's "host",
+/// whose link the test can take down. Removed on drop.
+struct Netns {
+    name: String,
+    host_if: String,
+    host_ip: String,
+}
+
+impl Netns {
+    fn create() -> Self {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = (std::process::id() % 10_000) * 10 + n % 10;
+        let subnet = id % 250;
+        let ns = Self {
+            name: format!("flt{id}"),
+            host_if: format!("flth{id}"),
+            host_ip: format!("10.231.{subnet}.1"),
+        };
+        let ns_if = format!("fltn{id}");
+        let ns_ip = format!("10.231.{subnet}.2/30");
+        let host_cidr = format!("{}/30", ns.host_ip);
+        ip(&["netns", "add", &ns.name]);
+        ip(&[
+            "link",
+            "add",
+            &ns.host_if,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &ns_if,
+        ]);
+        ip(&["link", "set", &ns_if, "netns", &ns.name]);
+        ip(&["addr", "add", &host_cidr, "dev", &ns.host_if]);
+        ip(&["link", "set", &ns.host_if, "up"]);
+        for args in [
+            vec!["addr", "add", ns_ip.as_str(), "dev", ns_if.as_str()],
+            vec!["link", "set", ns_if.as_str(), "up"],
+            vec!["link", "set", "lo", "up"],
+        ] {
+            let mut all = vec!["netns", "exec", ns.name.as_str(), "ip"];
+            all.extend(args);
+            ip(&all);
+        }
+        ns
+    }
+
+    fn link(&self, up: bool) {
+        ip(&["link", "set", &self.host_if, if up { "up" } else { "down" }]);
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Deleting the namespace deletes its end of the pair, and with it ours.
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
+fn ip(args: &[&str]) {
+    let out = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "ip {args:?}: {}", text(&out));
+}
+
+#[test]
+fn an_agent_cut_off_by_its_network_link_completes_the_command_once() {
+    let ns = Netns::create();
+    let root = tempfile::tempdir().unwrap();
+    let data_dir =
+        flotilla_tests::Server::init_with(root.path(), &["--server-name", &ns.host_ip]).unwrap();
+    let listen = format!("{}:{}", ns.host_ip, flotilla_tests::free_port().unwrap());
+    let server =
+        flotilla_tests::Server::start(&data_dir, &listen, &["--keepalive", "500ms"]).unwrap();
+    let host = flotilla_tests::Host::join_in_netns(root.path(), &server, "web-1", "prod", &ns.name)
+        .unwrap();
+    let agent = host.start_with(&["--keepalive", "1s"]).unwrap();
+    let f = Fleet {
+        agents: vec![agent],
+        server,
+        hosts: vec![host],
+        root,
+    };
+    v1(&f);
+    let id = deploy_start_with(&f.server, "app", "acme/app:2-hang", &[]);
+    accepted(&f, 0, &id);
+
+    // Cut the link: the coordinator drops the silent session.
+    ns.link(false);
+    server_saw(&f, "agent disconnected", 1);
+    // Dokku finishes while the host is unreachable; the result and the log
+    // lines wait in the agent's spool.
+    f.hosts[0].release_hang().unwrap();
+    finished(&f, 0, &id);
+    ns.link(true);
+    check(&f, &id, "succeeded", &["acme/app:2-hang"]);
+    assert!(f.agents[0].log.count("session established") >= 2);
+}

@@ -297,9 +297,14 @@ pub struct Server {
 impl Server {
     /// `flotilla-server init` into `root/server`.
     pub fn init(root: &Path) -> anyhow::Result<PathBuf> {
+        Self::init_with(root, &[])
+    }
+
+    /// `flotilla-server init EXTRA…` into `root/server`.
+    pub fn init_with(root: &Path, extra: &[&str]) -> anyhow::Result<PathBuf> {
         let data_dir = root.join("server");
         let mut cmd = Command::new(bin("flotilla-server"));
-        cmd.arg("init").arg("--data-dir").arg(&data_dir);
+        cmd.arg("init").arg("--data-dir").arg(&data_dir).args(extra);
         let out = run(cmd)?;
         if !out.status.success() {
             bail!("init failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -395,6 +400,8 @@ pub struct Host {
     pub host_id: String,
     pub agent_dir: PathBuf,
     pub dokku_root: PathBuf,
+    /// The network namespace the agent runs in (`ip netns exec`), if any.
+    pub netns: Option<String>,
 }
 
 impl Host {
@@ -406,7 +413,7 @@ impl Host {
         host_id: &str,
         env: &str,
     ) -> anyhow::Result<(Self, Output)> {
-        Self::join_with_args(root, server, token, host_id, env, &[])
+        Self::join_with_args(root, server, token, host_id, env, &[], None)
     }
 
     /// `join_with` plus extra `join` arguments (e.g. `--label k=v`).
@@ -417,6 +424,7 @@ impl Host {
         host_id: &str,
         env: &str,
         extra: &[&str],
+        netns: Option<&str>,
     ) -> anyhow::Result<(Self, Output)> {
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -425,9 +433,10 @@ impl Host {
             host_id: host_id.to_owned(),
             agent_dir: base.join("agent"),
             dokku_root: base.join("dokku"),
+            netns: netns.map(str::to_owned),
         };
         std::fs::create_dir_all(&host.dokku_root)?;
-        let mut cmd = Command::new(bin("flotilla-agent"));
+        let mut cmd = agent_command(netns);
         cmd.arg("join")
             .args([
                 "--server",
@@ -460,7 +469,24 @@ impl Host {
     ) -> anyhow::Result<Self> {
         let token = server.join_token()?;
         let extra: Vec<&str> = labels.iter().flat_map(|l| ["--label", *l]).collect();
-        let (host, out) = Self::join_with_args(root, server, &token, host_id, env, &extra)?;
+        let (host, out) = Self::join_with_args(root, server, &token, host_id, env, &extra, None)?;
+        if !out.status.success() {
+            bail!("join failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(host)
+    }
+
+    /// Joins (and later runs) inside network namespace `netns`.
+    pub fn join_in_netns(
+        root: &Path,
+        server: &Server,
+        host_id: &str,
+        env: &str,
+        netns: &str,
+    ) -> anyhow::Result<Self> {
+        let token = server.join_token()?;
+        let (host, out) =
+            Self::join_with_args(root, server, &token, host_id, env, &[], Some(netns))?;
         if !out.status.success() {
             bail!("join failed: {}", String::from_utf8_lossy(&out.stderr));
         }
@@ -474,7 +500,7 @@ impl Host {
 
     /// Like `start`, with extra `run` arguments.
     pub fn start_with(&self, extra: &[&str]) -> anyhow::Result<Proc> {
-        let mut cmd = Command::new(bin("flotilla-agent"));
+        let mut cmd = agent_command(self.netns.as_deref());
         cmd.arg("run")
             .arg("--data-dir")
             .arg(&self.agent_dir)
@@ -534,6 +560,18 @@ impl Host {
             }
         }
         Ok(n)
+    }
+}
+
+/// `flotilla-agent`, inside network namespace `netns` when given.
+fn agent_command(netns: Option<&str>) -> Command {
+    match netns {
+        Some(ns) => {
+            let mut cmd = Command::new("ip");
+            cmd.args(["netns", "exec", ns]).arg(bin("flotilla-agent"));
+            cmd
+        }
+        None => Command::new(bin("flotilla-agent")),
     }
 }
 

@@ -651,6 +651,7 @@ impl Engine {
                     self.store.set_host_image(host, &d.app, &image)?;
                 }
                 if !in_flight {
+                    self.late_result(&mut d, i, command.rollback, &result)?;
                     return Ok(());
                 }
                 self.apply_result(&mut d, i, command.rollback, result);
@@ -677,6 +678,34 @@ impl Engine {
                 self.advance(&mut d).await?;
             }
         }
+        Ok(())
+    }
+
+    /// A result for a command its host was already given up on (it expired
+    /// while the agent was cut off, or the host was revoked): the rollout has
+    /// moved on, but what the host now runs is recorded and said, so nobody
+    /// believes it is still on its old release.
+    fn late_result(
+        &self,
+        d: &mut Deployment,
+        i: usize,
+        rollback: bool,
+        result: &pb::CommandResult,
+    ) -> Result<(), StoreError> {
+        let Ok(now) = ImageRef::parse(&result.deployed_image) else {
+            return Ok(());
+        };
+        let h = &mut d.hosts[i];
+        if rollback || h.state == HostState::Pending || h.image.as_ref() == Some(&now) {
+            return Ok(());
+        }
+        let note = format!("its result came after it was given up: it now runs {now}");
+        tracing::warn!(deployment = %d.id, host = %h.host_id, image = %now, "late result recorded");
+        h.error = join_error(&h.error, &note);
+        h.image = Some(now);
+        d.event("host_late_result", Some(i), note);
+        self.store.save_deployment(d, None, &[])?;
+        self.changed();
         Ok(())
     }
 

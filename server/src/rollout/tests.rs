@@ -658,3 +658,55 @@ async fn an_activated_queued_deployment_is_started_on_resume() {
     f.engine.resume().await.unwrap();
     assert_eq!(f.running(&queued.id), ["h1"]);
 }
+
+#[tokio::test]
+async fn a_result_after_the_host_was_given_up_is_recorded_and_said() {
+    let f = fleet_of(2);
+    let d = f
+        .deploy(
+            "2",
+            Strategy {
+                auto_rollback: false,
+                ..strategy("1")
+            },
+        )
+        .await
+        .unwrap();
+    let command = f.get(&d.id).hosts[0].command_id.clone();
+    // The agent was cut off; the host is given up on (as the expiry sweep or a revoke does).
+    f.engine
+        .fail_host(&HostId::parse("h1").unwrap(), "given up")
+        .await
+        .unwrap();
+    assert_eq!(f.get(&d.id).state, State::Failed);
+    // Then its result arrives after all.
+    f.engine
+        .on_report(
+            &HostId::parse("h1").unwrap(),
+            pb::Report {
+                spool_seq: 0,
+                command_id: command.unwrap(),
+                body: Some(pb::report::Body::Result(pb::CommandResult {
+                    outcome: pb::Outcome::Succeeded.into(),
+                    deployed_image: image("2").to_string(),
+                    previous_image: image("1").to_string(),
+                    ..Default::default()
+                })),
+            },
+        )
+        .await
+        .unwrap();
+    let after = f.get(&d.id);
+    assert_eq!(after.state, State::Failed);
+    assert_eq!(after.hosts[0].image, Some(image("2")));
+    assert!(
+        after.hosts[0].error.contains("now runs acme/shop:2"),
+        "{}",
+        after.hosts[0].error
+    );
+    assert!(
+        f.events(&d.id)
+            .iter()
+            .any(|e| e.starts_with("host_late_result h1"))
+    );
+}

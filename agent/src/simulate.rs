@@ -119,20 +119,48 @@ pub async fn run(
     }
     tracing::info!(n_agents, "simulated agents started");
 
-    // 3. Tell the harness once every agent has been connected, then wait.
-    tokio::select! {
-        () = &mut shutdown => {}
-        () = all_connected(connected) => {
+    // 3. Tell the harness once every agent has been connected, then wait —
+    //    unless a worker dies: an agent that accepts commands it never runs
+    //    would leave deployments waiting, so the whole simulation stops.
+    let mut failure = None;
+    {
+        let waiting = async {
+            all_connected(connected).await;
             on_connected(n_agents);
-            shutdown.await;
+            std::future::pending::<()>().await;
+        };
+        tokio::select! {
+            () = &mut shutdown => {}
+            () = waiting => {}
+            died = any_worker_stopped(&mut agents) => {
+                failure = Some(format!("a simulated agent's command worker stopped unexpectedly: {died}"));
+            }
         }
     }
 
     // 4. Stop every agent (shared deadlines), then one flush for all spools.
     stop_all(agents, opts.run.shutdown_grace).await;
     db.flush().await.context("flush the shared spool")?;
+    if let Some(failure) = failure {
+        anyhow::bail!(failure);
+    }
     tracing::info!(n_agents, "simulated agents stopped");
     Ok(())
+}
+
+/// Completes when any agent's worker ends (it should not before a stop),
+/// saying how it ended.
+async fn any_worker_stopped(agents: &mut [Agent]) -> String {
+    use std::future::Future as _;
+    std::future::poll_fn(|cx| {
+        for agent in agents.iter_mut() {
+            if let std::task::Poll::Ready(res) = std::pin::Pin::new(&mut agent.worker).poll(cx) {
+                return std::task::Poll::Ready(format!("{res:?}"));
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
 }
 
 /// Host ids, labels and directories of every agent, checked before anything runs.

@@ -303,3 +303,62 @@ fn a_label_selector_limits_the_rollout_and_ping_reaches_every_agent() {
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
     assert!(text(&out).contains("web-3"), "{}", text(&out));
 }
+
+#[test]
+fn twenty_simulated_agents_roll_out_in_percentage_batches_and_stop_at_a_failed_batch() {
+    let root = tempfile::tempdir().unwrap();
+    let data_dir = flotilla_tests::Server::init(root.path()).unwrap();
+    let s = flotilla_tests::Server::start(&data_dir, "127.0.0.1:0", &[]).unwrap();
+    let fail = root.path().join("fail-images");
+    std::fs::write(&fail, "acme/sim:3\n").unwrap();
+    let _sim = flotilla_tests::Simulation::start(
+        root.path(),
+        &s,
+        "sim",
+        20,
+        &["--fail-images", fail.to_str().unwrap()],
+    )
+    .unwrap();
+
+    let ping = s.json(&["ping", "--env", "sim"]).unwrap();
+    assert_eq!(ping["ok"], 20, "{ping}");
+
+    let run = |image: &str, extra: &[&str]| {
+        let mut args = vec!["deploy", "app", "--image", image, "--env", "sim"];
+        args.extend(extra);
+        args.extend(["--wait", "--output", "json"]);
+        let out = s.cli(&args).unwrap();
+        let status: serde_json::Value =
+            serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
+        (out.status.code(), status)
+    };
+    let (code, status) = run("acme/sim:1", &["--batch", "25%", "--canary", "2"]);
+    assert_eq!(code, Some(0), "{status}");
+    // 2 canaries, then 25% of 20 = 5 per batch: 5, 5, 5, 3.
+    assert_eq!(status["batches"], 5, "{status}");
+    let (code, status) = run("acme/sim:2", &["--batch", "50%"]);
+    assert_eq!(code, Some(0), "{status}");
+    // Every host fails acme/sim:3: the first batch fails, is not changed,
+    // nothing else is touched.
+    let (code, status) = run("acme/sim:3", &["--batch", "5"]);
+    assert_eq!(code, Some(4), "{status}");
+    let states = host_states(&status);
+    assert_eq!(
+        states.iter().filter(|s| *s == "failed").count(),
+        5,
+        "{status}"
+    );
+    assert_eq!(
+        states.iter().filter(|s| *s == "skipped").count(),
+        15,
+        "{status}"
+    );
+    for h in status["hosts"].as_array().unwrap() {
+        if h["state"] == "failed" {
+            assert_eq!(h["image"], "acme/sim:2", "{h}");
+            assert_eq!(h["image_before"], "acme/sim:2", "{h}");
+        }
+    }
+    let releases = s.json(&["releases", "app", "--env", "sim"]).unwrap();
+    assert_eq!(releases.as_array().unwrap().len(), 2);
+}

@@ -575,6 +575,71 @@ fn agent_command(netns: Option<&str>) -> Command {
     }
 }
 
+/// How long simulated agents may take to join and connect.
+const SIM_WAIT: Duration = Duration::from_secs(600);
+
+/// `flotilla-agent simulate` with `count` agents in `env` (host ids
+/// `{env}-0001`…), running until dropped (SIGTERM, then wait).
+pub struct Simulation {
+    child: std::process::Child,
+}
+
+impl Simulation {
+    /// Starts it with a join token for `count` hosts and `extra` arguments;
+    /// returns once every agent is connected.
+    pub fn start(
+        root: &Path,
+        server: &Server,
+        env: &str,
+        count: usize,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
+        use std::io::BufRead as _;
+        let out = server.cli(&["join-token", "create", "--uses", &count.to_string()])?;
+        if !out.status.success() {
+            anyhow::bail!("join-token create: {}", text(&out));
+        }
+        let token = String::from_utf8(out.stdout)?.trim().to_owned();
+        let mut child = std::process::Command::new(bin("flotilla-agent"))
+            .arg("simulate")
+            .args(["--count", &count.to_string(), "--env", env, "--prefix", env])
+            .args(["--server", &server.url()])
+            .arg("--dir")
+            .arg(root.join(format!("sim-{env}")))
+            .args(extra)
+            .env("FLOTILLA_JOIN_TOKEN", token)
+            .env("FLOTILLA_LOG", "warn")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("start flotilla-agent simulate")?;
+        let stdout = child.stdout.take().context("simulate stdout")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let ready = std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+                .any(|l| l.contains("agents connected"));
+            let _ = tx.send(ready);
+        });
+        let sim = Self { child };
+        match rx.recv_timeout(SIM_WAIT) {
+            Ok(true) => Ok(sim),
+            _ => anyhow::bail!("{count} simulated agents did not connect within {SIM_WAIT:?}"),
+        }
+    }
+}
+
+impl Drop for Simulation {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
 /// Text of a process output, for assertions and messages.
 pub fn text(out: &Output) -> String {
     format!(

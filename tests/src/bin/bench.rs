@@ -18,7 +18,7 @@ use anyhow::Context as _;
 use flotilla_proto::v1 as pb;
 use flotilla_shared::signing::{self, Action, CommandSigner, TrustedKeys, VerifyPolicy};
 use flotilla_shared::{AppName, HostId, ImageRef};
-use flotilla_tests::{Host, Server};
+use flotilla_tests::{Host, Server, Simulation};
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
@@ -51,72 +51,12 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-/// How long simulated agents may take to join and connect.
-const SIM_WAIT: Duration = Duration::from_secs(600);
-
-/// `flotilla-agent simulate` with `count` agents in `env`, running until dropped.
-struct Simulation {
-    child: std::process::Child,
-}
-
-impl Simulation {
-    fn start(
-        root: &std::path::Path,
-        server: &Server,
-        env: &str,
-        count: usize,
-    ) -> anyhow::Result<Self> {
-        use std::io::BufRead as _;
-        let out = server.cli(&["join-token", "create", "--uses", &count.to_string()])?;
-        if !out.status.success() {
-            anyhow::bail!("join-token create: {}", flotilla_tests::text(&out));
-        }
-        let token = String::from_utf8(out.stdout)?.trim().to_owned();
-        let mut child = std::process::Command::new(flotilla_tests::bin("flotilla-agent"))
-            .arg("simulate")
-            .args(["--count", &count.to_string(), "--env", env, "--prefix", env])
-            .args(["--server", &server.url()])
-            .arg("--dir")
-            .arg(root.join(format!("sim-{env}")))
-            .env("FLOTILLA_JOIN_TOKEN", token)
-            .env("FLOTILLA_LOG", "warn")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .context("start flotilla-agent simulate")?;
-        let stdout = child.stdout.take().context("simulate stdout")?;
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let ready = std::io::BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-                .any(|l| l.contains("agents connected"));
-            let _ = tx.send(ready);
-        });
-        let sim = Self { child };
-        match rx.recv_timeout(SIM_WAIT) {
-            Ok(true) => Ok(sim),
-            _ => anyhow::bail!("{count} simulated agents did not connect within {SIM_WAIT:?}"),
-        }
-    }
-}
-
-impl Drop for Simulation {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
-    }
-}
-
 fn rollout_bench(hosts: usize, batch: usize) -> anyhow::Result<()> {
     let root = tempfile::tempdir()?;
     let data_dir = Server::init(root.path())?;
     let server = Server::start(&data_dir, "127.0.0.1:0", &[])?;
     let start = Instant::now();
-    let _sim = Simulation::start(root.path(), &server, "roll", hosts)?;
+    let _sim = Simulation::start(root.path(), &server, "roll", hosts, &[])?;
     println!(
         "rollout: {hosts} simulated agents joined and connected in {:.1} s",
         start.elapsed().as_secs_f64()
@@ -198,7 +138,7 @@ fn ping_bench(counts: &[usize]) -> anyhow::Result<()> {
     for &n in counts {
         let env = format!("ping{n}");
         let start = Instant::now();
-        let _sim = Simulation::start(root.path(), &server, &env, n)?;
+        let _sim = Simulation::start(root.path(), &server, &env, n, &[])?;
         println!(
             "ping: {n} simulated agents joined and connected in {:.1} s",
             start.elapsed().as_secs_f64()

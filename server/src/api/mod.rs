@@ -204,6 +204,7 @@ pub fn deployment_to_proto(d: &Deployment) -> pb::Deployment {
         resume_at_ms: d.resume_at_ms,
         failures: d.failures,
         release: d.release,
+        gates: Vec::new(),
     }
 }
 
@@ -897,6 +898,35 @@ impl FleetService for Api {
             // Credentials in a template are write-only.
             health_url: flotilla_shared::health::redact_url(&settings.health_url),
         }))
+    }
+
+    // Issue 5, in progress: freezes and notification tests are not wired yet.
+    async fn create_freeze(
+        &self,
+        _req: Request<pb::CreateFreezeRequest>,
+    ) -> Result<Response<pb::Freeze>, Status> {
+        Err(Status::unimplemented("freeze windows are not available yet"))
+    }
+
+    async fn list_freezes(
+        &self,
+        _req: Request<pb::ListFreezesRequest>,
+    ) -> Result<Response<pb::ListFreezesResponse>, Status> {
+        Err(Status::unimplemented("freeze windows are not available yet"))
+    }
+
+    async fn delete_freeze(
+        &self,
+        _req: Request<pb::DeleteFreezeRequest>,
+    ) -> Result<Response<pb::DeleteFreezeResponse>, Status> {
+        Err(Status::unimplemented("freeze windows are not available yet"))
+    }
+
+    async fn test_notification(
+        &self,
+        _req: Request<pb::TestNotificationRequest>,
+    ) -> Result<Response<pb::TestNotificationResponse>, Status> {
+        Err(Status::unimplemented("notifications are not available yet"))
     }
 }
 

@@ -493,6 +493,12 @@ pub struct Store {
     queue: sled::Tree,
     host_apps: sled::Tree,
     app_settings: sled::Tree,
+    /// Notifications not yet delivered (see `notify.rs`).
+    notify_outbox: sled::Tree,
+    /// Last answers of deploy gates (see `gates.rs`).
+    gate_cache: sled::Tree,
+    /// Deploy freeze windows (see `gates.rs`).
+    freezes: sled::Tree,
 }
 
 fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
@@ -602,6 +608,9 @@ impl Store {
             queue: db.open_tree("queue")?,
             host_apps: db.open_tree("host_apps")?,
             app_settings: db.open_tree("app_settings")?,
+            notify_outbox: db.open_tree("notify_outbox")?,
+            gate_cache: db.open_tree("gate_cache")?,
+            freezes: db.open_tree("freezes")?,
             db,
         })
     }

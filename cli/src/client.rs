@@ -137,6 +137,7 @@ impl Client {
         image: &str,
         strategy: pb::Strategy,
         queue: bool,
+        override_freeze: bool,
     ) -> anyhow::Result<pb::Deployment> {
         let req = self.req(pb::CreateDeploymentRequest {
             app: app.into(),
@@ -144,6 +145,7 @@ impl Client {
             image: image.into(),
             strategy: Some(strategy),
             queue,
+            override_freeze,
         });
         Ok(self
             .inner
@@ -236,6 +238,45 @@ impl Client {
         Ok(self
             .inner
             .get_app_settings(req)
+            .await
+            .map_err(explain)?
+            .into_inner())
+    }
+
+    pub async fn create_freeze(&mut self, req: pb::CreateFreezeRequest) -> anyhow::Result<pb::Freeze> {
+        let req = self.req(req);
+        Ok(self.inner.create_freeze(req).await.map_err(explain)?.into_inner())
+    }
+
+    pub async fn freezes(&mut self, env: Option<String>) -> anyhow::Result<Vec<pb::Freeze>> {
+        let req = self.req(pb::ListFreezesRequest {
+            env: env.unwrap_or_default(),
+        });
+        Ok(self
+            .inner
+            .list_freezes(req)
+            .await
+            .map_err(explain)?
+            .into_inner()
+            .freezes)
+    }
+
+    pub async fn delete_freeze(&mut self, id: &str) -> anyhow::Result<()> {
+        let req = self.req(pb::DeleteFreezeRequest { id: id.into() });
+        self.inner.delete_freeze(req).await.map_err(explain)?;
+        Ok(())
+    }
+
+    pub async fn test_notification(
+        &mut self,
+        channel: &str,
+    ) -> anyhow::Result<pb::TestNotificationResponse> {
+        let req = self.req(pb::TestNotificationRequest {
+            channel: channel.into(),
+        });
+        Ok(self
+            .inner
+            .test_notification(req)
             .await
             .map_err(explain)?
             .into_inner())

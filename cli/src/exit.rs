@@ -19,14 +19,18 @@ pub const ROLLED_BACK: u8 = 4;
 /// The deployment was cancelled.
 pub const CANCELLED: u8 = 5;
 /// The coordinator refused (gRPC `FailedPrecondition`): another deployment is
-/// active and `--queue` was not given, no host matches, nothing to promote, ….
+/// active and `--queue` was not given, no host matches, nothing to promote,
+/// …; or the deployment ended `blocked` by a deploy gate.
 pub const REFUSED: u8 = 6;
 /// `--wait` was interrupted (Ctrl-C); the deployment goes on.
 pub const INTERRUPTED: u8 = 130;
 
 /// States in which a deployment has ended and will not change again.
 pub fn is_final(state: &str) -> bool {
-    matches!(state, "succeeded" | "failed" | "rolled_back" | "cancelled")
+    matches!(
+        state,
+        "succeeded" | "failed" | "rolled_back" | "cancelled" | "blocked"
+    )
 }
 
 /// The exit code for a deployment that ended in `state`. A final state this
@@ -36,6 +40,8 @@ pub fn for_state(state: &str) -> u8 {
         "succeeded" => SUCCESS,
         "rolled_back" => ROLLED_BACK,
         "cancelled" => CANCELLED,
+        // A gate (Flagsmith, a freeze window) refused it before anything ran.
+        "blocked" => REFUSED,
         _ => FAILED,
     }
 }

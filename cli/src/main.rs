@@ -103,6 +103,10 @@ enum Cmd {
         env: String,
         #[command(flatten)]
         strategy: StrategyArgs,
+        /// Deploy even inside a freeze window of the environment (admin
+        /// tokens only; the override is audited and recorded on the deployment).
+        #[arg(long)]
+        override_freeze: bool,
         /// Follow the deployment to its end and exit with its outcome (see below).
         #[arg(long)]
         wait: bool,
@@ -201,6 +205,13 @@ enum Cmd {
     /// One-time tokens that let an agent join (admin).
     #[command(subcommand)]
     JoinToken(JoinTokenCmd),
+    /// Deploy freeze windows: deploys to the environment are refused inside
+    /// one (rollbacks never are). Admins may deploy with --override-freeze.
+    #[command(subcommand)]
+    Freeze(FreezeCmd),
+    /// Notification channels (configured in the coordinator's server.toml).
+    #[command(subcommand)]
+    Notify(NotifyCmd),
     /// Who did what, when, and how it ended: every mutating call (admin).
     Audit {
         /// At most this many entries, newest first.
@@ -245,6 +256,45 @@ enum JoinTokenCmd {
         /// How many hosts may join with it.
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
         uses: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum FreezeCmd {
+    /// Create a freeze window (admin): one-off with --from/--until, or
+    /// recurring every week with --weekly (UTC).
+    Create {
+        #[arg(long)]
+        env: String,
+        /// Start: RFC 3339 (`2026-12-24T00:00:00Z`) or `now`.
+        #[arg(long, requires = "until", conflicts_with = "weekly")]
+        from: Option<String>,
+        /// End: RFC 3339, or a duration after --from (`48h`).
+        #[arg(long, requires = "from")]
+        until: Option<String>,
+        /// A weekly window in UTC, e.g. `fri 18:00-mon 06:00`.
+        #[arg(long)]
+        weekly: Option<String>,
+        /// Why; shown to whoever is refused.
+        #[arg(long)]
+        reason: String,
+    },
+    /// List freeze windows (all environments, or one).
+    List {
+        #[arg(long)]
+        env: Option<String>,
+    },
+    /// Delete a freeze window by id (admin).
+    Delete { id: String },
+}
+
+#[derive(Subcommand)]
+enum NotifyCmd {
+    /// Send a test message through a channel and say how it went (admin).
+    Test {
+        /// The channel's name in server.toml (`[notifications.channels.NAME]`).
+        #[arg(long)]
+        channel: String,
     },
 }
 
@@ -316,10 +366,21 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             image,
             env,
             strategy,
+            override_freeze,
             wait,
         } => {
             let (queue, strategy) = (strategy.queue, strategy_or_usage_error(&strategy));
-            let d = client.deploy(&app, &env, &image, strategy, queue).await?;
+            let d = client
+                .deploy(&app, &env, &image, strategy, queue, override_freeze)
+                .await?;
+            if d.state == "blocked" {
+                // A gate refused it before anything ran: say why, exit "refused".
+                if out == Output::Json {
+                    output::status(out, &d);
+                }
+                eprintln!("error: deployment {} was blocked: {}", d.id, d.error);
+                return Ok(exit::code(exit::REFUSED));
+            }
             if !wait {
                 wait::print_started(out, &d);
                 return Ok(ExitCode::SUCCESS);
@@ -411,6 +472,40 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         Cmd::JoinToken(JoinTokenCmd::Create { ttl, uses }) => {
             crate::output::outln!("{}", client.create_join_token(ttl, uses).await?);
         }
+        Cmd::Freeze(FreezeCmd::Create {
+            env,
+            from,
+            until,
+            weekly,
+            reason,
+        }) => {
+            let (from_ms, until_ms) = match (from, until) {
+                (Some(from), Some(until)) => freeze_times(&from, &until)?,
+                _ => (0, 0),
+            };
+            let freeze = client
+                .create_freeze(flotilla_proto::v1::CreateFreezeRequest {
+                    env,
+                    from_ms,
+                    until_ms,
+                    weekly: weekly.unwrap_or_default(),
+                    reason,
+                })
+                .await?;
+            output::freezes(out, std::slice::from_ref(&freeze));
+        }
+        Cmd::Freeze(FreezeCmd::List { env }) => output::freezes(out, &client.freezes(env).await?),
+        Cmd::Freeze(FreezeCmd::Delete { id }) => {
+            client.delete_freeze(&id).await?;
+            output::outln!("deleted freeze {id}");
+        }
+        Cmd::Notify(NotifyCmd::Test { channel }) => {
+            let answer = client.test_notification(&channel).await?;
+            output::outln!("{channel}: {}", answer.detail);
+            if !answer.delivered {
+                return Ok(exit::code(exit::FAILED));
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -453,6 +548,28 @@ fn strategy_or_usage_error(args: &StrategyArgs) -> flotilla_proto::v1::Strategy 
         Ok(strategy) => strategy,
         Err(msg) => usage_error("deploy", msg),
     }
+}
+
+/// `--from`/`--until` of `freeze create` → epoch milliseconds.
+fn freeze_times(from: &str, until: &str) -> anyhow::Result<(i64, i64)> {
+    let ms = |t: std::time::SystemTime| {
+        t.duration_since(std::time::UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+            .unwrap_or(0)
+    };
+    let from = if from == "now" {
+        std::time::SystemTime::now()
+    } else {
+        humantime::parse_rfc3339_weak(from)
+            .map_err(|e| anyhow::anyhow!("--from {from:?}: {e} (use RFC 3339 or `now`)"))?
+    };
+    let until = match humantime::parse_duration(until) {
+        Ok(d) => from + d,
+        Err(_) => humantime::parse_rfc3339_weak(until).map_err(|e| {
+            anyhow::anyhow!("--until {until:?}: {e} (use RFC 3339 or a duration such as 48h)")
+        })?,
+    };
+    Ok((ms(from), ms(until)))
 }
 
 /// After `cancel`/`promote` without `--wait`.

@@ -64,8 +64,64 @@ pub fn deployment_json(d: &pb::Deployment) -> Value {
         "batches": d.batches,
         "resume_at": ts(d.resume_at_ms),
         "failures": d.failures,
+        "gates": d.gates.iter().map(gate_json).collect::<Vec<_>>(),
         "hosts": d.hosts.iter().map(host_json).collect::<Vec<_>>(),
     })
+}
+
+fn gate_json(g: &pb::GateDecision) -> Value {
+    json!({
+        "gate": g.gate,
+        "allowed": g.allowed,
+        "source": g.source,
+        "reason": g.reason,
+        "at": ts(g.at_ms),
+        "batch": g.batch,
+    })
+}
+
+/// `flotilla freeze create|list`.
+pub fn freezes(out: Output, list: &[pb::Freeze]) {
+    if out == Output::Json {
+        let list: Vec<Value> = list
+            .iter()
+            .map(|f| {
+                json!({
+                    "id": f.id,
+                    "env": f.env,
+                    "from": ts(f.from_ms),
+                    "until": ts(f.until_ms),
+                    "weekly": if f.weekly.is_empty() { Value::Null } else { json!(f.weekly) },
+                    "reason": f.reason,
+                    "created_by": f.created_by,
+                    "created_at": ts(f.created_at_ms),
+                })
+            })
+            .collect();
+        return print_json(&Value::Array(list));
+    }
+    let mut rows = vec![
+        ["ID", "ENV", "WHEN", "REASON", "BY"]
+            .map(String::from)
+            .to_vec(),
+    ];
+    for f in list {
+        let when = if f.weekly.is_empty() {
+            format!("{} → {}", format_ms(f.from_ms), format_ms(f.until_ms))
+        } else {
+            format!("every week {} (UTC)", f.weekly)
+        };
+        rows.push(vec![
+            f.id.clone(),
+            f.env.clone(),
+            when,
+            clean(&f.reason),
+            f.created_by.clone(),
+        ]);
+    }
+    for line in table(&rows) {
+        outln!("{line}");
+    }
 }
 
 fn host_json(h: &pb::HostDeployment) -> Value {
@@ -328,6 +384,20 @@ pub fn status_lines(d: &pb::Deployment, now_ms: i64) -> Vec<String> {
             String::new()
         }
     ));
+    for g in &d.gates {
+        lines.push(format!(
+            "  gate {} before {}: {} ({}): {}",
+            g.gate,
+            if g.batch == 0 {
+                "the start".to_owned()
+            } else {
+                format!("batch {}", g.batch + 1)
+            },
+            if g.allowed { "allowed" } else { "refused" },
+            g.source,
+            clean(&g.reason)
+        ));
+    }
     let default = pb::Strategy::default();
     let s = d.strategy.as_ref().unwrap_or(&default);
     lines.push(format!("  strategy: {}", strategy_text(s)));

@@ -282,6 +282,34 @@ impl FleetService for Fake {
     ) -> Result<Response<pb::AppSettings>, Status> {
         unimplemented()
     }
+
+    async fn create_freeze(
+        &self,
+        _: Request<pb::CreateFreezeRequest>,
+    ) -> Result<Response<pb::Freeze>, Status> {
+        unimplemented()
+    }
+
+    async fn list_freezes(
+        &self,
+        _: Request<pb::ListFreezesRequest>,
+    ) -> Result<Response<pb::ListFreezesResponse>, Status> {
+        unimplemented()
+    }
+
+    async fn delete_freeze(
+        &self,
+        _: Request<pb::DeleteFreezeRequest>,
+    ) -> Result<Response<pb::DeleteFreezeResponse>, Status> {
+        unimplemented()
+    }
+
+    async fn test_notification(
+        &self,
+        _: Request<pb::TestNotificationRequest>,
+    ) -> Result<Response<pb::TestNotificationResponse>, Status> {
+        unimplemented()
+    }
 }
 
 /// A stand-in coordinator on 127.0.0.1 with a throwaway certificate.

@@ -18,6 +18,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub mod api;
+pub mod config;
 pub mod dev;
 pub mod fleet;
 pub mod pki;
@@ -46,6 +47,8 @@ pub struct ServeConfig {
     pub shutdown_grace: Duration,
     /// HTTP/2 keepalive interval and timeout.
     pub keepalive: Duration,
+    /// `server.toml`: deploy gates and notification channels (none without it).
+    pub config_file: Option<PathBuf>,
 }
 
 impl ServeConfig {
@@ -58,6 +61,7 @@ impl ServeConfig {
             sweep_interval: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(10),
             keepalive: Duration::from_secs(20),
+            config_file: None,
         }
     }
 }
@@ -67,6 +71,8 @@ pub struct Coordinator {
     pub store: Store,
     pub sessions: Arc<Sessions>,
     pub rollout: Engine,
+    /// Notification channels, when `server.toml` configures any.
+    pub notifier: Option<Arc<notify::Notifier>>,
     pub ca: Ca,
     /// Owns the per-session and log-stream tasks; `run` waits for them (bounded)
     /// at shutdown.
@@ -107,8 +113,18 @@ pub async fn run(
         flotilla_shared::time::now_ms(),
         &signers,
     );
+    let settings = match &config.config_file {
+        Some(path) => config::ServerSettings::load(path)?,
+        None => config::ServerSettings::default(),
+    };
     let store = Store::open(&dir.state())
         .with_context(|| format!("open store {}", dir.state().display()))?;
+    let gates = settings
+        .gates
+        .map(|g| Arc::new(gates::Gates::new(store.clone(), g)));
+    let notifier = settings
+        .notifications
+        .map(|n| notify::Notifier::new(store.clone(), n));
     let sessions = Arc::new(Sessions::default());
     tracing::info!(key_id = %signer.key_id(), previous = previous.len(), "command signing key loaded");
     let coordinator = Arc::new(Coordinator {
@@ -117,7 +133,9 @@ pub async fn run(
             signer,
             Arc::clone(&sessions),
             config.command_ttl,
-        ),
+        )
+        .with(gates, notifier.clone()),
+        notifier: notifier.clone(),
         store,
         sessions,
         ca,
@@ -139,6 +157,7 @@ pub async fn run(
         config.sweep_interval,
         cancel.child_token(),
     ));
+    let delivery = notifier.map(|n| tokio::spawn(n.run(cancel.child_token())));
 
     // 4. Serve. Cancelling first ends the long-lived streams, so the drain is quick.
     let addr = listener.local_addr()?;
@@ -175,6 +194,9 @@ pub async fn run(
     coordinator.tasks.close();
     let background = async {
         let _ = sweeper.await;
+        if let Some(delivery) = delivery {
+            let _ = delivery.await;
+        }
         coordinator.tasks.wait().await;
     };
     if tokio::time::timeout(config.shutdown_grace, background)
@@ -204,6 +226,11 @@ async fn sweep(c: Arc<Coordinator>, every: Duration, cancel: CancellationToken) 
             if let Err(e) = c.rollout.sweep_expired().await {
                 tracing::error!("expiry sweep failed: {e}");
             }
+            if let Some(notifier) = &c.notifier
+                && let Err(e) = notify_hosts(&c, notifier)
+            {
+                tracing::error!("host notification sweep failed: {e}");
+            }
             next_sweep = tokio::time::Instant::now() + every;
         }
         let mut wake = next_sweep;
@@ -218,4 +245,55 @@ async fn sweep(c: Arc<Coordinator>, every: Duration, cancel: CancellationToken) 
             () = c.rollout.timer_changed() => {}
         }
     }
+}
+
+/// Notifies (once per condition) agents offline for longer than the
+/// configured threshold and client certificates near expiry.
+fn notify_hosts(c: &Coordinator, notifier: &notify::Notifier) -> Result<(), store::StoreError> {
+    use notify::{Event, EventKind};
+    let now = flotilla_shared::time::now_ms();
+    let offline_after = i64::try_from(notifier.disconnect_after().as_millis()).unwrap_or(i64::MAX);
+    let expiry_warning = i64::try_from(notifier.cert_expiry_warning().as_millis()).unwrap_or(i64::MAX);
+    for host in c.store.hosts()? {
+        if host.revoked {
+            continue;
+        }
+        let event = |kind, reason: String| Event {
+            kind,
+            app: None,
+            env: host.env.to_string(),
+            deployment_id: None,
+            image: None,
+            release: None,
+            by: None,
+            host: Some(host.host_id.to_string()),
+            duration_ms: None,
+            reason: Some(reason),
+            at_ms: now,
+        };
+        if host.last_seen_ms > 0
+            && !c.sessions.is_connected(&host.host_id)
+            && now.saturating_sub(host.last_seen_ms) > offline_after
+            && c.store.mark_once(&format!("offline\0{}\0{}", host.host_id, host.last_seen_ms))?
+        {
+            let reason = format!(
+                "{} has been offline since {}",
+                host.host_id,
+                flotilla_shared::time::format_ms(host.last_seen_ms)
+            );
+            notifier.enqueue(&event(EventKind::AgentDisconnected, reason))?;
+        }
+        if host.cert_not_after_ms > 0
+            && host.cert_not_after_ms.saturating_sub(now) < expiry_warning
+            && c.store.mark_once(&format!("cert\0{}\0{}", host.host_id, host.cert_not_after_ms))?
+        {
+            let reason = format!(
+                "the client certificate of {} expires at {}; it renews itself once the agent is connected",
+                host.host_id,
+                flotilla_shared::time::format_ms(host.cert_not_after_ms)
+            );
+            notifier.enqueue(&event(EventKind::CertExpiring, reason))?;
+        }
+    }
+    Ok(())
 }

@@ -65,6 +65,11 @@ enum Cmd {
         /// twice this, and its commands wait in the outbox for its reconnect.
         #[arg(long, env = "FLOTILLA_KEEPALIVE", default_value = "20s", value_parser = humantime::parse_duration)]
         keepalive: Duration,
+        /// The configuration file: deploy gates (Flagsmith) and notification
+        /// channels (Slack, email, webhooks). See docs/gates.md and
+        /// docs/notifications.md.
+        #[arg(long, env = "FLOTILLA_CONFIG")]
+        config: Option<PathBuf>,
     },
     /// Run a local dev fleet: a coordinator plus N agents on simulated Dokku
     /// hosts (fake-dokku) in a temporary directory. Prints how to point
@@ -111,9 +116,11 @@ fn real_main(args: Args) -> anyhow::Result<()> {
             previous_signing_keys,
             command_ttl,
             keepalive,
+            config: config_file,
         } => {
             let mut config = ServeConfig::new(DataDir::new(data_dir));
             config.keepalive = keepalive;
+            config.config_file = config_file;
             config.signing_key = signing_key;
             config.previous_signing_keys = previous_signing_keys;
             config.command_ttl = command_ttl;

@@ -9,6 +9,7 @@
 mod crash;
 mod deploy;
 mod dev;
+mod gates;
 mod replay;
 mod restart;
 mod rollout;

@@ -315,12 +315,23 @@ impl Server {
     /// Starts `serve` on `listen` (use `127.0.0.1:0` for any port) and waits
     /// until it listens.
     pub fn start(data_dir: &Path, listen: &str, extra: &[&str]) -> anyhow::Result<Self> {
+        Self::start_with_env(data_dir, listen, extra, &[])
+    }
+
+    /// `start` with extra environment variables (e.g. secrets server.toml names).
+    pub fn start_with_env(
+        data_dir: &Path,
+        listen: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let mut cmd = Command::new(bin("flotilla-server"));
         cmd.arg("serve")
             .arg("--data-dir")
             .arg(data_dir)
             .args(["--listen", listen])
-            .args(extra);
+            .args(extra)
+            .envs(env.iter().copied());
         let proc = Proc::spawn(cmd, "server")?;
         let i = proc.log.wait_for("coordinator listening")?;
         let line = proc
@@ -561,6 +572,167 @@ impl Host {
         }
         Ok(n)
     }
+}
+
+/// A scriptable HTTP server on loopback standing in for Flagsmith, Slack or a
+/// webhook receiver: answers each request with the response set for the
+/// longest matching path prefix (default 200 `ok`) and records every request.
+pub struct HttpStub {
+    pub port: u16,
+    state: Arc<StubState>,
+}
+
+#[derive(Default)]
+struct StubState {
+    responses: Mutex<Vec<(String, u16, String)>>,
+    requests: Mutex<Vec<StubRequest>>,
+    arrived: Condvar,
+    stop: std::sync::atomic::AtomicBool,
+}
+
+/// One request the stub received.
+#[derive(Debug, Clone)]
+pub struct StubRequest {
+    pub method: String,
+    pub path: String,
+    /// Header names in lower case.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl StubRequest {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+impl HttpStub {
+    pub fn start() -> anyhow::Result<Self> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let port = listener.local_addr()?.port();
+        let state = Arc::new(StubState::default());
+        let shared = Arc::clone(&state);
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                if shared.stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    return;
+                }
+                if let Ok(stream) = stream {
+                    let _ = stub_answer(&shared, stream);
+                }
+            }
+        });
+        Ok(Self { port, state })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Answers requests whose path starts with `prefix` with `status` and `body`.
+    pub fn respond(&self, prefix: &str, status: u16, body: &str) {
+        if let Ok(mut r) = self.state.responses.lock() {
+            r.retain(|(p, _, _)| p != prefix);
+            r.push((prefix.to_owned(), status, body.to_owned()));
+        }
+    }
+
+    pub fn requests(&self) -> Vec<StubRequest> {
+        self.state
+            .requests
+            .lock()
+            .map(|r| r.clone())
+            .unwrap_or_default()
+    }
+
+    /// Waits (up to `WAIT`) until `n` requests have arrived; returns them all.
+    pub fn wait_for_requests(&self, n: usize) -> anyhow::Result<Vec<StubRequest>> {
+        let deadline = Instant::now() + WAIT;
+        let mut guard = self
+            .state
+            .requests
+            .lock()
+            .map_err(|_| anyhow::anyhow!("poisoned"))?;
+        while guard.len() < n {
+            let now = Instant::now();
+            if now >= deadline {
+                bail!("only {} of {n} requests arrived within {WAIT:?}", guard.len());
+            }
+            guard = self
+                .state
+                .arrived
+                .wait_timeout(guard, deadline - now)
+                .map_err(|_| anyhow::anyhow!("poisoned"))?
+                .0;
+        }
+        Ok(guard.clone())
+    }
+}
+
+impl Drop for HttpStub {
+    fn drop(&mut self) {
+        self.state
+            .stop
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+fn stub_answer(state: &StubState, mut stream: std::net::TcpStream) -> std::io::Result<()> {
+    use std::io::{Read as _, Write as _};
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut request_line = String::new();
+    reader.read_line(&mut request_line)?;
+    let mut parts = request_line.split_whitespace();
+    let method = parts.next().unwrap_or_default().to_owned();
+    let path = parts.next().unwrap_or("/").to_owned();
+    let mut headers = Vec::new();
+    let mut length = 0usize;
+    for _ in 0..200 {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 || line == "\r\n" {
+            break;
+        }
+        if let Some((k, v)) = line.trim_end().split_once(':') {
+            let (k, v) = (k.trim().to_ascii_lowercase(), v.trim().to_owned());
+            if k == "content-length" {
+                length = v.parse().unwrap_or(0);
+            }
+            headers.push((k, v));
+        }
+    }
+    let mut body = vec![0u8; length.min(1 << 20)];
+    reader.read_exact(&mut body)?;
+    let (status, answer) = state
+        .responses
+        .lock()
+        .ok()
+        .and_then(|r| {
+            r.iter()
+                .filter(|(p, _, _)| path.starts_with(p.as_str()))
+                .max_by_key(|(p, _, _)| p.len())
+                .map(|(_, s, b)| (*s, b.clone()))
+        })
+        .unwrap_or((200, "ok".to_owned()));
+    if let Ok(mut r) = state.requests.lock() {
+        r.push(StubRequest {
+            method,
+            path,
+            headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        });
+        state.arrived.notify_all();
+    }
+    write!(
+        stream,
+        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}",
+        answer.len()
+    )?;
+    stream.flush()
 }
 
 /// `flotilla-agent`, inside network namespace `netns` when given.

@@ -204,7 +204,35 @@ pub fn deployment_to_proto(d: &Deployment) -> pb::Deployment {
         resume_at_ms: d.resume_at_ms,
         failures: d.failures,
         release: d.release,
-        gates: Vec::new(),
+        gates: d
+            .gates
+            .iter()
+            .map(|g| pb::GateDecision {
+                gate: g.gate.clone(),
+                allowed: g.allowed,
+                source: g.source.clone(),
+                reason: g.reason.clone(),
+                at_ms: g.at_ms,
+                batch: g.batch,
+            })
+            .collect(),
+    }
+}
+
+fn freeze_to_proto(f: &crate::gates::Freeze) -> pb::Freeze {
+    let (from_ms, until_ms, weekly) = match &f.window {
+        crate::gates::Window::Once { from_ms, until_ms } => (*from_ms, *until_ms, String::new()),
+        crate::gates::Window::Weekly(w) => (0, 0, w.to_string()),
+    };
+    pb::Freeze {
+        id: f.id.clone(),
+        env: f.env.to_string(),
+        from_ms,
+        until_ms,
+        weekly,
+        reason: f.reason.clone(),
+        created_by: f.created_by.clone(),
+        created_at_ms: f.created_at_ms,
     }
 }
 
@@ -390,12 +418,29 @@ impl FleetService for Api {
     ) -> Result<Response<pb::Deployment>, Status> {
         let caller = self.authorize(&req, Role::Deployer, "deploy")?;
         let r = req.into_inner();
-        let target = format!("{} {} {}", r.app, r.env, r.image);
+        let target = format!(
+            "{} {} {}{}",
+            r.app,
+            r.env,
+            r.image,
+            if r.override_freeze {
+                " (override-freeze)"
+            } else {
+                ""
+            }
+        );
         let result = async {
             let app = arg("app", AppName::parse(&r.app))?;
             let env = arg("environment", EnvName::parse(&r.env))?;
             caller.check_scope(&app, &env)?;
             let strategy = self.strategy(&app, &env, r.strategy)?;
+            if r.override_freeze && caller.role < Role::Admin {
+                return Err(Status::permission_denied(format!(
+                    "token {:?} has role {}; overriding a freeze window needs an admin token",
+                    caller.name,
+                    caller.role.as_str()
+                )));
+            }
             let new = NewDeployment {
                 app,
                 env,
@@ -405,6 +450,8 @@ impl FleetService for Api {
                 target_release: 0,
                 strategy,
                 queue: r.queue,
+                override_freeze: r.override_freeze,
+                team: None,
             };
             Ok(self.coordinator.rollout.start(new).await?)
         }
@@ -900,33 +947,117 @@ impl FleetService for Api {
         }))
     }
 
-    // Issue 5, in progress: freezes and notification tests are not wired yet.
     async fn create_freeze(
         &self,
-        _req: Request<pb::CreateFreezeRequest>,
+        req: Request<pb::CreateFreezeRequest>,
     ) -> Result<Response<pb::Freeze>, Status> {
-        Err(Status::unimplemented("freeze windows are not available yet"))
+        let caller = self.authorize(&req, Role::Admin, "create-freeze")?;
+        let r = req.into_inner();
+        let target = format!(
+            "{} {} reason {:?}",
+            r.env,
+            if r.weekly.is_empty() {
+                format!("{}..{}", r.from_ms, r.until_ms)
+            } else {
+                format!("weekly {}", r.weekly)
+            },
+            r.reason
+        );
+        let result = async {
+            let env = arg("environment", EnvName::parse(&r.env))?;
+            let window = if r.weekly.trim().is_empty() {
+                crate::gates::Window::Once {
+                    from_ms: r.from_ms,
+                    until_ms: r.until_ms,
+                }
+            } else {
+                crate::gates::Window::Weekly(
+                    crate::gates::WeeklyWindow::parse(&r.weekly)
+                        .map_err(|e| Status::invalid_argument(format!("weekly window: {e}")))?,
+                )
+            };
+            let freeze =
+                crate::gates::Freeze::new(env, window, r.reason.trim(), &caller.name, now_ms())
+                    .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            let store = &self.coordinator.store;
+            store.put_freeze(&freeze)?;
+            store.flush().await?;
+            tracing::warn!(freeze = %freeze.id, env = %freeze.env, by = %caller.name, "freeze window created");
+            Ok(freeze_to_proto(&freeze))
+        }
+        .await;
+        self.audit(&caller, "create-freeze", &target, &result);
+        result.map(Response::new)
     }
 
     async fn list_freezes(
         &self,
-        _req: Request<pb::ListFreezesRequest>,
+        req: Request<pb::ListFreezesRequest>,
     ) -> Result<Response<pb::ListFreezesResponse>, Status> {
-        Err(Status::unimplemented("freeze windows are not available yet"))
+        self.authorize(&req, Role::Viewer, "read")?;
+        let env = &req.get_ref().env;
+        let env = if env.is_empty() {
+            None
+        } else {
+            Some(arg("environment", EnvName::parse(env))?)
+        };
+        let freezes = self
+            .coordinator
+            .store
+            .freezes(env.as_ref())?
+            .iter()
+            .map(freeze_to_proto)
+            .collect();
+        Ok(Response::new(pb::ListFreezesResponse { freezes }))
     }
 
     async fn delete_freeze(
         &self,
-        _req: Request<pb::DeleteFreezeRequest>,
+        req: Request<pb::DeleteFreezeRequest>,
     ) -> Result<Response<pb::DeleteFreezeResponse>, Status> {
-        Err(Status::unimplemented("freeze windows are not available yet"))
+        let caller = self.authorize(&req, Role::Admin, "delete-freeze")?;
+        let id = req.into_inner().id;
+        let result = async {
+            let store = &self.coordinator.store;
+            if !store.delete_freeze(&id)? {
+                return Err(Status::not_found(format!(
+                    "no freeze window {id:?} (see `flotilla freeze list`)"
+                )));
+            }
+            store.flush().await?;
+            Ok(pb::DeleteFreezeResponse {})
+        }
+        .await;
+        self.audit(&caller, "delete-freeze", &id, &result);
+        result.map(Response::new)
     }
 
     async fn test_notification(
         &self,
-        _req: Request<pb::TestNotificationRequest>,
+        req: Request<pb::TestNotificationRequest>,
     ) -> Result<Response<pb::TestNotificationResponse>, Status> {
-        Err(Status::unimplemented("notifications are not available yet"))
+        let caller = self.authorize(&req, Role::Admin, "notify-test")?;
+        let channel = req.into_inner().channel;
+        let result = async {
+            let Some(notifier) = &self.coordinator.notifier else {
+                return Err(Status::failed_precondition(
+                    "no notification channels are configured ([notifications] in server.toml)",
+                ));
+            };
+            Ok(match notifier.test(&channel).await {
+                Ok(detail) => pb::TestNotificationResponse {
+                    delivered: true,
+                    detail,
+                },
+                Err(e) => pb::TestNotificationResponse {
+                    delivered: false,
+                    detail: e.to_string(),
+                },
+            })
+        }
+        .await;
+        self.audit(&caller, "notify-test", &channel, &result);
+        result.map(Response::new)
     }
 }
 

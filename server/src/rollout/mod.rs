@@ -30,6 +30,7 @@ use crate::store::{
     LogLine, Release, State, Store, StoreError, Strategy,
 };
 
+mod gating;
 mod plan;
 #[cfg(test)]
 mod tests;
@@ -91,6 +92,10 @@ pub struct NewDeployment {
     pub strategy: Strategy,
     /// Wait behind an active deployment instead of being refused.
     pub queue: bool,
+    /// Deploy inside a freeze window (the caller checked it is an admin).
+    pub override_freeze: bool,
+    /// The team of the token that asked (a Flagsmith trait).
+    pub team: Option<String>,
 }
 
 /// How long after a command's expiry an unaccepted host is failed: twice the
@@ -120,6 +125,9 @@ pub struct Engine {
     timer: Notify,
     command_ttl: Duration,
     pings: PingWaiters,
+    /// Deploy gates (Flagsmith); freeze windows are in the store.
+    gates: Option<Arc<crate::gates::Gates>>,
+    notifier: Option<Arc<crate::notify::Notifier>>,
 }
 
 /// Why dispatching stopped.
@@ -144,7 +152,20 @@ impl Engine {
             timer: Notify::new(),
             command_ttl,
             pings: std::sync::Mutex::new(HashMap::new()),
+            gates: None,
+            notifier: None,
         }
+    }
+
+    /// Adds the deploy gates and the notifier (both optional).
+    pub fn with(
+        mut self,
+        gates: Option<Arc<crate::gates::Gates>>,
+        notifier: Option<Arc<crate::notify::Notifier>>,
+    ) -> Self {
+        self.gates = gates;
+        self.notifier = notifier;
+        self
     }
 
     pub fn signer(&self) -> &CommandSigner {
@@ -163,6 +184,15 @@ impl Engine {
     /// Creates a deployment to the selected hosts of the environment and
     /// dispatches its first batch, or queues it behind the active one.
     pub async fn start(&self, new: NewDeployment) -> Result<Deployment, RolloutError> {
+        // Gates before the start, outside the lock (Flagsmith is a network
+        // call). Rollbacks are never gated: they are how you get out of trouble.
+        let decisions = match new.kind {
+            DeploymentKind::Deploy => {
+                self.check_gates(&new.app, &new.env, new.team.as_deref(), new.override_freeze, 0)
+                    .await?
+            }
+            DeploymentKind::Rollback => Vec::new(),
+        };
         let _guard = self.lock.lock().await;
         let hosts = plan::select_hosts(self.store.hosts()?, &new.env, &new.strategy);
         if hosts.is_empty() {
@@ -216,6 +246,10 @@ impl Engine {
             release: 0,
             next_event: 0,
             new_events: Vec::new(),
+            gates: decisions,
+            override_freeze: new.override_freeze,
+            team: new.team,
+            gate_pending: false,
         };
         let summary = format!(
             "{} {} to {} host(s) of {} in {} batch(es)",
@@ -226,6 +260,10 @@ impl Engine {
             d.batches
         );
         d.event("created", None, summary);
+        if let Some(refused) = d.gates.iter().find(|g| !g.allowed).cloned() {
+            // Recorded (history, notifications) but never active.
+            return self.record_blocked(d, refused.reason).await;
+        }
         match self.store.insert_deployment(&mut d, new.queue)? {
             Inserted::Busy { active } => {
                 return Err(RolloutError::Busy {
@@ -245,6 +283,7 @@ impl Engine {
         tracing::info!(deployment = %d.id, app = %d.app, env = %d.env,
             kind = d.kind.as_str(), image = %d.image, hosts = d.hosts.len(), batches = d.batches,
             "deployment created");
+        self.notify(&d, crate::notify::EventKind::DeploymentStarted, None);
         d.event("batch_started", None, batch_text(&d));
         self.advance(&mut d).await?;
         Ok(d)
@@ -382,21 +421,57 @@ impl Engine {
         Box::pin(self.advance(d)).await
     }
 
-    /// Ends pauses that are over; returns when the next one ends.
+    /// Ends pauses that are over, checking the deploy gates first (outside
+    /// the engine lock); returns when the next pause ends.
     pub async fn tick(&self) -> Result<Option<i64>, RolloutError> {
-        let _guard = self.lock.lock().await;
         let now = now_ms();
         let mut next = None::<i64>;
-        for mut d in self.store.active_deployments()? {
-            if d.state != State::Paused {
+        let mut due = Vec::new();
+        {
+            let _guard = self.lock.lock().await;
+            for d in self.store.active_deployments()? {
+                if d.state != State::Paused {
+                    continue;
+                }
+                if d.resume_at_ms > now {
+                    next = Some(next.map_or(d.resume_at_ms, |n| n.min(d.resume_at_ms)));
+                } else {
+                    due.push(d);
+                }
+            }
+        }
+        for d in due {
+            let decisions = match d.kind {
+                DeploymentKind::Deploy => {
+                    self.check_gates(
+                        &d.app,
+                        &d.env,
+                        d.team.as_deref(),
+                        d.override_freeze,
+                        d.current_batch + 1,
+                    )
+                    .await?
+                }
+                DeploymentKind::Rollback => Vec::new(),
+            };
+            let _guard = self.lock.lock().await;
+            // It may have changed while the gates were asked (cancelled, …).
+            let Some(mut d) = self.store.deployment(&d.id)? else {
+                continue;
+            };
+            if d.state != State::Paused || d.resume_at_ms > now_ms() {
                 continue;
             }
-            if d.resume_at_ms > now {
-                next = Some(next.map_or(d.resume_at_ms, |n| n.min(d.resume_at_ms)));
-                continue;
+            d.gate_pending = false;
+            let refused = decisions.iter().find(|g| !g.allowed).cloned();
+            d.gates.extend(decisions);
+            match refused {
+                Some(refused) => self.block(&mut d, refused.reason).await?,
+                None => {
+                    self.next_batch(&mut d);
+                    self.advance(&mut d).await?;
+                }
             }
-            self.next_batch(&mut d);
-            self.advance(&mut d).await?;
         }
         Ok(next)
     }
@@ -480,6 +555,10 @@ impl Engine {
             d.failures += 1;
             host.command_id.clone()
         };
+        if d.hosts[i].state == HostState::Failed {
+            self.notify(d, crate::notify::EventKind::HostFailed, Some(i));
+        }
+        let host = &mut d.hosts[i];
         host.finished_at_ms = now_ms();
         if let Some(command_id) = command {
             self.store.remove_from_outbox(&host.host_id, &command_id)?;
@@ -760,6 +839,7 @@ impl Engine {
         }
         if entry.state != HostState::Succeeded {
             d.failures += 1;
+            self.notify(d, crate::notify::EventKind::HostFailed, Some(i));
         }
         let entry = &d.hosts[i];
         tracing::info!(deployment = %d.id, host = %entry.host_id, state = entry.state.as_str(),
@@ -848,6 +928,17 @@ impl Engine {
             if d.current_batch + 1 >= d.batches {
                 return self.succeed(d).await;
             }
+            // Gates before every further batch: a freeze that began mid-rollout
+            // stops it here; Flagsmith is asked by the timer, outside the lock.
+            if d.kind == DeploymentKind::Deploy {
+                if let Some(freeze) = self.freeze_gate(d, d.current_batch + 1)? {
+                    let refused = (!freeze.allowed).then(|| freeze.reason.clone());
+                    d.gates.push(freeze);
+                    if let Some(reason) = refused {
+                        return self.block(d, reason).await;
+                    }
+                }
+            }
             let canary_batch = d.strategy.canary > 0 && d.current_batch == 0;
             if canary_batch && d.strategy.canary_manual && !d.promoted {
                 d.state = State::AwaitingPromotion;
@@ -862,7 +953,10 @@ impl Engine {
                 tracing::info!(deployment = %d.id, "canary done; awaiting promotion");
                 continue;
             }
-            if d.strategy.pause_ms > 0 {
+            let flagsmith = d.kind == DeploymentKind::Deploy
+                && self.gates.as_ref().is_some_and(|g| g.has_flagsmith(&d.env));
+            if d.strategy.pause_ms > 0 || flagsmith {
+                d.gate_pending = flagsmith;
                 d.state = State::Paused;
                 d.resume_at_ms =
                     now_ms().saturating_add(i64::try_from(d.strategy.pause_ms).unwrap_or(i64::MAX));
@@ -1022,6 +1116,17 @@ impl Engine {
         self.store.save_deployment(d, release, &[])?;
         self.store.flush().await?;
         self.changed();
+        let kind = match state {
+            State::Succeeded => Some(crate::notify::EventKind::DeploymentSucceeded),
+            State::Failed => Some(crate::notify::EventKind::DeploymentFailed),
+            State::RolledBack => Some(crate::notify::EventKind::DeploymentRolledBack),
+            State::Cancelled => Some(crate::notify::EventKind::DeploymentCancelled),
+            State::Blocked => Some(crate::notify::EventKind::DeploymentBlocked),
+            _ => None,
+        };
+        if let Some(kind) = kind {
+            self.notify(d, kind, None);
+        }
         match state {
             State::Succeeded => {
                 tracing::info!(deployment = %d.id, release = d.release, "deployment succeeded");

@@ -155,6 +155,8 @@ pub enum State {
     Failed,
     RolledBack,
     Cancelled,
+    /// A deploy gate (a freeze window, a Flagsmith flag) refused it.
+    Blocked,
 }
 
 impl State {
@@ -169,13 +171,14 @@ impl State {
             Self::Failed => "failed",
             Self::RolledBack => "rolled_back",
             Self::Cancelled => "cancelled",
+            Self::Blocked => "blocked",
         }
     }
 
     pub fn is_final(self) -> bool {
         matches!(
             self,
-            Self::Succeeded | Self::Failed | Self::RolledBack | Self::Cancelled
+            Self::Succeeded | Self::Failed | Self::RolledBack | Self::Cancelled | Self::Blocked
         )
     }
 }
@@ -347,6 +350,20 @@ pub struct CancelRequest {
     pub rollback: bool,
 }
 
+/// A deploy gate's decision, as recorded on a deployment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GateRecord {
+    /// `flagsmith` or `freeze`.
+    pub gate: String,
+    pub allowed: bool,
+    /// flagsmith: `live`, `cache`, `default`; freeze: `window`, `override`.
+    pub source: String,
+    pub reason: String,
+    pub at_ms: i64,
+    /// The batch it was taken before (0: the start).
+    pub batch: u32,
+}
+
 /// One state change of a deployment (what `WatchDeployment` streams).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Event {
@@ -396,6 +413,19 @@ pub struct Deployment {
     /// Sequence number of the next event.
     #[serde(default)]
     pub next_event: u64,
+    /// Every gate decision taken for it.
+    #[serde(default)]
+    pub gates: Vec<GateRecord>,
+    /// An admin deployed it inside a freeze window on purpose.
+    #[serde(default)]
+    pub override_freeze: bool,
+    /// The team of the token that created it (a Flagsmith trait).
+    #[serde(default)]
+    pub team: Option<String>,
+    /// Paused only for the Flagsmith check before the next batch (the timer
+    /// runs it outside the engine lock).
+    #[serde(default)]
+    pub gate_pending: bool,
     /// Events not yet saved; `save_deployment` writes them with the record.
     #[serde(skip)]
     pub new_events: Vec<Event>,
@@ -499,6 +529,8 @@ pub struct Store {
     gate_cache: sled::Tree,
     /// Deploy freeze windows (see `gates.rs`).
     freezes: sled::Tree,
+    /// Host conditions already notified (offline since, certificate expiry).
+    notify_markers: sled::Tree,
 }
 
 fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
@@ -611,6 +643,7 @@ impl Store {
             notify_outbox: db.open_tree("notify_outbox")?,
             gate_cache: db.open_tree("gate_cache")?,
             freezes: db.open_tree("freezes")?,
+            notify_markers: db.open_tree("notify_markers")?,
             db,
         })
     }
@@ -1022,6 +1055,15 @@ impl Store {
             .host_apps
             .get(pair_key(host.as_str(), app.as_str()))?
             .and_then(|v| ImageRef::parse(String::from_utf8_lossy(&v)).ok()))
+    }
+
+    /// Records `key` once: true the first time, false ever after (so a
+    /// condition is notified once, not at every sweep).
+    pub fn mark_once(&self, key: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .notify_markers
+            .compare_and_swap(key, None::<&[u8]>, Some(&[1u8][..]))?
+            .is_ok())
     }
 
     // ----- app settings -----

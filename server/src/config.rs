@@ -1,0 +1,94 @@
+//! `server.toml`, the coordinator's configuration file (DESIGN.md §6):
+//! deploy gates and notification channels. Secrets are never written in it
+//! directly in production: each secret field has `_env` and `_file` forms.
+//! The flags of `flotilla-server serve` (and their `FLOTILLA_*` variables)
+//! cover the rest.
+//!
+//! ```toml
+//! [gates.flagsmith]
+//! api_url = "https://edge.api.flagsmith.com/api/v1/"
+//! [gates.flagsmith.environments.production]
+//! environment_key_env = "FLOTILLA_FLAGSMITH_PRODUCTION_KEY"
+//! flag = "deploys_enabled"
+//!
+//! [notifications.channels.ops]
+//! kind = "slack"
+//! webhook_url_env = "FLOTILLA_SLACK_URL"
+//! ```
+//!
+//! See docs/gates.md and docs/notifications.md for every key.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::gates::{GatesConfig, ResolvedGates};
+use crate::notify::{NotifyConfig, ResolvedNotify};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: [gates]: {message}")]
+    Gates { path: PathBuf, message: String },
+    #[error("{path}: [notifications]: {message}")]
+    Notify { path: PathBuf, message: String },
+}
+
+/// The file as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerFile {
+    #[serde(default)]
+    pub gates: Option<GatesConfig>,
+    #[serde(default)]
+    pub notifications: Option<NotifyConfig>,
+}
+
+/// The configuration with its secrets read and everything checked.
+#[derive(Default)]
+pub struct ServerSettings {
+    pub gates: Option<ResolvedGates>,
+    pub notifications: Option<ResolvedNotify>,
+}
+
+impl ServerSettings {
+    /// Reads and checks `path`: a mistake (unknown key, bad duration, a
+    /// secret whose variable or file is missing) names the file, the line and
+    /// the key, never a secret's value.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let file: ServerFile = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        let gates = file
+            .gates
+            .map(GatesConfig::resolve)
+            .transpose()
+            .map_err(|e| ConfigError::Gates {
+                path: path.to_owned(),
+                message: e.to_string(),
+            })?;
+        let notifications = file
+            .notifications
+            .map(NotifyConfig::resolve)
+            .transpose()
+            .map_err(|e| ConfigError::Notify {
+                path: path.to_owned(),
+                message: e.to_string(),
+            })?;
+        Ok(Self {
+            gates,
+            notifications,
+        })
+    }
+}

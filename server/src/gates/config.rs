@@ -75,10 +75,7 @@ pub struct FlagsmithConfig {
     pub api_url: String,
     /// Longest wait for one Flagsmith answer, connecting included (default
     /// `3s`, at most `60s`). A slower answer counts as "unreachable".
-    #[serde(
-        default = "default_timeout",
-        deserialize_with = "deserialize_duration"
-    )]
+    #[serde(default = "default_timeout", deserialize_with = "deserialize_duration")]
     pub timeout: Duration,
     /// When Flagsmith is unreachable, a cached answer younger than this is
     /// used instead (default `1h`; `0s` never uses the cache).
@@ -218,9 +215,7 @@ pub struct ResolvedGates {
 impl ResolvedGates {
     /// Environments that have a Flagsmith gate (for a startup log line).
     pub fn flagsmith_envs(&self) -> impl Iterator<Item = &EnvName> {
-        self.flagsmith
-            .iter()
-            .flat_map(|f| f.environments.keys())
+        self.flagsmith.iter().flat_map(|f| f.environments.keys())
     }
 }
 
@@ -281,10 +276,11 @@ impl FlagsmithConfig {
         }
         let mut environments = BTreeMap::new();
         for (name, env) in self.environments {
-            let env_name = EnvName::parse(name.as_str()).map_err(|source| ConfigError::EnvName {
-                env: name.clone(),
-                source,
-            })?;
+            let env_name =
+                EnvName::parse(name.as_str()).map_err(|source| ConfigError::EnvName {
+                    env: name.clone(),
+                    source,
+                })?;
             environments.insert(env_name, env.resolve(&name, env_var)?);
         }
         // Without a provider, building a rustls-backed client panics; this is

@@ -227,7 +227,10 @@ async fn ask(
     .header("X-Environment-Key", gate.key_header.clone());
 
     let exchange = async {
-        let mut response = request.send().await.map_err(|e| from_reqwest(&e, flagsmith.timeout))?;
+        let mut response = request
+            .send()
+            .await
+            .map_err(|e| from_reqwest(&e, flagsmith.timeout))?;
         let status = response.status();
         if !status.is_success() {
             let hint = match status.as_u16() {

@@ -32,7 +32,9 @@ pub const MAX_REASON_CHARS: usize = 500;
 /// A freeze that could not be created.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FreezeError {
-    #[error("invalid weekly window {text:?}: {reason} (expected e.g. \"sat 00:00-mon 06:00\", UTC)")]
+    #[error(
+        "invalid weekly window {text:?}: {reason} (expected e.g. \"sat 00:00-mon 06:00\", UTC)"
+    )]
     Weekly { text: String, reason: String },
     #[error("a freeze must end after it starts")]
     EndsBeforeStart,

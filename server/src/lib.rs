@@ -21,6 +21,7 @@ pub mod api;
 pub mod config;
 pub mod dev;
 pub mod fleet;
+pub mod gates;
 pub mod pki;
 pub mod rollout;
 pub mod store;

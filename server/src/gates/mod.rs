@@ -153,6 +153,11 @@ impl Gates {
         Self { store, config }
     }
 
+    /// Whether deploys to `env` are gated by a Flagsmith flag.
+    pub fn has_flagsmith(&self, env: &EnvName) -> bool {
+        self.config.flagsmith_envs().any(|e| e == env)
+    }
+
     /// The Flagsmith gate's decision for deploying `app` to `env`; `None`
     /// when no Flagsmith gate is configured for `env`. `team` is sent as a
     /// trait for per-app gates (omitted when `None`).

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 pub mod api;
 pub mod dev;
 pub mod fleet;
+pub mod notify;
 pub mod pki;
 pub mod rollout;
 pub mod store;

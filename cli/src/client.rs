@@ -243,9 +243,17 @@ impl Client {
             .into_inner())
     }
 
-    pub async fn create_freeze(&mut self, req: pb::CreateFreezeRequest) -> anyhow::Result<pb::Freeze> {
+    pub async fn create_freeze(
+        &mut self,
+        req: pb::CreateFreezeRequest,
+    ) -> anyhow::Result<pb::Freeze> {
         let req = self.req(req);
-        Ok(self.inner.create_freeze(req).await.map_err(explain)?.into_inner())
+        Ok(self
+            .inner
+            .create_freeze(req)
+            .await
+            .map_err(explain)?
+            .into_inner())
     }
 
     pub async fn freezes(&mut self, env: Option<String>) -> anyhow::Result<Vec<pb::Freeze>> {

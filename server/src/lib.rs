@@ -22,6 +22,7 @@ pub mod config;
 pub mod dev;
 pub mod fleet;
 pub mod gates;
+pub mod notify;
 pub mod pki;
 pub mod rollout;
 pub mod store;
@@ -253,8 +254,10 @@ async fn sweep(c: Arc<Coordinator>, every: Duration, cancel: CancellationToken) 
 fn notify_hosts(c: &Coordinator, notifier: &notify::Notifier) -> Result<(), store::StoreError> {
     use notify::{Event, EventKind};
     let now = flotilla_shared::time::now_ms();
-    let offline_after = i64::try_from(notifier.disconnect_after().as_millis()).unwrap_or(i64::MAX);
-    let expiry_warning = i64::try_from(notifier.cert_expiry_warning().as_millis()).unwrap_or(i64::MAX);
+    let offline_after =
+        i64::try_from(notifier.config().disconnect_after.as_millis()).unwrap_or(i64::MAX);
+    let expiry_warning =
+        i64::try_from(notifier.config().cert_expiry_warning.as_millis()).unwrap_or(i64::MAX);
     for host in c.store.hosts()? {
         if host.revoked {
             continue;
@@ -275,7 +278,8 @@ fn notify_hosts(c: &Coordinator, notifier: &notify::Notifier) -> Result<(), stor
         if host.last_seen_ms > 0
             && !c.sessions.is_connected(&host.host_id)
             && now.saturating_sub(host.last_seen_ms) > offline_after
-            && c.store.mark_once(&format!("offline\0{}\0{}", host.host_id, host.last_seen_ms))?
+            && c.store
+                .mark_once(&format!("offline\0{}\0{}", host.host_id, host.last_seen_ms))?
         {
             let reason = format!(
                 "{} has been offline since {}",
@@ -286,7 +290,10 @@ fn notify_hosts(c: &Coordinator, notifier: &notify::Notifier) -> Result<(), stor
         }
         if host.cert_not_after_ms > 0
             && host.cert_not_after_ms.saturating_sub(now) < expiry_warning
-            && c.store.mark_once(&format!("cert\0{}\0{}", host.host_id, host.cert_not_after_ms))?
+            && c.store.mark_once(&format!(
+                "cert\0{}\0{}",
+                host.host_id, host.cert_not_after_ms
+            ))?
         {
             let reason = format!(
                 "the client certificate of {} expires at {}; it renews itself once the agent is connected",

@@ -45,7 +45,18 @@ fn a_freeze_window_blocks_deploys_not_rollbacks_and_an_admin_can_override() {
     assert_eq!(deploy_with(s, "shop", "acme/shop:1", &[]).0, 0);
     assert_eq!(deploy_with(s, "shop", "acme/shop:2", &[]).0, 0);
     let out = s
-        .cli(&["freeze", "create", "--env", "prod", "--from", "now", "--until", "1h", "--reason", "year-end freeze"])
+        .cli(&[
+            "freeze",
+            "create",
+            "--env",
+            "prod",
+            "--from",
+            "now",
+            "--until",
+            "1h",
+            "--reason",
+            "year-end freeze",
+        ])
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
     let list = s.json(&["freeze", "list"]).unwrap();
@@ -55,7 +66,13 @@ fn a_freeze_window_blocks_deploys_not_rollbacks_and_an_admin_can_override() {
     let (code, status) = deploy_with(s, "shop", "acme/shop:3", &[]);
     assert_eq!(code, 6, "blocked exits 6: {status}");
     assert_eq!(status["state"], "blocked");
-    assert!(status["error"].as_str().unwrap().contains("year-end freeze"), "{status}");
+    assert!(
+        status["error"]
+            .as_str()
+            .unwrap()
+            .contains("year-end freeze"),
+        "{status}"
+    );
     assert_eq!(host_states(&status), ["skipped"]);
     assert_eq!(f.hosts[0].deployed_image("shop").unwrap(), "acme/shop:2");
 
@@ -66,12 +83,22 @@ fn a_freeze_window_blocks_deploys_not_rollbacks_and_an_admin_can_override() {
 
     // A deployer cannot override; an admin can, and it is audited and recorded.
     let deployer = String::from_utf8(
-        s.cli(&["token", "create", "--role", "deployer", "--name", "ci"]).unwrap().stdout,
+        s.cli(&["token", "create", "--role", "deployer", "--name", "ci"])
+            .unwrap()
+            .stdout,
     )
     .unwrap();
     let out = flotilla_tests::run(s.cli_as(
         deployer.trim(),
-        &["deploy", "shop", "--image", "acme/shop:3", "--env", "prod", "--override-freeze"],
+        &[
+            "deploy",
+            "shop",
+            "--image",
+            "acme/shop:3",
+            "--env",
+            "prod",
+            "--override-freeze",
+        ],
     ))
     .unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
@@ -89,10 +116,8 @@ fn a_freeze_window_blocks_deploys_not_rollbacks_and_an_admin_can_override() {
     assert_eq!(deploy_with(s, "shop", "acme/shop:4", &[]).0, 0);
 }
 
-const FLAGS_ON: &str =
-    r#"[{"feature":{"id":1,"name":"deploys_enabled","type":"STANDARD"},"enabled":true,"feature_state_value":null}]"#;
-const FLAGS_OFF: &str =
-    r#"[{"feature":{"id":1,"name":"deploys_enabled","type":"STANDARD"},"enabled":false,"feature_state_value":null}]"#;
+const FLAGS_ON: &str = r#"[{"feature":{"id":1,"name":"deploys_enabled","type":"STANDARD"},"enabled":true,"feature_state_value":null}]"#;
+const FLAGS_OFF: &str = r#"[{"feature":{"id":1,"name":"deploys_enabled","type":"STANDARD"},"enabled":false,"feature_state_value":null}]"#;
 
 #[test]
 fn a_flagsmith_gate_live_then_cached_then_the_default() {
@@ -118,7 +143,11 @@ when_unreachable = "fail-closed"
     let (code, status) = deploy_with(s, "shop", "acme/shop:1", &[]);
     assert_eq!(code, 0, "{status}");
     let g = gate(&status, "flagsmith");
-    assert_eq!((g[0]["allowed"].clone(), g[0]["source"].clone()), (true.into(), "live".into()), "{status}");
+    assert_eq!(
+        (g[0]["allowed"].clone(), g[0]["source"].clone()),
+        (true.into(), "live".into()),
+        "{status}"
+    );
     let request = &flagsmith.requests()[0];
     assert_eq!(request.header("x-environment-key"), Some(secret));
 
@@ -145,12 +174,19 @@ when_unreachable = "fail-closed"
     std::thread::sleep(std::time::Duration::from_millis(3200));
     let (code, status) = deploy_with(s, "shop", "acme/shop:4", &[]);
     assert_eq!(code, 6, "{status}");
-    assert_eq!(gate(&status, "flagsmith")[0]["source"], "default", "{status}");
+    assert_eq!(
+        gate(&status, "flagsmith")[0]["source"],
+        "default",
+        "{status}"
+    );
     // Rollbacks are never gated.
     let (ok, rb) = crate::rollback_wait(s, "shop", &[]);
     assert!(ok, "{rb}");
     // The key never shows.
-    let all = s.json(&["deployments", "--limit", "50"]).unwrap().to_string();
+    let all = s
+        .json(&["deployments", "--limit", "50"])
+        .unwrap()
+        .to_string();
     assert!(!all.contains(secret));
     assert!(!f.server.proc.log.contains(secret));
 }
@@ -194,10 +230,18 @@ events = ["deployment_succeeded", "deployment_rolled_back", "host_failed"]
     let requests = receiver.wait_for_requests(3).unwrap();
     let kinds: Vec<String> = requests[1..]
         .iter()
-        .map(|r| serde_json::from_str::<serde_json::Value>(&r.body).unwrap()["kind"].as_str().unwrap().to_owned())
+        .map(|r| {
+            serde_json::from_str::<serde_json::Value>(&r.body).unwrap()["kind"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
         .collect();
     assert!(kinds.contains(&"host_failed".to_owned()), "{kinds:?}");
-    assert!(kinds.contains(&"deployment_rolled_back".to_owned()), "{kinds:?}");
+    assert!(
+        kinds.contains(&"deployment_rolled_back".to_owned()),
+        "{kinds:?}"
+    );
 
     let out = s.cli(&["notify", "test", "--channel", "hooks"]).unwrap();
     assert!(out.status.success(), "{}", text(&out));

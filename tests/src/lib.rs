@@ -659,7 +659,10 @@ impl HttpStub {
         while guard.len() < n {
             let now = Instant::now();
             if now >= deadline {
-                bail!("only {} of {n} requests arrived within {WAIT:?}", guard.len());
+                bail!(
+                    "only {} of {n} requests arrived within {WAIT:?}",
+                    guard.len()
+                );
             }
             guard = self
                 .state

@@ -1049,6 +1049,9 @@ impl FleetService for Api {
                     delivered: true,
                     detail,
                 },
+                Err(e @ crate::notify::NotifyError::UnknownChannel(_)) => {
+                    return Err(Status::not_found(e.to_string()));
+                }
                 Err(e) => pb::TestNotificationResponse {
                     delivered: false,
                     detail: e.to_string(),

@@ -63,7 +63,10 @@ impl Engine {
         let Some(freeze) = crate::gates::active_freeze(&self.store, env, now)? else {
             return Ok(None);
         };
-        let what = format!("{} ({}, by {})", freeze.reason, freeze.window, freeze.created_by);
+        let what = format!(
+            "{} ({}, by {})",
+            freeze.reason, freeze.window, freeze.created_by
+        );
         Ok(Some(if override_freeze {
             GateRecord {
                 gate: "freeze".into(),
@@ -90,7 +93,11 @@ impl Engine {
     /// Stops a deployment a gate refused between batches: pending hosts are
     /// skipped, hosts that took the release keep it (a gate stops a rollout,
     /// it does not revert it; `flotilla rollback` does). The caller holds the lock.
-    pub(super) async fn block(&self, d: &mut Deployment, reason: String) -> Result<(), RolloutError> {
+    pub(super) async fn block(
+        &self,
+        d: &mut Deployment,
+        reason: String,
+    ) -> Result<(), RolloutError> {
         for i in 0..d.hosts.len() {
             if d.hosts[i].state == HostState::Pending {
                 d.hosts[i].state = HostState::Skipped;

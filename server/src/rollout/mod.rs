@@ -188,8 +188,14 @@ impl Engine {
         // call). Rollbacks are never gated: they are how you get out of trouble.
         let decisions = match new.kind {
             DeploymentKind::Deploy => {
-                self.check_gates(&new.app, &new.env, new.team.as_deref(), new.override_freeze, 0)
-                    .await?
+                self.check_gates(
+                    &new.app,
+                    &new.env,
+                    new.team.as_deref(),
+                    new.override_freeze,
+                    0,
+                )
+                .await?
             }
             DeploymentKind::Rollback => Vec::new(),
         };
@@ -343,6 +349,8 @@ impl Engine {
                 ..Strategy::default()
             },
             queue: false,
+            override_freeze: false,
+            team: None,
         })
         .await
     }

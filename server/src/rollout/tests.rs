@@ -114,6 +114,8 @@ impl Fleet {
                 target_release: 0,
                 strategy,
                 queue,
+                override_freeze: false,
+                team: None,
             })
             .await
     }

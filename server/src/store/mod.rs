@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 
 mod gates;
+pub mod notify;
 #[cfg(test)]
 mod tests;
 

@@ -48,6 +48,10 @@ fn deployment(id: &str, state: State) -> Deployment {
         release: 0,
         next_event: 0,
         new_events: Vec::new(),
+        gates: Vec::new(),
+        override_freeze: false,
+        team: None,
+        gate_pending: false,
     }
 }
 

@@ -1,0 +1,147 @@
+//! The notification outbox (`notify_outbox` tree): one record per (event,
+//! channel) until it is delivered, refused or given up. What a record means
+//! and when it is sent is `crate::notify`'s business; this file only keeps it.
+//!
+//! Keys: `r\0<id>` → the record; `d\0<channel>\0<next attempt ms, BE><id>` →
+//! nothing (the per-channel due index, so the worker finds a channel's next
+//! record without scanning the others). Both change in one transaction.
+
+use serde::{Deserialize, Serialize};
+use sled::transaction::ConflictableTransactionError;
+
+use super::{Store, StoreError, decode, encode};
+
+const TREE: &str = "notify_outbox";
+
+/// One pending notification for one channel.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NotifyRecord {
+    /// UUID v7: the delivery id receivers dedupe on.
+    pub id: String,
+    /// The configured channel name (never its URL or credentials).
+    pub channel: String,
+    /// The event, as JSON.
+    pub event: serde_json::Value,
+    /// Failed attempts so far.
+    pub attempts: u32,
+    /// Not sent before this time.
+    pub next_attempt_ms: i64,
+    pub created_at_ms: i64,
+    /// Why the last attempt failed (already free of secrets).
+    #[serde(default)]
+    pub last_error: String,
+}
+
+fn record_key(id: &str) -> Vec<u8> {
+    let mut key = b"r\0".to_vec();
+    key.extend_from_slice(id.as_bytes());
+    key
+}
+
+fn due_prefix(channel: &str) -> Vec<u8> {
+    let mut key = b"d\0".to_vec();
+    key.extend_from_slice(channel.as_bytes());
+    key.push(0);
+    key
+}
+
+fn due_key(channel: &str, next_attempt_ms: i64, id: &str) -> Vec<u8> {
+    let mut key = due_prefix(channel);
+    key.extend_from_slice(&u64::try_from(next_attempt_ms).unwrap_or(0).to_be_bytes());
+    key.extend_from_slice(id.as_bytes());
+    key
+}
+
+impl Store {
+    /// Adds records to the outbox in one atomic batch. Durable with the next
+    /// flush (sled also flushes on its own every 500 ms).
+    pub fn notify_insert(&self, records: &[NotifyRecord]) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for record in records {
+            batch.insert(record_key(&record.id), encode(record)?);
+            batch.insert(
+                due_key(&record.channel, record.next_attempt_ms, &record.id),
+                &[][..],
+            );
+        }
+        self.notify_outbox.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// The record of `channel` with the earliest next attempt (due or not).
+    pub fn notify_next(&self, channel: &str) -> Result<Option<NotifyRecord>, StoreError> {
+        let prefix = due_prefix(channel);
+        // An index entry without its record cannot be written by this module;
+        // should one exist anyway, it is removed (a bounded number of times).
+        for _ in 0..100 {
+            let Some(key) = self.notify_outbox.scan_prefix(&prefix).keys().next() else {
+                return Ok(None);
+            };
+            let key = key?;
+            let id = key.get(prefix.len() + 8..).unwrap_or_default();
+            match self
+                .notify_outbox
+                .get(record_key(&String::from_utf8_lossy(id)))?
+            {
+                Some(bytes) => return decode(TREE, &bytes).map(Some),
+                None => {
+                    self.notify_outbox.remove(&key)?;
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Records a failed attempt: `attempts` and `last_error` are stored and
+    /// the record moves to `next_attempt_ms`. `false` if the record is gone.
+    pub fn notify_reschedule(
+        &self,
+        id: &str,
+        attempts: u32,
+        next_attempt_ms: i64,
+        last_error: &str,
+    ) -> Result<bool, StoreError> {
+        let key = record_key(id);
+        let done = self.notify_outbox.transaction(|tree| {
+            let Some(bytes) = tree.get(&key)? else {
+                return Ok(false);
+            };
+            let mut record: NotifyRecord =
+                decode(TREE, &bytes).map_err(ConflictableTransactionError::Abort)?;
+            tree.remove(due_key(&record.channel, record.next_attempt_ms, id))?;
+            record.attempts = attempts;
+            record.next_attempt_ms = next_attempt_ms;
+            last_error.clone_into(&mut record.last_error);
+            let bytes = encode(&record).map_err(ConflictableTransactionError::Abort)?;
+            tree.insert(key.as_slice(), bytes)?;
+            tree.insert(due_key(&record.channel, next_attempt_ms, id), &[][..])?;
+            Ok(true)
+        })?;
+        Ok(done)
+    }
+
+    /// Removes a record (delivered, refused or given up); returns it if it
+    /// was there.
+    pub fn notify_remove(&self, id: &str) -> Result<Option<NotifyRecord>, StoreError> {
+        let key = record_key(id);
+        let removed = self.notify_outbox.transaction(|tree| {
+            let Some(bytes) = tree.remove(key.as_slice())? else {
+                return Ok(None);
+            };
+            let record: NotifyRecord =
+                decode(TREE, &bytes).map_err(ConflictableTransactionError::Abort)?;
+            tree.remove(due_key(&record.channel, record.next_attempt_ms, id))?;
+            Ok(Some(record))
+        })?;
+        Ok(removed)
+    }
+
+    /// Every pending record, oldest first.
+    pub fn notify_pending(&self) -> Result<Vec<NotifyRecord>, StoreError> {
+        self.notify_outbox
+            .scan_prefix(b"r\0")
+            .values()
+            .map(|v| decode(TREE, &v?))
+            .collect()
+    }
+}

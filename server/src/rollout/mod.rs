@@ -938,13 +938,13 @@ impl Engine {
             }
             // Gates before every further batch: a freeze that began mid-rollout
             // stops it here; Flagsmith is asked by the timer, outside the lock.
-            if d.kind == DeploymentKind::Deploy {
-                if let Some(freeze) = self.freeze_gate(d, d.current_batch + 1)? {
-                    let refused = (!freeze.allowed).then(|| freeze.reason.clone());
-                    d.gates.push(freeze);
-                    if let Some(reason) = refused {
-                        return self.block(d, reason).await;
-                    }
+            if d.kind == DeploymentKind::Deploy
+                && let Some(freeze) = self.freeze_gate(d, d.current_batch + 1)?
+            {
+                let refused = (!freeze.allowed).then(|| freeze.reason.clone());
+                d.gates.push(freeze);
+                if let Some(reason) = refused {
+                    return self.block(d, reason).await;
                 }
             }
             let canary_batch = d.strategy.canary > 0 && d.current_batch == 0;

@@ -92,3 +92,28 @@ impl ServerSettings {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_file_parses() {
+        let file: ServerFile = toml::from_str(include_str!("../../deploy/examples/server.toml"))
+            .unwrap_or_else(|e| panic!("deploy/examples/server.toml: {e}"));
+        assert!(file.gates.is_some() && file.notifications.is_some());
+    }
+
+    #[test]
+    fn unknown_keys_name_the_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("server.toml");
+        std::fs::write(&path, "[gates]\nflagsmith_typo = 1\n").unwrap();
+        let err = ServerSettings::load(&path).err().unwrap().to_string();
+        assert!(
+            err.contains("server.toml") && err.contains("flagsmith_typo"),
+            "{err}"
+        );
+        assert!(err.contains("line 2"), "{err}");
+    }
+}

@@ -712,3 +712,54 @@ async fn a_result_after_the_host_was_given_up_is_recorded_and_said() {
             .any(|e| e.starts_with("host_late_result h1"))
     );
 }
+
+#[tokio::test]
+async fn a_freeze_that_begins_mid_rollout_blocks_the_next_batch() {
+    let f = fleet_of(3);
+    let d = f.deploy("2", strategy("1")).await.unwrap();
+    f.ok(&d.id, "h1", "1", "2").await;
+    let freeze = crate::gates::Freeze::new(
+        env(),
+        crate::gates::Window::Once {
+            from_ms: now_ms() - 1000,
+            until_ms: now_ms() + 3_600_000,
+        },
+        "incident 42",
+        "sre",
+        now_ms(),
+    )
+    .unwrap();
+    f.store.put_freeze(&freeze).unwrap();
+    f.ok(&d.id, "h2", "1", "2").await;
+    let d = f.get(&d.id);
+    assert_eq!(d.state, State::Blocked);
+    assert!(d.error.contains("incident 42"), "{}", d.error);
+    // A gate stops a rollout; it does not revert the hosts that took it.
+    assert_eq!(f.host_states(&d.id), ["succeeded", "succeeded", "skipped"]);
+    let last = d.gates.last().unwrap();
+    assert_eq!(
+        (last.gate.as_str(), last.allowed, last.batch),
+        ("freeze", false, 2)
+    );
+    // Rollbacks are never frozen.
+    f.store
+        .set_host_image(&HostId::parse("h1").unwrap(), &app(), &image("2"))
+        .unwrap();
+    let rb = f
+        .engine
+        .start(NewDeployment {
+            app: app(),
+            env: env(),
+            kind: DeploymentKind::Rollback,
+            image: image("1"),
+            created_by: "op".into(),
+            target_release: 0,
+            strategy: Strategy::default(),
+            queue: false,
+            override_freeze: false,
+            team: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(rb.state, State::Running);
+}

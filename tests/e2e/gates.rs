@@ -7,6 +7,11 @@ use crate::{Fleet, deploy_with, host_states};
 
 /// A coordinator started with `server.toml` = `config` (and `env`), one agent.
 fn fleet_with_config(config: &str, env: &[(&str, &str)]) -> Fleet {
+    fleet_of_with_config(1, config, env)
+}
+
+/// `n` agents (`web-1`…), the coordinator with `server.toml` = `config`.
+fn fleet_of_with_config(n: usize, config: &str, env: &[(&str, &str)]) -> Fleet {
     let root = tempfile::tempdir().unwrap();
     let data_dir = Server::init(root.path()).unwrap();
     let path = root.path().join("server.toml");
@@ -19,12 +24,17 @@ fn fleet_with_config(config: &str, env: &[(&str, &str)]) -> Fleet {
         env,
     )
     .unwrap();
-    let host = Host::join(root.path(), &server, "web-1", "prod").unwrap();
-    let agent = host.start().unwrap();
+    let mut hosts = Vec::new();
+    let mut agents = Vec::new();
+    for i in 1..=n {
+        let host = Host::join(root.path(), &server, &format!("web-{i}"), "prod").unwrap();
+        agents.push(host.start().unwrap());
+        hosts.push(host);
+    }
     Fleet {
-        agents: vec![agent],
+        agents,
         server,
-        hosts: vec![host],
+        hosts,
         root,
     }
 }
@@ -247,4 +257,46 @@ events = ["deployment_succeeded", "deployment_rolled_back", "host_failed"]
     assert!(out.status.success(), "{}", text(&out));
     receiver.wait_for_requests(4).unwrap();
     assert!(!f.server.proc.log.contains(secret));
+}
+
+#[test]
+fn a_flag_switched_off_mid_rollout_blocks_the_next_batch() {
+    let flagsmith = HttpStub::start().unwrap();
+    let config = format!(
+        r#"
+[gates.flagsmith]
+api_url = "{}/api/v1/"
+[gates.flagsmith.environments.prod]
+environment_key_env = "TEST_FLAGSMITH_KEY"
+flag = "deploys_enabled"
+"#,
+        flagsmith.url()
+    );
+    let f = fleet_of_with_config(2, &config, &[("TEST_FLAGSMITH_KEY", "k")]);
+    let s = &f.server;
+    flagsmith.respond("/api/v1/flags", 200, FLAGS_ON);
+    assert_eq!(
+        deploy_with(s, "shop", "acme/shop:1", &["--batch", "2"]).0,
+        0
+    );
+    // v2 one host at a time: web-1 hangs until released; meanwhile the flag goes off.
+    let id = crate::deploy_start_with(s, "shop", "acme/shop:2-hang", &[]);
+    crate::wait_for_log_line(s, &id, "(fake-dokku) waiting for");
+    flagsmith.respond("/api/v1/flags", 200, FLAGS_OFF);
+    f.hosts[0].release_hang().unwrap();
+    let status = crate::wait_final(s, &id);
+    assert_eq!(status["state"], "blocked", "{status}");
+    assert_eq!(host_states(&status), ["succeeded", "skipped"]);
+    let g = gate(&status, "flagsmith");
+    // Allowed before the start, refused before the second batch.
+    assert_eq!(g.len(), 2, "{status}");
+    assert_eq!(
+        (g[0]["allowed"].clone(), g[0]["batch"].clone()),
+        (true.into(), 0.into())
+    );
+    assert_eq!(
+        (g[1]["allowed"].clone(), g[1]["batch"].clone()),
+        (false.into(), 1.into())
+    );
+    assert_eq!(f.hosts[1].deployed_image("shop").unwrap(), "acme/shop:1");
 }

@@ -134,7 +134,7 @@ pub fn wait_final(server: &Server, id: &str) -> serde_json::Value {
     let status = server.json(&["status", id]).unwrap();
     let state = status["state"].as_str().unwrap_or_default();
     assert!(
-        ["succeeded", "failed", "rolled_back", "cancelled"].contains(&state),
+        ["succeeded", "failed", "rolled_back", "cancelled", "blocked"].contains(&state),
         "{status}"
     );
     status

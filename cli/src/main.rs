@@ -28,7 +28,8 @@ Exit codes:
   3  the deployment failed
   4  the deployment was rolled back
   5  the deployment was cancelled
-  6  refused: another deployment of the app is active (see --queue), no host matches, ...
+  6  refused: another deployment of the app is active (see --queue), no host matches, ...;
+     or blocked by a deploy gate (a freeze window, a Flagsmith flag; see `flotilla status ID`)
   130 --wait interrupted (Ctrl-C); the deployment goes on
 
 With --wait on a terminal, progress is a live view on stderr: one line per host with its latest \

@@ -1435,3 +1435,87 @@ async fn the_documented_python_receiver_verifies_our_signatures() {
     let err = wrong.test("hooks").await.unwrap_err().to_string();
     assert_eq!(err, "channel hooks: refused: HTTP 401");
 }
+
+#[tokio::test]
+async fn fleet_events_are_sent_once_per_episode() {
+    use crate::store::Host;
+    use flotilla_shared::{EnvName, HostId, Labels};
+    let (store, _dir) = store();
+    let notifier = Notifier::new(store.clone(), webhook_config("https://x.example.com", "s"));
+    let now = 1_767_225_600_000;
+    let minute = 60_000;
+    let day = 24 * 60 * minute;
+    let host = |id: &str, last_seen_ms: i64, cert_not_after_ms: i64, revoked: bool| Host {
+        host_id: HostId::parse(id).unwrap(),
+        env: EnvName::parse("production").unwrap(),
+        labels: Labels::default(),
+        agent_version: "test".into(),
+        joined_at_ms: now - 100 * day,
+        last_seen_ms,
+        revoked,
+        cert_not_after_ms,
+    };
+    let mut hosts = vec![
+        host("online", now - 60 * minute, now + 60 * day, false), // connected: no event
+        host("gone", now - 6 * minute, now + 60 * day, false),    // offline 6 min
+        host("blip", now - 3 * minute, now + 60 * day, false),    // offline 3 min: not yet
+        host("revoked", now - 60 * minute, now + day, true),      // revoked: never
+        host("expiring", now, now + 3 * day, false),              // cert in 3 days
+    ];
+    let connected = |h: &HostId| matches!(h.as_str(), "online" | "expiring");
+    assert_eq!(notifier.check_fleet(&hosts, connected, now).unwrap(), 2);
+    let mut events: Vec<Event> = store
+        .notify_pending()
+        .unwrap()
+        .into_iter()
+        .map(|r| serde_json::from_value(r.event).unwrap())
+        .collect();
+    events.sort_by_key(|e| e.host.clone());
+    assert_eq!(events[0].kind, EventKind::CertExpiring);
+    assert_eq!(events[0].host.as_deref(), Some("expiring"));
+    assert_eq!(
+        events[0].reason.as_deref(),
+        Some(
+            "agent certificate expires 2026-01-04T00:00:00Z (in 72h 00m); the agent renews it while connected"
+        )
+    );
+    assert_eq!(events[1].kind, EventKind::AgentDisconnected);
+    assert_eq!(
+        events[1].summary(),
+        "gone in production: agent disconnected"
+    );
+    assert_eq!(
+        events[1].reason.as_deref(),
+        Some("no contact for 6m 00s (last seen 2025-12-31T23:54:00Z)")
+    );
+
+    // Same state later: nothing new, also from a fresh Notifier (restart).
+    assert_eq!(
+        notifier
+            .check_fleet(&hosts, connected, now + minute)
+            .unwrap(),
+        0
+    );
+    let again = Notifier::new(store.clone(), webhook_config("https://x.example.com", "s"));
+    assert_eq!(
+        again
+            .check_fleet(&hosts, connected, now + 2 * minute)
+            .unwrap(),
+        1
+    ); // blip: 5 min quiet now
+    assert_eq!(
+        again
+            .check_fleet(&hosts, connected, now + 3 * minute)
+            .unwrap(),
+        0
+    );
+    // `gone` came back and went quiet again: a new episode. A renewed cert: quiet.
+    hosts[1].last_seen_ms = now + 5 * minute;
+    hosts[4].cert_not_after_ms = now + 90 * day;
+    assert_eq!(
+        again
+            .check_fleet(&hosts, connected, now + 11 * minute)
+            .unwrap(),
+        1
+    );
+}

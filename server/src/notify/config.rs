@@ -206,7 +206,7 @@ pub struct Channel {
 impl Channel {
     /// Whether `event` goes to this channel.
     pub fn wants(&self, event: &Event) -> bool {
-        (self.environments.is_empty() || self.environments.iter().any(|e| *e == event.env))
+        (self.environments.is_empty() || self.environments.contains(&event.env))
             && self.events.as_ref().is_none_or(|k| k.contains(&event.kind))
     }
 

@@ -114,7 +114,7 @@ pub async fn send(
     match transport.send(message).await {
         Ok(response) => Outcome::Delivered(format!("SMTP {}", response.code())),
         Err(e) => {
-            let status = e.status().map(|c| u16::from(c));
+            let status = e.status().map(u16::from);
             let detail = describe(&e);
             if e.is_permanent() {
                 Outcome::Permanent { detail, status }

@@ -14,8 +14,11 @@
 //! one whose attempt was cut short by a crash is sent again (receivers dedupe
 //! webhooks on `X-Flotilla-Delivery`).
 //!
-//! Not here: deciding when an event happens (the rollout engine and the fleet
-//! call `enqueue`), config file loading (the coordinator embeds
+//! `check_fleet` (fleet.rs) turns host records into `agent_disconnected` and
+//! `cert_expiring` events, once per episode.
+//!
+//! Not here: deciding when a deployment event happens (the rollout engine
+//! calls `enqueue`), config file loading (the coordinator embeds
 //! [`NotifyConfig`] as `[notifications]`).
 
 use std::collections::{BTreeMap, HashMap};
@@ -34,6 +37,7 @@ use crate::store::{Store, StoreError};
 pub mod config;
 mod email;
 pub mod event;
+mod fleet;
 mod outcome;
 mod slack;
 #[cfg(test)]

@@ -5,6 +5,8 @@
 //! Keys: `r\0<id>` → the record; `d\0<channel>\0<next attempt ms, BE><id>` →
 //! nothing (the per-channel due index, so the worker finds a channel's next
 //! record without scanning the others). Both change in one transaction.
+//! `s\0<kind>\0<host>` → the episode last notified for a fleet event (so an
+//! offline agent is reported once, also across restarts).
 
 use serde::{Deserialize, Serialize};
 use sled::transaction::ConflictableTransactionError;
@@ -143,5 +145,29 @@ impl Store {
             .values()
             .map(|v| decode(TREE, &v?))
             .collect()
+    }
+}
+
+fn mark_key(kind: &str, subject: &str) -> Vec<u8> {
+    let mut key = b"s\0".to_vec();
+    key.extend_from_slice(kind.as_bytes());
+    key.push(0);
+    key.extend_from_slice(subject.as_bytes());
+    key
+}
+
+impl Store {
+    /// Whether `kind` was already notified for `subject` (a host) at episode
+    /// `value` (e.g. the last-seen time it went quiet at).
+    pub fn notify_marked(&self, kind: &str, subject: &str, value: i64) -> Result<bool, StoreError> {
+        Ok(self.notify_outbox.get(mark_key(kind, subject))?.as_deref()
+            == Some(&value.to_be_bytes()[..]))
+    }
+
+    /// Remembers that `kind` was notified for `subject` at episode `value`.
+    pub fn notify_mark(&self, kind: &str, subject: &str, value: i64) -> Result<(), StoreError> {
+        self.notify_outbox
+            .insert(mark_key(kind, subject), &value.to_be_bytes()[..])?;
+        Ok(())
     }
 }

@@ -228,10 +228,18 @@ async fn sweep(c: Arc<Coordinator>, every: Duration, cancel: CancellationToken) 
             if let Err(e) = c.rollout.sweep_expired().await {
                 tracing::error!("expiry sweep failed: {e}");
             }
-            if let Some(notifier) = &c.notifier
-                && let Err(e) = notify_hosts(&c, notifier)
-            {
-                tracing::error!("host notification sweep failed: {e}");
+            if let Some(notifier) = &c.notifier {
+                // Agents offline too long, certificates near expiry: once per episode.
+                let checked = c.store.hosts().and_then(|hosts| {
+                    notifier.check_fleet(
+                        &hosts,
+                        |h| c.sessions.is_connected(h),
+                        flotilla_shared::time::now_ms(),
+                    )
+                });
+                if let Err(e) = checked {
+                    tracing::error!("host notification sweep failed: {e}");
+                }
             }
             next_sweep = tokio::time::Instant::now() + every;
         }
@@ -247,61 +255,4 @@ async fn sweep(c: Arc<Coordinator>, every: Duration, cancel: CancellationToken) 
             () = c.rollout.timer_changed() => {}
         }
     }
-}
-
-/// Notifies (once per condition) agents offline for longer than the
-/// configured threshold and client certificates near expiry.
-fn notify_hosts(c: &Coordinator, notifier: &notify::Notifier) -> Result<(), store::StoreError> {
-    use notify::{Event, EventKind};
-    let now = flotilla_shared::time::now_ms();
-    let offline_after =
-        i64::try_from(notifier.config().disconnect_after.as_millis()).unwrap_or(i64::MAX);
-    let expiry_warning =
-        i64::try_from(notifier.config().cert_expiry_warning.as_millis()).unwrap_or(i64::MAX);
-    for host in c.store.hosts()? {
-        if host.revoked {
-            continue;
-        }
-        let event = |kind, reason: String| Event {
-            kind,
-            app: None,
-            env: host.env.to_string(),
-            deployment_id: None,
-            image: None,
-            release: None,
-            by: None,
-            host: Some(host.host_id.to_string()),
-            duration_ms: None,
-            reason: Some(reason),
-            at_ms: now,
-        };
-        if host.last_seen_ms > 0
-            && !c.sessions.is_connected(&host.host_id)
-            && now.saturating_sub(host.last_seen_ms) > offline_after
-            && c.store
-                .mark_once(&format!("offline\0{}\0{}", host.host_id, host.last_seen_ms))?
-        {
-            let reason = format!(
-                "{} has been offline since {}",
-                host.host_id,
-                flotilla_shared::time::format_ms(host.last_seen_ms)
-            );
-            notifier.enqueue(&event(EventKind::AgentDisconnected, reason))?;
-        }
-        if host.cert_not_after_ms > 0
-            && host.cert_not_after_ms.saturating_sub(now) < expiry_warning
-            && c.store.mark_once(&format!(
-                "cert\0{}\0{}",
-                host.host_id, host.cert_not_after_ms
-            ))?
-        {
-            let reason = format!(
-                "the client certificate of {} expires at {}; it renews itself once the agent is connected",
-                host.host_id,
-                flotilla_shared::time::format_ms(host.cert_not_after_ms)
-            );
-            notifier.enqueue(&event(EventKind::CertExpiring, reason))?;
-        }
-    }
-    Ok(())
 }

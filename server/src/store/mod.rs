@@ -531,8 +531,6 @@ pub struct Store {
     gate_cache: sled::Tree,
     /// Deploy freeze windows (see `gates.rs`).
     freezes: sled::Tree,
-    /// Host conditions already notified (offline since, certificate expiry).
-    notify_markers: sled::Tree,
 }
 
 fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
@@ -645,7 +643,7 @@ impl Store {
             notify_outbox: db.open_tree("notify_outbox")?,
             gate_cache: db.open_tree("gate_cache")?,
             freezes: db.open_tree("freezes")?,
-            notify_markers: db.open_tree("notify_markers")?,
+
             db,
         })
     }
@@ -1057,15 +1055,6 @@ impl Store {
             .host_apps
             .get(pair_key(host.as_str(), app.as_str()))?
             .and_then(|v| ImageRef::parse(String::from_utf8_lossy(&v)).ok()))
-    }
-
-    /// Records `key` once: true the first time, false ever after (so a
-    /// condition is notified once, not at every sweep).
-    pub fn mark_once(&self, key: &str) -> Result<bool, StoreError> {
-        Ok(self
-            .notify_markers
-            .compare_and_swap(key, None::<&[u8]>, Some(&[1u8][..]))?
-            .is_ok())
     }
 
     // ----- app settings -----

@@ -92,6 +92,7 @@ fn status_json_has_every_documented_field() {
             "batches",
             "resume_at",
             "failures",
+            "gates",
             "hosts",
         ],
     );

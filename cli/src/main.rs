@@ -502,7 +502,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         Cmd::Notify(NotifyCmd::Test { channel }) => {
             let answer = client.test_notification(&channel).await?;
-            output::outln!("{channel}: {}", answer.detail);
+            output::outln!("{}", answer.detail);
             if !answer.delivered {
                 return Ok(exit::code(exit::FAILED));
             }

@@ -994,7 +994,7 @@ impl FleetService for Api {
         &self,
         req: Request<pb::ListFreezesRequest>,
     ) -> Result<Response<pb::ListFreezesResponse>, Status> {
-        self.authorize(&req, Role::Viewer, "read")?;
+        let caller = self.authorize(&req, Role::Viewer, "read")?;
         let env = &req.get_ref().env;
         let env = if env.is_empty() {
             None
@@ -1006,6 +1006,7 @@ impl FleetService for Api {
             .store
             .freezes(env.as_ref())?
             .iter()
+            .filter(|f| caller.token.envs.is_empty() || caller.token.envs.contains(&f.env))
             .map(freeze_to_proto)
             .collect();
         Ok(Response::new(pb::ListFreezesResponse { freezes }))

@@ -126,11 +126,12 @@ impl Engine {
         let message = format!("blocked: {}", d.error);
         d.event("finished", None, message);
         self.store.save_deployment(&mut d, None, &[])?;
+        // Queued before the flush: durable together with the deployment.
+        self.notify(&d, EventKind::DeploymentBlocked, None);
         self.store.flush().await?;
         self.changed();
         tracing::warn!(deployment = %d.id, app = %d.app, env = %d.env, reason = %d.error,
             "deployment blocked by a gate");
-        self.notify(&d, EventKind::DeploymentBlocked, None);
         Ok(d)
     }
 

@@ -362,11 +362,15 @@ impl Engine {
         app: &AppName,
         env: &EnvName,
     ) -> Result<bool, RolloutError> {
-        let last = self
-            .store
-            .recent_deployments(1, |d| &d.app == app && &d.env == env)?;
+        // A deployment a gate refused before any host changed says nothing.
+        let last = self.store.recent_deployments(1, |d| {
+            &d.app == app
+                && &d.env == env
+                && !(d.state == State::Blocked && !d.hosts.iter().any(changed))
+        })?;
         Ok(last.first().is_some_and(|d| {
-            matches!(d.state, State::Failed | State::Cancelled) && d.hosts.iter().any(changed)
+            matches!(d.state, State::Failed | State::Cancelled | State::Blocked)
+                && d.hosts.iter().any(changed)
         }))
     }
 
@@ -424,8 +428,33 @@ impl Engine {
             None,
             "its turn came: the deployment before it ended",
         );
-        d.event("batch_started", None, batch_text(d));
         tracing::info!(deployment = %d.id, "queued deployment started");
+        self.notify(d, crate::notify::EventKind::DeploymentStarted, None);
+        // It waited: the gates are asked again before its first batch.
+        if d.kind == DeploymentKind::Deploy {
+            if let Some(freeze) = self.freeze_gate(d, 0)? {
+                let refused = (!freeze.allowed).then(|| freeze.reason.clone());
+                d.gates.push(freeze);
+                if let Some(reason) = refused {
+                    return Box::pin(self.block(d, reason)).await;
+                }
+            }
+            if self.gates.as_ref().is_some_and(|g| g.has_flagsmith(&d.env)) {
+                // Flagsmith is asked by the timer, outside the lock.
+                d.state = State::Paused;
+                d.gate_pending = true;
+                d.resume_at_ms = now_ms();
+                d.event(
+                    "paused",
+                    None,
+                    "the deploy gates are asked before its first batch",
+                );
+                self.save(d, &[]).await?;
+                self.timer.notify_one();
+                return Ok(());
+            }
+        }
+        d.event("batch_started", None, batch_text(d));
         Box::pin(self.advance(d)).await
     }
 
@@ -449,39 +478,57 @@ impl Engine {
             }
         }
         for d in due {
+            if let Err(e) = self.end_pause(d).await {
+                // One deployment's trouble must not hold up the others.
+                tracing::error!("cannot end a pause: {e}");
+            }
+        }
+        Ok(next)
+    }
+
+    /// Asks the gates for a paused deployment that is due, then goes on (or
+    /// blocks it). `gate_pending`: the gates are for its current batch, which
+    /// has not started (a queued deployment's first); otherwise for the next.
+    async fn end_pause(&self, d: Deployment) -> Result<(), RolloutError> {
+        {
+            let batch = if d.gate_pending {
+                d.current_batch
+            } else {
+                d.current_batch + 1
+            };
             let decisions = match d.kind {
                 DeploymentKind::Deploy => {
-                    self.check_gates(
-                        &d.app,
-                        &d.env,
-                        d.team.as_deref(),
-                        d.override_freeze,
-                        d.current_batch + 1,
-                    )
-                    .await?
+                    self.check_gates(&d.app, &d.env, d.team.as_deref(), d.override_freeze, batch)
+                        .await?
                 }
                 DeploymentKind::Rollback => Vec::new(),
             };
             let _guard = self.lock.lock().await;
             // It may have changed while the gates were asked (cancelled, …).
             let Some(mut d) = self.store.deployment(&d.id)? else {
-                continue;
+                return Ok(());
             };
             if d.state != State::Paused || d.resume_at_ms > now_ms() {
-                continue;
+                return Ok(());
             }
-            d.gate_pending = false;
             let refused = decisions.iter().find(|g| !g.allowed).cloned();
             d.gates.extend(decisions);
             match refused {
                 Some(refused) => self.block(&mut d, refused.reason).await?,
+                None if d.gate_pending => {
+                    d.gate_pending = false;
+                    d.state = State::Running;
+                    d.resume_at_ms = 0;
+                    d.event("batch_started", None, batch_text(&d));
+                    self.advance(&mut d).await?;
+                }
                 None => {
                     self.next_batch(&mut d);
                     self.advance(&mut d).await?;
                 }
             }
         }
-        Ok(next)
+        Ok(())
     }
 
     /// A future that completes when a pause starts (the timer re-plans).
@@ -634,6 +681,7 @@ impl Engine {
         }
         if matches!(d.state, State::Paused | State::AwaitingPromotion) {
             d.state = State::Running;
+            d.gate_pending = false;
         }
         self.advance(&mut d).await?;
         // Durable before it is confirmed.
@@ -938,15 +986,6 @@ impl Engine {
             }
             // Gates before every further batch: a freeze that began mid-rollout
             // stops it here; Flagsmith is asked by the timer, outside the lock.
-            if d.kind == DeploymentKind::Deploy
-                && let Some(freeze) = self.freeze_gate(d, d.current_batch + 1)?
-            {
-                let refused = (!freeze.allowed).then(|| freeze.reason.clone());
-                d.gates.push(freeze);
-                if let Some(reason) = refused {
-                    return self.block(d, reason).await;
-                }
-            }
             let canary_batch = d.strategy.canary > 0 && d.current_batch == 0;
             if canary_batch && d.strategy.canary_manual && !d.promoted {
                 d.state = State::AwaitingPromotion;
@@ -964,7 +1003,8 @@ impl Engine {
             let flagsmith = d.kind == DeploymentKind::Deploy
                 && self.gates.as_ref().is_some_and(|g| g.has_flagsmith(&d.env));
             if d.strategy.pause_ms > 0 || flagsmith {
-                d.gate_pending = flagsmith;
+                // The timer ends the pause and asks every gate first.
+                d.gate_pending = false;
                 d.state = State::Paused;
                 d.resume_at_ms =
                     now_ms().saturating_add(i64::try_from(d.strategy.pause_ms).unwrap_or(i64::MAX));
@@ -976,6 +1016,16 @@ impl Engine {
                 tracing::info!(deployment = %d.id, resume_at = %format_ms(d.resume_at_ms), "deployment paused between batches");
                 self.timer.notify_one();
                 continue;
+            }
+            // No pause: a freeze that began mid-rollout stops it here.
+            if d.kind == DeploymentKind::Deploy
+                && let Some(freeze) = self.freeze_gate(d, d.current_batch + 1)?
+            {
+                let refused = (!freeze.allowed).then(|| freeze.reason.clone());
+                d.gates.push(freeze);
+                if let Some(reason) = refused {
+                    return self.block(d, reason).await;
+                }
             }
             self.next_batch(d);
         }
@@ -1122,8 +1172,7 @@ impl Engine {
         };
         d.event("finished", None, message);
         self.store.save_deployment(d, release, &[])?;
-        self.store.flush().await?;
-        self.changed();
+        // Queued before the flush: durable together with the final state.
         let kind = match state {
             State::Succeeded => Some(crate::notify::EventKind::DeploymentSucceeded),
             State::Failed => Some(crate::notify::EventKind::DeploymentFailed),
@@ -1135,6 +1184,8 @@ impl Engine {
         if let Some(kind) = kind {
             self.notify(d, kind, None);
         }
+        self.store.flush().await?;
+        self.changed();
         match state {
             State::Succeeded => {
                 tracing::info!(deployment = %d.id, release = d.release, "deployment succeeded");
@@ -1181,6 +1232,7 @@ impl Engine {
                     d.hosts[i].error = "the host was revoked".into();
                     d.failures += 1;
                     d.event("host_finished", Some(i), "the host was revoked");
+                    self.notify(d, crate::notify::EventKind::HostFailed, Some(i));
                     continue;
                 }
             }

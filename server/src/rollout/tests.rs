@@ -763,3 +763,58 @@ async fn a_freeze_that_begins_mid_rollout_blocks_the_next_batch() {
         .unwrap();
     assert_eq!(rb.state, State::Running);
 }
+
+fn freeze_now(f: &Fleet, reason: &str) {
+    let freeze = crate::gates::Freeze::new(
+        env(),
+        crate::gates::Window::Once {
+            from_ms: now_ms() - 1000,
+            until_ms: now_ms() + 3_600_000,
+        },
+        reason,
+        "sre",
+        now_ms(),
+    )
+    .unwrap();
+    f.store.put_freeze(&freeze).unwrap();
+}
+
+#[tokio::test]
+async fn a_queued_deployment_is_gated_again_when_its_turn_comes() {
+    let f = fleet_of(1);
+    let first = f.deploy("2", strategy("1")).await.unwrap();
+    let queued = f.deploy_queued("3", strategy("1"), true).await.unwrap();
+    freeze_now(&f, "change freeze");
+    f.ok(&first.id, "h1", "1", "2").await;
+    let d = f.get(&queued.id);
+    assert_eq!(d.state, State::Blocked, "{}", d.error);
+    assert!(d.hosts[0].command_id.is_none());
+    let last = d.gates.last().unwrap();
+    assert_eq!(
+        (last.gate.as_str(), last.allowed, last.batch),
+        ("freeze", false, 0)
+    );
+}
+
+#[tokio::test]
+async fn rollback_after_a_mid_rollout_block_returns_to_the_current_release() {
+    let f = fleet_of(2);
+    let v1 = f.deploy("1", strategy("2")).await.unwrap();
+    f.ok(&v1.id, "h1", "", "1").await;
+    f.ok(&v1.id, "h2", "", "1").await;
+    let v2 = f.deploy("2", strategy("1")).await.unwrap();
+    // A freeze begins while h1 deploys: the second batch is blocked.
+    freeze_now(&f, "incident");
+    f.ok(&v2.id, "h1", "1", "2").await;
+    assert_eq!(f.get(&v2.id).state, State::Blocked);
+    // "Undo the last change": back to the current release (v1), not before it,
+    // and the freeze does not stop a rollback.
+    let rb = f
+        .engine
+        .rollback(app(), env(), None, "op".into())
+        .await
+        .unwrap();
+    assert_eq!(rb.image, image("1"));
+    assert_eq!(rb.target_release, 1);
+    assert_eq!(rb.state, State::Running);
+}

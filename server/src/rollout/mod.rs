@@ -366,7 +366,7 @@ impl Engine {
         let last = self.store.recent_deployments(1, |d| {
             &d.app == app
                 && &d.env == env
-                && !(d.state == State::Blocked && !d.hosts.iter().any(changed))
+                && (d.state != State::Blocked || d.hosts.iter().any(changed))
         })?;
         Ok(last.first().is_some_and(|d| {
             matches!(d.state, State::Failed | State::Cancelled | State::Blocked)

@@ -340,12 +340,14 @@ impl Client {
         name: Option<&str>,
         apps: Vec<String>,
         envs: Vec<String>,
+        team: Option<&str>,
     ) -> anyhow::Result<String> {
         let req = self.req(pb::CreateApiTokenRequest {
             role: role.into(),
             name: name.unwrap_or_default().into(),
             apps,
             envs,
+            team: team.unwrap_or_default().into(),
         });
         Ok(self
             .inner

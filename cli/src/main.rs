@@ -244,6 +244,9 @@ enum TokenCmd {
         /// Only in these environments (comma-separated).
         #[arg(long, value_delimiter = ',')]
         envs: Vec<String>,
+        /// The team it acts for; sent to deploy gates as the Flagsmith trait `team`.
+        #[arg(long)]
+        team: Option<String>,
     },
 }
 
@@ -456,11 +459,12 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             name,
             apps,
             envs,
+            team,
         }) => {
             crate::output::outln!(
                 "{}",
                 client
-                    .create_token(&role, name.as_deref(), apps, envs)
+                    .create_token(&role, name.as_deref(), apps, envs, team.as_deref())
                     .await?
             );
         }

@@ -781,6 +781,7 @@ pub fn tokens(out: Output, tokens: &[pb::ApiToken]) {
             .map(|t| {
                 json!({
                     "id": t.id, "name": t.name, "role": t.role, "apps": t.apps, "envs": t.envs,
+                    "team": if t.team.is_empty() { Value::Null } else { json!(t.team) },
                     "created_at": ts(t.created_at_ms), "created_by": t.created_by,
                 })
             })

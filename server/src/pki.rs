@@ -205,6 +205,7 @@ pub fn init(dir: &DataDir, server_names: &[String]) -> anyhow::Result<InitOutput
             created_by: "init".into(),
             apps: Vec::new(),
             envs: Vec::new(),
+            team: None,
         },
     )?;
     store.db_flush_blocking()?;

@@ -305,3 +305,71 @@ flag = "deploys_enabled"
     );
     assert_eq!(f.hosts[1].deployed_image("shop").unwrap(), "acme/shop:1");
 }
+
+#[test]
+fn a_per_app_flag_is_asked_for_the_app_with_env_and_team_traits() {
+    let flagsmith = HttpStub::start().unwrap();
+    let config = format!(
+        r#"
+[gates.flagsmith]
+api_url = "{}/api/v1/"
+[gates.flagsmith.environments.prod]
+environment_key_env = "TEST_FLAGSMITH_KEY"
+flag = "deploys_enabled"
+per_app = true
+"#,
+        flagsmith.url()
+    );
+    let f = fleet_with_config(&config, &[("TEST_FLAGSMITH_KEY", "k")]);
+    let s = &f.server;
+    flagsmith.respond(
+        "/api/v1/identities",
+        200,
+        &format!(r#"{{"flags":{FLAGS_ON},"traits":[]}}"#),
+    );
+    let out = s
+        .cli(&[
+            "token",
+            "create",
+            "--role",
+            "deployer",
+            "--name",
+            "ci-payments",
+            "--team",
+            "payments",
+        ])
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let token = String::from_utf8(out.stdout).unwrap();
+    let out = flotilla_tests::run(s.cli_as(
+        token.trim(),
+        &[
+            "deploy",
+            "shop",
+            "--image",
+            "acme/shop:1",
+            "--env",
+            "prod",
+            "--wait",
+        ],
+    ))
+    .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let request = flagsmith
+        .requests()
+        .into_iter()
+        .find(|r| r.path.starts_with("/api/v1/identities"))
+        .expect("an identities request");
+    assert_eq!(request.method, "POST");
+    let body: serde_json::Value = serde_json::from_str(&request.body).unwrap();
+    assert_eq!(body["identifier"], "shop", "{body}");
+    let traits = body["traits"].to_string();
+    assert!(
+        traits.contains(r#""trait_key":"env","trait_value":"prod""#),
+        "{traits}"
+    );
+    assert!(
+        traits.contains(r#""trait_key":"team","trait_value":"payments""#),
+        "{traits}"
+    );
+}

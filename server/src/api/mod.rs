@@ -451,7 +451,7 @@ impl FleetService for Api {
                 strategy,
                 queue: r.queue,
                 override_freeze: r.override_freeze,
-                team: None,
+                team: caller.token.team.clone(),
             };
             Ok(self.coordinator.rollout.start(new).await?)
         }
@@ -663,6 +663,19 @@ impl FleetService for Api {
                 .iter()
                 .map(|e| arg("scope environment", EnvName::parse(e)))
                 .collect::<Result<Vec<_>, _>>()?;
+            let team = match r.team.trim() {
+                "" => None,
+                t if t.len() <= 63
+                    && t.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) =>
+                {
+                    Some(t.to_owned())
+                }
+                t => {
+                    return Err(Status::invalid_argument(format!(
+                        "team {t:?}: 1 to 63 of A-Z a-z 0-9 . _ -"
+                    )));
+                }
+            };
             if role == Role::Admin && (!apps.is_empty() || !envs.is_empty()) {
                 return Err(Status::invalid_argument(
                     "admin tokens cannot be scoped (an admin can create tokens); scope deployer or viewer tokens",
@@ -678,6 +691,7 @@ impl FleetService for Api {
                     created_by: caller.name.clone(),
                     apps,
                     envs,
+                    team,
                 },
             )?;
             self.coordinator.store.flush().await?;
@@ -739,6 +753,7 @@ impl FleetService for Api {
                 envs: t.envs.iter().map(ToString::to_string).collect(),
                 created_at_ms: t.created_at_ms,
                 created_by: t.created_by,
+                team: t.team.unwrap_or_default(),
             })
             .collect();
         Ok(Response::new(pb::ListApiTokensResponse { tokens }))

@@ -87,6 +87,9 @@ pub struct ApiToken {
     /// Environments this token may deploy to; empty means all.
     #[serde(default)]
     pub envs: Vec<EnvName>,
+    /// The team it acts for (a Flagsmith trait of its deploys).
+    #[serde(default)]
+    pub team: Option<String>,
 }
 
 impl ApiToken {

@@ -5,6 +5,7 @@
 
 pub mod health;
 pub mod names;
+pub mod secret;
 pub mod shutdown;
 pub mod signing;
 pub mod telemetry;

@@ -3,7 +3,6 @@
 //! environment key read once. Nothing here talks to Flagsmith.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -20,39 +19,7 @@ const DEFAULT_CACHE_MAX_AGE: Duration = Duration::from_secs(3600);
 /// are a misconfiguration.
 const MAX_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// A secret string: `Debug` and `Display` print `***`, so it cannot end up in
-/// a log line or an error message by accident.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    /// The secret itself, for the one place that sends it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
-
-impl<'de> Deserialize<'de> for Secret {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d).map(Self)
-    }
-}
+pub use flotilla_shared::secret::Secret;
 
 /// `[gates]`: checks a deployment must pass before it starts.
 #[derive(Debug, Default, Deserialize)]
@@ -365,7 +332,7 @@ impl FlagsmithEnvironmentConfig {
                     env,
                     "gates.flagsmith: the environment key is written in the config file; prefer environment_key_file or environment_key_env"
                 );
-                ("environment_key", secret.0)
+                ("environment_key", secret.into_inner())
             }
             _ => return Err(ConfigError::KeySource { env: env_owned() }),
         };

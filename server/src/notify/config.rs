@@ -4,7 +4,6 @@
 //! live in [`Secret`] from then on; no error or log line ever contains one.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -15,33 +14,7 @@ use serde::Deserialize;
 
 use super::event::{Event, EventKind};
 
-/// A secret value. `Debug` and `Display` print `***`; only
-/// [`Secret::expose`] gives the value, at the point where it is sent.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
+pub use flotilla_shared::secret::Secret;
 
 /// `[notifications]` as written in the config file. Durations are humantime
 /// strings (`"90s"`, `"5m"`, `"14d"`).
@@ -593,7 +566,7 @@ fn load_secret(
             .map_err(|e| err(fields.file, format!("cannot read {}: {e}", path.display())))?;
         (fields.file, value)
     } else if let Some(secret) = inline {
-        (fields.inline.unwrap_or(fields.env), secret.0)
+        (fields.inline.unwrap_or(fields.env), secret.into_inner())
     } else {
         return Ok(None);
     };
@@ -601,7 +574,7 @@ fn load_secret(
     if value.is_empty() {
         return Err(err(field, "the secret is empty".into()));
     }
-    Ok(Some(Secret(value.to_owned())))
+    Ok(Some(Secret::new(value)))
 }
 
 /// An absolute http(s) URL; with `secure`, plain http only to a loopback

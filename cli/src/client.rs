@@ -174,10 +174,16 @@ impl Client {
             .into_inner())
     }
 
-    pub async fn cancel(&mut self, id: &str, rollback: bool) -> anyhow::Result<pb::Deployment> {
+    pub async fn cancel(
+        &mut self,
+        id: &str,
+        rollback: bool,
+        force: bool,
+    ) -> anyhow::Result<pb::Deployment> {
         let req = self.req(pb::CancelDeploymentRequest {
             id: id.into(),
             rollback,
+            force,
         });
         Ok(self
             .inner

@@ -135,6 +135,12 @@ enum Cmd {
         /// Then return every host that took the new image to the image it had.
         #[arg(long)]
         rollback: bool,
+        /// Also stop waiting for hosts whose command is in flight (an agent that
+        /// is not coming back): they fail as abandoned. A result that still
+        /// arrives later is recorded on the host. Can be given again to a
+        /// deployment already stopping.
+        #[arg(long)]
+        force: bool,
         /// Follow the deployment to its end; exit 5 once it is cancelled (4 if rolled back).
         #[arg(long)]
         wait: bool,
@@ -405,8 +411,13 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
             return wait::wait(&client, out, d, false).await;
         }
-        Cmd::Cancel { id, rollback, wait } => {
-            let d = client.cancel(&id, rollback).await?;
+        Cmd::Cancel {
+            id,
+            rollback,
+            force,
+            wait,
+        } => {
+            let d = client.cancel(&id, rollback, force).await?;
             if wait {
                 return wait::wait(&client, out, d, false).await;
             }

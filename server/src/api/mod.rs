@@ -820,13 +820,18 @@ impl FleetService for Api {
     ) -> Result<Response<pb::Deployment>, Status> {
         let caller = self.authorize(&req, Role::Deployer, "cancel")?;
         let r = req.into_inner();
-        let target = format!("{}{}", r.id, if r.rollback { " with rollback" } else { "" });
+        let target = format!(
+            "{}{}{}",
+            r.id,
+            if r.rollback { " with rollback" } else { "" },
+            if r.force { " (force)" } else { "" }
+        );
         let result = async {
             self.scoped_deployment(&caller, &r.id)?;
             Ok(self
                 .coordinator
                 .rollout
-                .cancel(&r.id, caller.name.clone(), r.rollback)
+                .cancel(&r.id, caller.name.clone(), r.rollback, r.force)
                 .await?)
         }
         .await;

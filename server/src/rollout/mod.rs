@@ -634,6 +634,7 @@ impl Engine {
         id: &str,
         by: String,
         rollback: bool,
+        force: bool,
     ) -> Result<Deployment, RolloutError> {
         let _guard = self.lock.lock().await;
         let mut d = self
@@ -646,6 +647,10 @@ impl Engine {
                 state: d.state.as_str(),
                 what: "there is nothing to cancel",
             });
+        }
+        if force && (d.cancel.is_some() || d.state == State::RollingBack) {
+            // Already stopping, but waiting for hosts that may never answer.
+            return self.abandon_in_flight(d, &by).await;
         }
         if d.cancel.is_some() || d.state == State::RollingBack {
             return Err(RolloutError::WrongState {
@@ -683,8 +688,35 @@ impl Engine {
             d.state = State::Running;
             d.gate_pending = false;
         }
+        if force {
+            return self.abandon_in_flight(d, &by).await;
+        }
         self.advance(&mut d).await?;
         // Durable before it is confirmed.
+        self.store.flush().await?;
+        Ok(d)
+    }
+
+    /// Fails every host whose command is in flight as abandoned (the caller
+    /// holds the lock), then lets the deployment end under its cancel.
+    async fn abandon_in_flight(
+        &self,
+        mut d: Deployment,
+        by: &str,
+    ) -> Result<Deployment, RolloutError> {
+        let failures = d.failures;
+        for i in 0..d.hosts.len() {
+            if d.hosts[i].state.in_flight() {
+                let reason = format!(
+                    "abandoned by {by} (cancel --force): no result awaited; one that still arrives is recorded"
+                );
+                self.host_failed(&mut d, i, reason)?;
+            }
+        }
+        // An operator gave up on them: that is not a failure of the release,
+        // so it does not spend the failure budget (nor trigger auto-rollback).
+        d.failures = failures;
+        self.advance(&mut d).await?;
         self.store.flush().await?;
         Ok(d)
     }

@@ -488,10 +488,19 @@ async fn cancel_lets_running_hosts_finish_then_optionally_rolls_back() {
     let f = fleet_of(4);
     let d = f.deploy("2", strategy("2")).await.unwrap();
     f.ok(&d.id, "h1", "1", "2").await;
-    let cancelled = f.engine.cancel(&d.id, "op".into(), false).await.unwrap();
+    let cancelled = f
+        .engine
+        .cancel(&d.id, "op".into(), false, false)
+        .await
+        .unwrap();
     // h2 is still running: the deployment waits for it.
     assert_eq!(cancelled.state, State::Running);
-    assert!(f.engine.cancel(&d.id, "op".into(), true).await.is_err());
+    assert!(
+        f.engine
+            .cancel(&d.id, "op".into(), true, false)
+            .await
+            .is_err()
+    );
     f.ok(&d.id, "h2", "1", "2").await;
     let d1 = f.get(&d.id);
     assert_eq!(d1.state, State::Cancelled);
@@ -502,7 +511,10 @@ async fn cancel_lets_running_hosts_finish_then_optionally_rolls_back() {
 
     let d = f.deploy("3", strategy("2")).await.unwrap();
     f.ok(&d.id, "h1", "2", "3").await;
-    f.engine.cancel(&d.id, "op".into(), true).await.unwrap();
+    f.engine
+        .cancel(&d.id, "op".into(), true, false)
+        .await
+        .unwrap();
     f.ok(&d.id, "h2", "2", "3").await;
     assert_eq!(f.get(&d.id).state, State::RollingBack);
     f.ok(&d.id, "h1", "3", "2").await;
@@ -514,7 +526,7 @@ async fn cancel_lets_running_hosts_finish_then_optionally_rolls_back() {
         ["rolled_back", "rolled_back", "skipped", "skipped"]
     );
     assert!(matches!(
-        f.engine.cancel(&d.id, "op".into(), false).await,
+        f.engine.cancel(&d.id, "op".into(), false, false).await,
         Err(RolloutError::WrongState { .. })
     ));
 }
@@ -533,7 +545,7 @@ async fn one_active_deployment_per_app_and_env_others_refused_or_queued() {
     assert_eq!(queued.state, State::Queued);
     let cancelled_in_queue = f.deploy_queued("4", strategy("1"), true).await.unwrap();
     f.engine
-        .cancel(&cancelled_in_queue.id, "op".into(), false)
+        .cancel(&cancelled_in_queue.id, "op".into(), false, false)
         .await
         .unwrap();
     assert_eq!(f.get(&cancelled_in_queue.id).state, State::Cancelled);
@@ -616,7 +628,10 @@ async fn a_plain_cancel_does_not_switch_off_a_rollback_the_failures_call_for() {
     f.ok(&d.id, "h1", "1", "2").await;
     f.report(&d.id, "h2", pb::Outcome::Failed, "1", "2").await;
     // Over budget; h3 still running. Now an operator cancels without --rollback.
-    f.engine.cancel(&d.id, "op".into(), false).await.unwrap();
+    f.engine
+        .cancel(&d.id, "op".into(), false, false)
+        .await
+        .unwrap();
     f.ok(&d.id, "h3", "1", "2").await;
     assert_eq!(f.get(&d.id).state, State::RollingBack);
     for host in ["h1", "h2", "h3"] {
@@ -817,4 +832,36 @@ async fn rollback_after_a_mid_rollout_block_returns_to_the_current_release() {
     assert_eq!(rb.image, image("1"));
     assert_eq!(rb.target_release, 1);
     assert_eq!(rb.state, State::Running);
+}
+
+#[tokio::test]
+async fn cancel_force_stops_waiting_for_a_host_that_never_answers() {
+    let f = fleet_of(3);
+    let d = f.deploy("2", strategy("2")).await.unwrap();
+    f.ok(&d.id, "h1", "1", "2").await;
+    // h2 accepted its command and its machine died: a plain cancel waits for it.
+    let waiting = f
+        .engine
+        .cancel(&d.id, "op".into(), false, false)
+        .await
+        .unwrap();
+    assert_eq!(waiting.state, State::Running);
+    let d = f
+        .engine
+        .cancel(&d.id, "op".into(), false, true)
+        .await
+        .unwrap();
+    assert_eq!(d.state, State::Cancelled);
+    assert_eq!(f.host_states(&d.id), ["succeeded", "failed", "skipped"]);
+    assert!(
+        d.hosts[1].error.contains("abandoned by op"),
+        "{}",
+        d.hosts[1].error
+    );
+    assert!(
+        f.store
+            .outbox(&HostId::parse("h2").unwrap())
+            .unwrap()
+            .is_empty()
+    );
 }

@@ -23,6 +23,8 @@ pub struct DevOptions {
     pub env: EnvName,
     /// Keep state here instead of a temporary directory (must not exist yet).
     pub data_dir: Option<PathBuf>,
+    /// `server.toml` for the coordinator (gates, notifications).
+    pub config: Option<PathBuf>,
 }
 
 fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
@@ -90,7 +92,9 @@ pub async fn run_dev(
     let addr = listener.local_addr()?;
     let url = format!("https://{addr}");
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(run(ServeConfig::new(dir.clone()), listener, async move {
+    let mut serve = ServeConfig::new(dir.clone());
+    serve.config_file = opts.config.clone();
+    let server = tokio::spawn(run(serve, listener, async move {
         let _ = stop_rx.await;
     }));
 

@@ -87,6 +87,10 @@ enum Cmd {
         /// Keep the fleet's state in this new directory instead of a temporary one.
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// `server.toml` for the coordinator: deploy gates and notification
+        /// channels (docs/gates.md, docs/notifications.md).
+        #[arg(long, env = "FLOTILLA_CONFIG")]
+        config: Option<PathBuf>,
     },
 }
 
@@ -137,6 +141,7 @@ fn real_main(args: Args) -> anyhow::Result<()> {
             listen,
             env,
             data_dir,
+            config,
         } => {
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(dev::run_dev(
@@ -145,6 +150,7 @@ fn real_main(args: Args) -> anyhow::Result<()> {
                     listen,
                     env,
                     data_dir,
+                    config,
                 },
                 flotilla_shared::shutdown::signal(),
             ))

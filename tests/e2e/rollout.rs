@@ -362,3 +362,32 @@ fn twenty_simulated_agents_roll_out_in_percentage_batches_and_stop_at_a_failed_b
     let releases = s.json(&["releases", "app", "--env", "sim"]).unwrap();
     assert_eq!(releases.as_array().unwrap().len(), 2);
 }
+
+#[test]
+fn cancel_force_stops_waiting_for_an_agent_that_is_gone() {
+    let mut f = fleet(2);
+    let s = &f.server;
+    assert_eq!(deploy_with(s, "web", "acme/web:1", &["--batch", "2"]).0, 0);
+    f.hosts[1].release_hang().unwrap();
+    let id = deploy_start_with(s, "web", "acme/web:2-hang", &["--batch", "2"]);
+    crate::wait_for_log_line(s, &id, "(fake-dokku) waiting for");
+    // web-1's machine dies with the command running; it does not come back.
+    f.agents[0].kill9();
+    let out = s.cli(&["cancel", &id]).unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_ne!(s.json(&["status", &id]).unwrap()["state"], "cancelled");
+    let out = s.cli(&["cancel", &id, "--force", "--wait"]).unwrap();
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out));
+    let status = s.json(&["status", &id]).unwrap();
+    assert_eq!(status["state"], "cancelled", "{status}");
+    assert_eq!(host_states(&status), ["failed", "succeeded"]);
+    assert!(
+        field(&status, 0, "error")
+            .as_str()
+            .unwrap()
+            .contains("abandoned"),
+        "{status}"
+    );
+    // Abandoning is not a failure of the release: no automatic rollback of web-2.
+    assert_eq!(f.hosts[1].deployed_image("web").unwrap(), "acme/web:2-hang");
+}

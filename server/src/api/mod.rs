@@ -1094,67 +1094,24 @@ async fn follow_logs(
     tx: tokio::sync::mpsc::Sender<Result<pb::DeploymentLogLine, Status>>,
     cancel: CancellationToken,
 ) {
-    let mut changes = c.rollout.subscribe();
     let mut cursor: Option<Vec<u8>> = None;
-    loop {
-        // Read the state before the lines, so a final state seen here means
-        // every line written before it is in the scan below.
-        changes.borrow_and_update();
-        let finished = match c.store.deployment(&deployment_id) {
-            Ok(Some(d)) => d.state.is_final(),
-            Ok(None) => true,
-            Err(e) => {
-                let _ = tx.send(Err(internal(e))).await;
-                return;
-            }
-        };
-        loop {
-            let (lines, next) = match c.store.logs_after(&deployment_id, cursor.as_deref(), 512) {
-                Ok(page) => page,
-                Err(e) => {
-                    let _ = tx.send(Err(internal(e))).await;
-                    return;
-                }
-            };
-            let n = lines.len();
-            cursor = next;
-            // Shown only once durable: a crash cannot take back a line a
-            // client saw (it would be stored again later, elsewhere in the order).
-            if n > 0
-                && let Err(e) = c.store.flush().await
-            {
-                let _ = tx.send(Err(internal(e))).await;
-                return;
-            }
-            for line in lines {
-                let msg = pb::DeploymentLogLine {
-                    host_id: line.host_id.to_string(),
-                    seq: line.seq,
-                    stream: line.stream,
-                    line: line.line,
-                    at_ms: line.at_ms,
-                };
-                if tx.send(Ok(msg)).await.is_err() {
-                    return; // client went away
-                }
-            }
-            if n < 512 {
-                break;
-            }
-        }
-        if !follow || finished {
-            return;
-        }
-        tokio::select! {
-                    () = cancel.cancelled() => {
-                        // Tell the client to resume after the restart, not that the log ended.
-        let _ = tx.try_send(Err(Status::unavailable("coordinator is shutting down")));
-                        return;
-                    }
-                    () = tx.closed() => return,
-                    res = changes.changed() => if res.is_err() { return },
-                }
-    }
+    let store = c.store.clone();
+    let id = deployment_id.clone();
+    let page = move || {
+        let (lines, next) = store.logs_after(&id, cursor.as_deref(), 512)?;
+        cursor = next;
+        Ok(lines
+            .into_iter()
+            .map(|line| pb::DeploymentLogLine {
+                host_id: line.host_id.to_string(),
+                seq: line.seq,
+                stream: line.stream,
+                line: line.line,
+                at_ms: line.at_ms,
+            })
+            .collect())
+    };
+    follow_deployment(&c, &deployment_id, follow, 512, page, tx, cancel).await;
 }
 
 /// Streams a deployment's events after `after_seq`, until the final event is
@@ -1166,10 +1123,38 @@ async fn follow_events(
     tx: tokio::sync::mpsc::Sender<Result<pb::DeploymentEvent, Status>>,
     cancel: CancellationToken,
 ) {
+    let store = c.store.clone();
+    let id = deployment_id.clone();
+    let page = move || {
+        let events = store.events_after(&id, after_seq, 256)?;
+        if let Some(last) = events.last() {
+            after_seq = last.seq;
+        }
+        Ok(events.into_iter().map(|e| event_to_proto(&id, e)).collect())
+    };
+    follow_deployment(&c, &deployment_id, true, 256, page, tx, cancel).await;
+}
+
+/// Sends what `page` yields (pages of at most `page_size`), and with `follow`
+/// waits for changes and sends more, until the deployment is final and
+/// everything is sent, the client goes away, or shutdown. Items are sent only
+/// once durable: a crash cannot take back what a client saw (a log line would
+/// be stored again elsewhere in the order, an event number reused).
+async fn follow_deployment<T>(
+    c: &Coordinator,
+    deployment_id: &str,
+    follow: bool,
+    page_size: usize,
+    mut page: impl FnMut() -> Result<Vec<T>, StoreError>,
+    tx: tokio::sync::mpsc::Sender<Result<T, Status>>,
+    cancel: CancellationToken,
+) {
     let mut changes = c.rollout.subscribe();
     loop {
+        // Read the state before the items, so a final state seen here means
+        // every item written before it is in the pages below.
         changes.borrow_and_update();
-        let finished = match c.store.deployment(&deployment_id) {
+        let finished = match c.store.deployment(deployment_id) {
             Ok(Some(d)) => d.state.is_final(),
             Ok(None) => true,
             Err(e) => {
@@ -1178,40 +1163,35 @@ async fn follow_events(
             }
         };
         loop {
-            let events = match c.store.events_after(&deployment_id, after_seq, 256) {
-                Ok(events) => events,
+            let items = match page() {
+                Ok(items) => items,
                 Err(e) => {
                     let _ = tx.send(Err(internal(e))).await;
                     return;
                 }
             };
-            let n = events.len();
-            // Shown only once durable, so an event's number is never reused after a crash.
+            let n = items.len();
             if n > 0
                 && let Err(e) = c.store.flush().await
             {
                 let _ = tx.send(Err(internal(e))).await;
                 return;
             }
-            for event in events {
-                after_seq = event.seq;
-                if tx
-                    .send(Ok(event_to_proto(&deployment_id, event)))
-                    .await
-                    .is_err()
-                {
-                    return;
+            for item in items {
+                if tx.send(Ok(item)).await.is_err() {
+                    return; // client went away
                 }
             }
-            if n < 256 {
+            if n < page_size {
                 break;
             }
         }
-        if finished {
+        if !follow || finished {
             return;
         }
         tokio::select! {
             () = cancel.cancelled() => {
+                // Tell the client to resume after the restart, not that the stream ended.
                 let _ = tx.try_send(Err(Status::unavailable("coordinator is shutting down")));
                 return;
             }

@@ -3,6 +3,7 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [
         "proto/flotilla/v1/command.proto",
+        "proto/flotilla/v1/metrics.proto",
         "proto/flotilla/v1/agent.proto",
         "proto/flotilla/v1/fleet.proto",
     ];

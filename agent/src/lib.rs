@@ -17,11 +17,13 @@ use flotilla_shared::signing::VerifiedCommand;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+pub mod config;
 pub mod exec;
 pub mod identity;
 pub mod join;
 pub mod link;
 pub mod renew;
+pub mod sampler;
 pub mod simulate;
 pub mod spool;
 
@@ -45,6 +47,8 @@ pub struct RunConfig {
     pub backoff_max: Duration,
     /// Renew the client certificate when it expires within this.
     pub renew_before: Duration,
+    /// Host metrics sampling interval; `None`: no sampling (`simulate`).
+    pub metrics_interval: Option<Duration>,
 }
 
 impl RunConfig {
@@ -57,6 +61,7 @@ impl RunConfig {
             keepalive: Duration::from_secs(20),
             backoff_max: Duration::from_secs(30),
             renew_before: Duration::from_secs(30 * 24 * 3600),
+            metrics_interval: None,
         }
     }
 }
@@ -85,8 +90,25 @@ pub async fn run(
     };
     let ctx = Arc::new(Ctx::new(identity, spool, &config));
 
-    // 3. The worker (runs dokku) and the link (talks to the coordinator).
+    // 3. The worker (runs dokku) and the link (talks to the coordinator);
+    //    the host metrics sampler.
     let mut agent = Agent::start(Arc::clone(&ctx), dokku, &Stops::default());
+    let telemetry = CancellationToken::new();
+    let sampler = config.metrics_interval.map(|interval| {
+        let apps_ctx = Arc::clone(&ctx);
+        tokio::spawn(sampler::run(
+            interval,
+            ctx.metrics.clone(),
+            move || {
+                apps_ctx.spool.releases().unwrap_or_else(|e| {
+                    tracing::warn!("cannot read the deployed releases: {e}");
+                    Default::default()
+                })
+            },
+            |_sample, _previous| {},
+            telemetry.clone(),
+        ))
+    });
 
     let mut failure = None;
     tokio::select! {
@@ -96,8 +118,12 @@ pub async fn run(
         }
     }
 
-    // 4. Shutdown order: see `stop_all`; the spool last.
+    // 4. Shutdown order: see `stop_all`; telemetry; the spool last.
     stop_all(vec![agent], config.shutdown_grace).await;
+    telemetry.cancel();
+    if let Some(sampler) = sampler {
+        let _ = sampler.await;
+    }
     ctx.spool.flush().await?;
     if let Some(failure) = failure {
         // Exit non-zero so the service manager restarts the agent.
@@ -294,6 +320,13 @@ async fn work<E: Executor>(
         });
         let result = executor.execute(&cmd.action, &mut sink, &kill).await;
         let outcome = pb::Outcome::try_from(result.outcome).unwrap_or_default();
+        if outcome == pb::Outcome::Succeeded
+            && !result.deployed_image.is_empty()
+            && let Some(app) = cmd.action.app()
+            && let Err(e) = ctx.spool.set_release(app.as_str(), &result.deployed_image)
+        {
+            tracing::warn!(command = %id, "cannot record the deployed release: {e}");
+        }
         tracing::info!(command = %id, outcome = outcome.as_str_name(), exit_code = ?result.exit_code,
             error = %result.error, "command finished");
         if let Err(e) = ctx.spool.finish(&id, result).await {

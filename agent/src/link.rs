@@ -41,6 +41,8 @@ pub struct Ctx {
     pub backoff_max: Duration,
     /// Whether a session is up now (`simulate` waits on it).
     pub connected: watch::Sender<bool>,
+    /// The newest host metrics sample; sent at session start and on change.
+    pub metrics: watch::Sender<Option<pb::HostMetrics>>,
 }
 
 impl Ctx {
@@ -59,6 +61,7 @@ impl Ctx {
             keepalive: config.keepalive,
             backoff_max: config.backoff_max,
             connected: watch::Sender::new(false),
+            metrics: watch::Sender::new(None),
         }
     }
 }
@@ -175,9 +178,21 @@ async fn session(
     heartbeat.tick().await;
     let mut renewal = tokio::time::interval(RENEWAL_CHECK);
     renewal.tick().await;
+    let mut metrics = ctx.metrics.subscribe();
+    // The newest sample straight away, so `flotilla hosts` has figures at once.
+    metrics.mark_changed();
     let result = loop {
         tokio::select! {
             () = cancel.cancelled() => break Ok(()),
+            Ok(()) = metrics.changed() => {
+                let sample = metrics.borrow_and_update().clone();
+                if let Some(sample) = sample {
+                    let msg = pb::AgentMessage { msg: Some(pb::agent_message::Msg::Metrics(sample)) };
+                    if tx.send(msg).await.is_err() {
+                        break Ok(());
+                    }
+                }
+            }
             _ = renewal.tick() => renew(ctx, &channel).await,
             _ = heartbeat.tick() => {
                 let hb = pb::AgentMessage { msg: Some(pb::agent_message::Msg::Heartbeat(pb::Heartbeat {})) };

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use flotilla_agent::config::{AgentSettings, Overrides};
 use flotilla_agent::identity::AgentDir;
 use flotilla_agent::join::{JoinOptions, join};
 use flotilla_agent::simulate::{self, SimulateOptions};
@@ -79,6 +80,20 @@ enum Cmd {
         /// so a cut-off link is noticed within about twice this.
         #[arg(long, env = "FLOTILLA_KEEPALIVE", default_value = "20s", value_parser = humantime::parse_duration)]
         keepalive: Duration,
+        /// The agent's configuration file (host metrics, remote-write, Loki,
+        /// the ops listener; docs/telemetry.md). Default: /etc/flotilla/agent.toml
+        /// when it exists. Flags and FLOTILLA_* variables override it.
+        #[arg(long, env = "FLOTILLA_AGENT_CONFIG")]
+        config: Option<PathBuf>,
+        /// How often to sample the host's metrics (default 10s, or [metrics] interval).
+        #[arg(long, env = "FLOTILLA_METRICS_INTERVAL", value_parser = humantime::parse_duration)]
+        metrics_interval: Option<Duration>,
+        /// Prometheus remote-write endpoint for host metrics (or [remote_write] url).
+        #[arg(long, env = "FLOTILLA_REMOTE_WRITE_URL")]
+        remote_write_url: Option<String>,
+        /// Loki push endpoint for deploy logs, e.g. https://logs.example/loki/api/v1/push (or [loki] url).
+        #[arg(long, env = "FLOTILLA_LOKI_URL")]
+        loki_url: Option<String>,
     },
     /// Run many simulated agents in this process, for tests and benchmarks.
     ///
@@ -183,8 +198,23 @@ fn real_main(args: Args) -> anyhow::Result<()> {
             reconnect_max,
             renew_before,
             keepalive,
+            config: config_path,
+            metrics_interval,
+            remote_write_url,
+            loki_url,
         } => {
+            let settings = AgentSettings::load(
+                config_path.as_deref(),
+                Overrides {
+                    metrics_interval,
+                    http_listen: None,
+                    remote_write_url,
+                    loki_url,
+                },
+                &|name| std::env::var(name).ok(),
+            )?;
             let mut config = RunConfig::new(AgentDir::new(data_dir));
+            config.metrics_interval = Some(settings.metrics_interval);
             config.keepalive = keepalive;
             config.dokku_bin = dokku_bin;
             config.shutdown_grace = shutdown_grace;

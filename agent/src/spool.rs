@@ -126,11 +126,13 @@ impl SpoolDb {
     }
 }
 
-/// One agent's spool: two trees in a `SpoolDb`.
+/// One agent's spool: three trees in a `SpoolDb`.
 pub struct Spool {
     db: std::sync::Arc<SpoolDb>,
     commands: sled::Tree,
     outgoing: sled::Tree,
+    /// App name → the image the agent last deployed to it successfully.
+    releases: sled::Tree,
     /// Makes "allocate sequence number + insert" atomic, so reports are
     /// inserted in sequence order and a cumulative ack never skips one.
     append: Mutex<()>,
@@ -161,6 +163,7 @@ impl Spool {
         Ok(Self {
             commands: db.db.open_tree(format!("{prefix}commands"))?,
             outgoing: db.db.open_tree(format!("{prefix}outgoing"))?,
+            releases: db.db.open_tree(format!("{prefix}releases"))?,
             db,
             append: Mutex::new(()),
         })
@@ -320,6 +323,26 @@ impl Spool {
             n += 1;
         }
         Ok(n)
+    }
+
+    /// Records that `app` now runs `image` (after a successful deploy or
+    /// rollback); durable with the next flush.
+    pub fn set_release(&self, app: &str, image: &str) -> Result<(), SpoolError> {
+        self.releases.insert(app.as_bytes(), image.as_bytes())?;
+        Ok(())
+    }
+
+    /// App → image, for every app this agent deployed.
+    pub fn releases(&self) -> Result<std::collections::BTreeMap<String, String>, SpoolError> {
+        let mut out = std::collections::BTreeMap::new();
+        for item in self.releases.iter() {
+            let (k, v) = item?;
+            out.insert(
+                String::from_utf8_lossy(&k).into_owned(),
+                String::from_utf8_lossy(&v).into_owned(),
+            );
+        }
+        Ok(out)
     }
 
     /// Commands accepted but not finished: after a restart these were

@@ -12,6 +12,7 @@ use clap::{CommandFactory as _, Parser, Subcommand, ValueEnum};
 mod client;
 mod exit;
 mod github;
+mod hosts;
 mod output;
 mod strategy;
 mod wait;
@@ -75,12 +76,35 @@ pub enum Output {
 }
 
 #[derive(Subcommand)]
+enum HostsView {
+    /// Refresh the host table live, busiest CPU first, until Ctrl-C.
+    ///
+    /// On a terminal the screen is redrawn in place; otherwise (or with
+    /// --output json, one JSON document a line) each refresh is printed after
+    /// the last.
+    Top {
+        /// Time between refreshes.
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        interval: Duration,
+        /// Stop after this many refreshes (default: until interrupted).
+        #[arg(long)]
+        count: Option<u64>,
+    },
+}
+
+#[derive(Subcommand)]
 enum Cmd {
-    /// List the hosts (agents) and whether they are connected.
+    /// List the hosts (agents): connection, CPU, memory, fullest disk, load, last seen.
+    ///
+    /// Figures are the newest sample each connected agent sent (every
+    /// --metrics-interval of the agent, 10 s by default); offline hosts show
+    /// `-` (their last sample is in --output json, with its time).
     Hosts {
         /// Only hosts of this environment.
-        #[arg(long)]
+        #[arg(long, global = true)]
         env: Option<String>,
+        #[command(subcommand)]
+        view: Option<HostsView>,
     },
     /// Revoke a host: its agent is disconnected and refused from now on (admin).
     Revoke {
@@ -366,7 +390,16 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut client = Client::connect(&server, &ca, token).await?;
     let out = args.output;
     match args.command {
-        Cmd::Hosts { env } => output::hosts(out, &client.hosts(env).await?),
+        Cmd::Hosts { env, view: None } => hosts::print(out, &client.hosts(env).await?),
+        Cmd::Hosts {
+            env,
+            view: Some(HostsView::Top { interval, count }),
+        } => {
+            if interval < Duration::from_millis(200) {
+                anyhow::bail!("--interval must be at least 200ms");
+            }
+            hosts::top(&mut client, out, env, interval, count).await?;
+        }
         Cmd::Revoke { host_id } => {
             client.revoke(&host_id).await?;
             crate::output::outln!("revoked {host_id}");

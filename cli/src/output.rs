@@ -310,58 +310,6 @@ fn or_dash(s: &str) -> String {
     if s.is_empty() { "-".into() } else { clean(s) }
 }
 
-pub fn hosts(out: Output, hosts: &[pb::Host]) {
-    if out == Output::Json {
-        let list: Vec<Value> = hosts
-            .iter()
-            .map(|h| {
-                json!({
-                    "host_id": h.host_id,
-                    "env": h.env,
-                    "labels": h.labels,
-                    "connected": h.connected,
-                    "last_seen": ts(h.last_seen_ms),
-                    "agent_version": h.agent_version,
-                    "revoked": h.revoked,
-                })
-            })
-            .collect();
-        return print_json(&Value::Array(list));
-    }
-    if hosts.is_empty() {
-        eprintln!("no hosts yet; join one with `flotilla-agent join`");
-        return;
-    }
-    outln!(
-        "{:<20} {:<12} {:<10} {:<22} {:<8} LABELS",
-        "HOST",
-        "ENV",
-        "STATUS",
-        "LAST SEEN",
-        "VERSION"
-    );
-    for h in hosts {
-        let status = if h.revoked {
-            "revoked"
-        } else if h.connected {
-            "connected"
-        } else {
-            "offline"
-        };
-        let mut labels: Vec<String> = h.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        labels.sort();
-        outln!(
-            "{:<20} {:<12} {:<10} {:<22} {:<8} {}",
-            h.host_id,
-            h.env,
-            status,
-            format_ms(h.last_seen_ms),
-            h.agent_version,
-            labels.join(",")
-        );
-    }
-}
-
 pub fn status(out: Output, d: &pb::Deployment) {
     if out == Output::Json {
         return print_json(&deployment_json(d));

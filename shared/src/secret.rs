@@ -4,6 +4,7 @@
 //! one place that sends it.
 
 use std::fmt;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
@@ -37,9 +38,84 @@ impl fmt::Display for Secret {
     }
 }
 
+/// Why a secret could not be read. Never contains the value.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error("set only one of {0}")]
+    Conflict(String),
+    #[error("environment variable {0} is not set")]
+    EnvUnset(String),
+    #[error("cannot read {}: {source}", path.display())]
+    File {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the secret is empty")]
+    Empty,
+}
+
+/// Reads a secret from at most one source: the environment variable named
+/// `var` (looked up with `env`), the file `file`, or a `value` given directly
+/// (e.g. from a `FLOTILLA_*` variable). Trimmed; `None` when no source is
+/// set; an empty secret is an error. `names` lists the config keys for the
+/// conflict message (e.g. "password_env, password_file").
+pub fn read_one(
+    names: &str,
+    var: Option<&str>,
+    file: Option<&Path>,
+    value: Option<String>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<Secret>, SecretError> {
+    let set =
+        usize::from(var.is_some()) + usize::from(file.is_some()) + usize::from(value.is_some());
+    if set > 1 {
+        return Err(SecretError::Conflict(names.to_owned()));
+    }
+    let raw = if let Some(var) = var {
+        env(var).ok_or_else(|| SecretError::EnvUnset(var.to_owned()))?
+    } else if let Some(path) = file {
+        std::fs::read_to_string(path).map_err(|source| SecretError::File {
+            path: path.to_owned(),
+            source,
+        })?
+    } else if let Some(value) = value {
+        value
+    } else {
+        return Ok(None);
+    };
+    let trimmed = raw.trim();
+    if trimmed.is_empty() {
+        return Err(SecretError::Empty);
+    }
+    Ok(Some(Secret::new(trimmed)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn read_one_takes_exactly_one_source() {
+        let env = |k: &str| (k == "PW").then(|| " s3cret\n".to_owned());
+        let got = read_one("a, b", Some("PW"), None, None, &env)
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.expose(), "s3cret");
+        assert!(read_one("a, b", None, None, None, &env).unwrap().is_none());
+        let e = read_one("a, b", Some("PW"), None, Some("x".into()), &env).unwrap_err();
+        assert_eq!(e.to_string(), "set only one of a, b");
+        let e = read_one("a", Some("NOPE"), None, None, &env).unwrap_err();
+        assert_eq!(e.to_string(), "environment variable NOPE is not set");
+        let e = read_one("a", None, None, Some("  ".into()), &env).unwrap_err();
+        assert!(matches!(e, SecretError::Empty));
+        let dir = std::env::temp_dir().join(format!("flotilla-secret-{}", std::process::id()));
+        std::fs::write(&dir, "from-file\n").unwrap();
+        let got = read_one("a", None, Some(&dir), None, &env)
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.expose(), "from-file");
+        let _ = std::fs::remove_file(&dir);
+    }
 
     #[test]
     fn never_printed() {

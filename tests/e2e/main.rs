@@ -10,6 +10,7 @@ mod crash;
 mod deploy;
 mod dev;
 mod gates;
+mod hosts;
 mod replay;
 mod restart;
 mod rollout;

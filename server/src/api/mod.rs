@@ -372,6 +372,7 @@ impl FleetService for Api {
             .filter(|h| caller.token.envs.is_empty() || caller.token.envs.contains(&h.env))
             .map(|h| pb::Host {
                 connected: c.sessions.is_connected(&h.host_id),
+                metrics: c.sessions.metrics(&h.host_id),
                 host_id: h.host_id.to_string(),
                 env: h.env.to_string(),
                 labels: h.labels.as_map().clone().into_iter().collect(),

@@ -11,6 +11,10 @@ use tokio::sync::mpsc;
 
 pub mod service;
 
+/// Longest lists (cores, disks, interfaces) and most apps kept per sample.
+const MAX_LIST: usize = 256;
+const MAX_APPS: usize = 1024;
+
 /// Messages buffered per session before the session is considered stuck.
 const SESSION_BUFFER: usize = 1024;
 
@@ -23,6 +27,8 @@ struct Session {
 #[derive(Default)]
 pub struct Sessions {
     inner: Mutex<HashMap<HostId, Session>>,
+    /// The newest metrics sample per host.
+    metrics: Mutex<HashMap<HostId, pb::HostMetrics>>,
     next_id: AtomicU64,
 }
 
@@ -82,6 +88,24 @@ impl Sessions {
         if let Ok(mut inner) = self.inner.lock() {
             inner.remove(host);
         }
+    }
+
+    /// Keeps `sample` as `host`'s newest metrics (in memory only: the agent
+    /// sends a fresh one at every session start and every interval). Lists
+    /// are capped so one misbehaving agent cannot grow the coordinator.
+    pub fn set_metrics(&self, host: &HostId, mut sample: pb::HostMetrics) {
+        sample.cpu_core_usage_ratio.truncate(MAX_LIST);
+        sample.disks.truncate(MAX_LIST);
+        sample.networks.truncate(MAX_LIST);
+        sample.apps.truncate(MAX_APPS);
+        if let Ok(mut metrics) = self.metrics.lock() {
+            metrics.insert(host.clone(), sample);
+        }
+    }
+
+    /// `host`'s newest metrics sample, if it sent one since the coordinator started.
+    pub fn metrics(&self, host: &HostId) -> Option<pb::HostMetrics> {
+        self.metrics.lock().ok()?.get(host).cloned()
     }
 
     /// Ends every session (shutdown).

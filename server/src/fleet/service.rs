@@ -331,6 +331,9 @@ async fn handle_inbound(
                 touch(Some(hello.agent_version.chars().take(64).collect()));
             }
             Some(pb::agent_message::Msg::Heartbeat(_)) => touch(None),
+            Some(pb::agent_message::Msg::Metrics(sample)) => {
+                c.sessions.set_metrics(&host_id, sample);
+            }
             Some(pb::agent_message::Msg::Pong(pong)) => {
                 c.rollout.on_pong(&host_id, &pong.command_id);
             }

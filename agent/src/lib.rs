@@ -24,6 +24,7 @@ pub mod link;
 pub mod renew;
 pub mod simulate;
 pub mod spool;
+pub mod telemetry;
 
 use exec::{Dokku, Executor, Numbered};
 use identity::{AgentDir, Identity};

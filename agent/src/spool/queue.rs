@@ -209,7 +209,9 @@ mod tests {
     #[test]
     fn fifo_and_delete_after_ack() {
         let dir = tempfile::tempdir().unwrap();
-        let q = open_db(dir.path()).queue("telemetry/metrics", 1 << 20).unwrap();
+        let q = open_db(dir.path())
+            .queue("telemetry/metrics", 1 << 20)
+            .unwrap();
         assert!(q.is_empty());
         assert_eq!(q.push(items(&["a", "b", "c"])).unwrap(), 0);
         assert_eq!(q.push(items(&["d"])).unwrap(), 0);

@@ -10,8 +10,8 @@ pub mod ship;
 pub use loki::LogEntry;
 pub use remote_write::Series;
 pub use ship::{
-    Auth, DropReason, Endpoint, LOGS_QUEUE, LogShipper, METRICS_QUEUE, MetricsShipper,
-    ShipConfig, ShipError, ShipStats, Shipper, StatsSnapshot,
+    Auth, DropReason, Endpoint, LOGS_QUEUE, LogShipper, METRICS_QUEUE, MetricsShipper, ShipConfig,
+    ShipError, ShipStats, Shipper, StatsSnapshot,
 };
 
 #[cfg(test)]

@@ -343,7 +343,10 @@ enum BatchEnd {
 /// How one request ended.
 enum Attempt {
     Success,
-    Rejected { status: StatusCode, body: String },
+    Rejected {
+        status: StatusCode,
+        body: String,
+    },
     Retry {
         status: StatusCode,
         retry_after: Option<Duration>,
@@ -378,7 +381,10 @@ impl<P: Pipeline> Shipper<P> {
             let _ = url.set_password(None);
         }
         if !matches!(url.scheme(), "http" | "https") {
-            return Err(config_err(format!("unsupported URL scheme {}", url.scheme())));
+            return Err(config_err(format!(
+                "unsupported URL scheme {}",
+                url.scheme()
+            )));
         }
         let mut headers = HeaderMap::new();
         for (name, value) in &config.endpoint.headers {
@@ -541,7 +547,11 @@ impl<P: Pipeline> Shipper<P> {
             match serde_json::from_slice::<P::Item>(&entry.value) {
                 Ok(item) => items.push(item),
                 Err(e) => {
-                    tracing::warn!(pipeline = P::NAME, seq = entry.seq, "unreadable telemetry entry dropped: {e}");
+                    tracing::warn!(
+                        pipeline = P::NAME,
+                        seq = entry.seq,
+                        "unreadable telemetry entry dropped: {e}"
+                    );
                     self.stats.dropped(DropReason::Rejected, 1);
                 }
             }

@@ -13,6 +13,7 @@ mod gates;
 mod replay;
 mod restart;
 mod rollout;
+mod telemetry_ship;
 mod trust;
 
 use flotilla_tests::{Host, Proc, Server};

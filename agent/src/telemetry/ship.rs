@@ -188,12 +188,7 @@ impl ShipStats {
     }
 
     pub fn dropped_total(&self, reason: DropReason) -> u64 {
-        match reason {
-            DropReason::Overflow => &self.dropped_overflow_total,
-            DropReason::Rejected => &self.dropped_rejected_total,
-            DropReason::RetryExhausted => &self.dropped_retry_exhausted_total,
-        }
-        .load(Ordering::Relaxed)
+        self.counter(reason).load(Ordering::Relaxed)
     }
 
     /// The last failure (status and body, or the connection error), if any.
@@ -228,13 +223,31 @@ impl ShipStats {
         self.bump();
     }
 
-    fn dropped(&self, reason: DropReason, n: u64) {
-        let counter = match reason {
+    fn counter(&self, reason: DropReason) -> &AtomicU64 {
+        match reason {
             DropReason::Overflow => &self.dropped_overflow_total,
             DropReason::Rejected => &self.dropped_rejected_total,
             DropReason::RetryExhausted => &self.dropped_retry_exhausted_total,
-        };
-        self.add(counter, n);
+        }
+    }
+
+    fn dropped(&self, reason: DropReason, n: u64) {
+        self.add(self.counter(reason), n);
+    }
+
+    /// Counts a finished batch and the queue after its deletion, as one change.
+    fn finished(&self, end: &BatchEnd, queue: &Queue) {
+        match *end {
+            BatchEnd::Sent(n) => {
+                self.sent_entries_total.fetch_add(n, Ordering::Relaxed);
+                self.sent_requests_total.fetch_add(1, Ordering::Relaxed);
+            }
+            BatchEnd::Dropped(reason, n) => {
+                self.counter(reason).fetch_add(n, Ordering::Relaxed);
+            }
+            BatchEnd::Unreachable(_) | BatchEnd::Cancelled => {}
+        }
+        self.set_queue(queue);
     }
 
     fn set_queue(&self, queue: &Queue) {
@@ -333,8 +346,10 @@ pub struct Shipper<P: Pipeline> {
 
 /// How one batch ended.
 enum BatchEnd {
-    /// Sent or dropped: delete it.
-    Done,
+    /// Accepted (2xx): delete it, count `n` entries sent.
+    Sent(u64),
+    /// Given up: delete it, count `n` entries dropped.
+    Dropped(DropReason, u64),
     /// The receiver is unreachable: keep it, wait this long, look again.
     Unreachable(Duration),
     Cancelled,
@@ -513,13 +528,16 @@ impl<P: Pipeline> Shipper<P> {
                 }
                 continue;
             };
-            match self.send_batch(&batch, &mut backoff, &cancel).await {
-                BatchEnd::Done => {
+            let end = self.send_batch(&batch, &mut backoff, &cancel).await;
+            match end {
+                BatchEnd::Sent(_) | BatchEnd::Dropped(..) => {
                     backoff.reset();
+                    // Delete first, then count: whoever sees the counters
+                    // move also sees the queue without the batch.
                     if let Err(e) = self.queue.ack(last) {
                         tracing::error!(pipeline = P::NAME, "delete sent telemetry: {e}");
                     }
-                    self.stats.set_queue(&self.queue);
+                    self.stats.finished(&end, &self.queue);
                 }
                 BatchEnd::Unreachable(delay) => {
                     if sleep_or_cancel(delay, &cancel).await {
@@ -557,15 +575,15 @@ impl<P: Pipeline> Shipper<P> {
             }
         }
         if items.is_empty() {
-            return BatchEnd::Done;
+            // Only unreadable entries (counted above).
+            return BatchEnd::Dropped(DropReason::Rejected, 0);
         }
         let n = items.len() as u64;
         let body = match snap::raw::Encoder::new().compress_vec(&P::encode(&items)) {
             Ok(body) => body,
             Err(e) => {
                 tracing::error!(pipeline = P::NAME, "compress telemetry batch: {e}");
-                self.stats.dropped(DropReason::Rejected, n);
-                return BatchEnd::Done;
+                return BatchEnd::Dropped(DropReason::Rejected, n);
             }
         };
         let started = Instant::now();
@@ -577,11 +595,7 @@ impl<P: Pipeline> Shipper<P> {
                 attempt = self.attempt(body.clone()) => attempt,
             };
             match attempt {
-                Attempt::Success => {
-                    self.stats.add(&self.stats.sent_requests_total, 1);
-                    self.stats.add(&self.stats.sent_entries_total, n);
-                    return BatchEnd::Done;
-                }
+                Attempt::Success => return BatchEnd::Sent(n),
                 Attempt::Rejected { status, body } => {
                     tracing::warn!(
                         pipeline = P::NAME,
@@ -592,8 +606,7 @@ impl<P: Pipeline> Shipper<P> {
                         "telemetry batch rejected, dropped"
                     );
                     self.stats.set_error(format!("{status}: {body}"));
-                    self.stats.dropped(DropReason::Rejected, n);
-                    return BatchEnd::Done;
+                    return BatchEnd::Dropped(DropReason::Rejected, n);
                 }
                 Attempt::Unreachable(error) => {
                     let delay = backoff.next_delay();
@@ -625,8 +638,7 @@ impl<P: Pipeline> Shipper<P> {
                             body = %body,
                             "telemetry batch still failing after max retry time, dropped"
                         );
-                        self.stats.dropped(DropReason::RetryExhausted, n);
-                        return BatchEnd::Done;
+                        return BatchEnd::Dropped(DropReason::RetryExhausted, n);
                     }
                     self.stats.add(&self.stats.retries_total, 1);
                     tracing::warn!(

@@ -145,6 +145,26 @@ impl Queue {
             .collect()
     }
 
+    /// The oldest entries, oldest first, at most `limit` of them and no more
+    /// than `max_bytes` (counted as for the bound) — but always at least one
+    /// when the queue is not empty. They stay queued.
+    pub fn peek_bounded(&self, limit: usize, max_bytes: u64) -> Result<Vec<Entry>, SpoolError> {
+        let mut out = Vec::new();
+        let mut bytes = 0u64;
+        for item in self.tree.iter().take(limit) {
+            let (k, v) = item?;
+            bytes = bytes.saturating_add(entry_bytes(v.len()));
+            if bytes > max_bytes && !out.is_empty() {
+                break;
+            }
+            out.push(Entry {
+                seq: seq_of(&k)?,
+                value: v.to_vec(),
+            });
+        }
+        Ok(out)
+    }
+
     /// Deletes every entry with sequence number <= `up_to` (the batch just
     /// acknowledged; entries the bound already dropped are simply gone).
     /// Returns how many were deleted.
@@ -226,6 +246,12 @@ mod tests {
         assert_eq!((q.len(), q.bytes()), (2, 18));
         // Acking again is harmless.
         assert_eq!(q.ack(first[1].seq).unwrap(), 0);
+        // A byte budget: two entries of 9 bytes fit 20, a third does not;
+        // a single entry is returned even when it alone is over the budget.
+        q.push(items(&["e"])).unwrap();
+        assert_eq!(values(&q.peek_bounded(10, 20).unwrap()), ["c", "d"]);
+        assert_eq!(values(&q.peek_bounded(10, 1).unwrap()), ["c"]);
+        assert_eq!(values(&q.peek_bounded(1, 100).unwrap()), ["c"]);
     }
 
     #[test]

@@ -46,6 +46,9 @@ pub struct Series {
     pub name: String,
     /// Further labels (e.g. `host`, `env`); order does not matter.
     pub labels: Vec<(String, String)>,
+    /// Queued as its bit pattern, so NaN stale markers (`0x7ff0000000000002`)
+    /// reach the receiver unchanged.
+    #[serde(with = "f64_bits")]
     pub value: f64,
     pub timestamp_ms: i64,
 }
@@ -70,6 +73,22 @@ impl Series {
         // Stable sort by bytes; names are unique now.
         out.sort_by(|a, b| a.name.as_bytes().cmp(b.name.as_bytes()));
         out
+    }
+}
+
+/// The Prometheus stale marker: a NaN with this exact bit pattern, sent when
+/// a series ends (e.g. an app was destroyed).
+pub const STALE_NAN_BITS: u64 = 0x7ff0_0000_0000_0002;
+
+mod f64_bits {
+    use serde::{Deserialize as _, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &f64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(value.to_bits())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        u64::deserialize(d).map(f64::from_bits)
     }
 }
 

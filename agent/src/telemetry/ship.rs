@@ -31,6 +31,9 @@ const MAX_LOGGED_BODY: usize = 512;
 /// First retry delay; it doubles (with jitter) up to `BACKOFF_MAX`.
 const BACKOFF_BASE: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// A batch stops growing at this many queued bytes (the encoded body is
+/// smaller), so one request stays well under receivers' size limits.
+const BATCH_MAX_BYTES: u64 = 1024 * 1024;
 /// At most one "buffer full" warning per this interval.
 const OVERFLOW_WARN_EVERY: Duration = Duration::from_secs(60);
 
@@ -67,8 +70,8 @@ pub enum Auth {
     Bearer(Secret),
 }
 
-/// Where and how to send.
-#[derive(Debug, Clone)]
+/// Where and how to send. `Debug` hides user info in the URL.
+#[derive(Clone)]
 pub struct Endpoint {
     /// The push URL (`…/api/v1/write`, `…/api/prom/push`, `…/loki/api/v1/push`).
     /// User info in it (`https://user:pass@host/…`) is used as basic auth when
@@ -79,6 +82,25 @@ pub struct Endpoint {
     /// protocol sets (`Content-Type`, `Content-Encoding`, `User-Agent`,
     /// `X-Prometheus-Remote-Write-Version`, `Authorization`).
     pub headers: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("url", &redacted(&self.url).as_str())
+            .field("auth", &self.auth)
+            .field("headers", &self.headers)
+            .finish()
+    }
+}
+
+/// `url` without user info.
+fn redacted(url: &reqwest::Url) -> reqwest::Url {
+    let mut url = url.clone();
+    // Neither fails for a URL with a host (every http(s) URL).
+    let _ = url.set_username("");
+    let _ = url.set_password(None);
+    url
 }
 
 /// Settings of one pipeline.
@@ -391,9 +413,7 @@ impl<P: Pipeline> Shipper<P> {
                     password: Secret::new(percent_decode(url.password().unwrap_or(""))),
                 });
             }
-            // Neither can fail for an http(s) URL.
-            let _ = url.set_username("");
-            let _ = url.set_password(None);
+            url = redacted(&url);
         }
         if !matches!(url.scheme(), "http" | "https") {
             return Err(config_err(format!(
@@ -510,7 +530,10 @@ impl<P: Pipeline> Shipper<P> {
         // Bounded by `cancel`: every branch either finishes a batch, waits
         // for an event, or waits out a backoff delay.
         while !cancel.is_cancelled() {
-            let batch = match self.queue.peek(self.config.batch_max_entries) {
+            let batch = match self
+                .queue
+                .peek_bounded(self.config.batch_max_entries, BATCH_MAX_BYTES)
+            {
                 Ok(batch) => batch,
                 Err(e) => {
                     tracing::error!(pipeline = P::NAME, "read telemetry queue: {e}");

@@ -646,7 +646,7 @@ async fn entries_survive_a_restart_and_overflow_drops_the_oldest() {
     let mut stub = Stub::start(Vec::new()).await;
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(stub.url("/api/v1/write"));
-    let one = serde_json::to_vec(&series("up", &[], 0.0, 0))
+    let one = serde_json::to_vec(&series("up", &[], 1.0, 0))
         .unwrap()
         .len() as u64
         + 8;
@@ -709,4 +709,41 @@ async fn configured_headers_cannot_override_the_protocol_ones() {
     let queue = db.queue(LOGS_QUEUE, 1 << 20).unwrap();
     let err = LogShipper::new(cfg, queue).err().unwrap();
     assert!(matches!(err, ShipError::Config { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn a_stale_marker_reaches_the_receiver_bit_exact() {
+    let mut stub = Stub::start(Vec::new()).await;
+    let run =
+        Running::<super::ship::Metrics>::start(config(stub.url("/api/v1/write")), METRICS_QUEUE);
+    let stale = f64::from_bits(remote_write::STALE_NAN_BITS);
+    run.shipper
+        .push(&[series("up", &[("app", "gone")], stale, 1_000)])
+        .unwrap();
+    let req = stub.next().await;
+    let sample = &decode_metrics(&req).timeseries[0].samples[0];
+    assert_eq!(sample.value.to_bits(), remote_write::STALE_NAN_BITS);
+    run.wait("sent", |s| s.sent_entries_total == 1).await;
+    run.stop().await;
+}
+
+#[test]
+fn endpoint_debug_hides_url_user_info_and_secrets() {
+    let mut url = reqwest::Url::parse("https://prom.example/api/prom/push").unwrap();
+    url.set_username("123").unwrap();
+    url.set_password(Some("hunter2")).unwrap();
+    let endpoint = Endpoint {
+        url,
+        auth: Some(Auth::Bearer(flotilla_shared::secret::Secret::new("tok-9"))),
+        headers: Vec::new(),
+    };
+    let text = format!("{:?}", config(endpoint.url.clone()).endpoint) + &format!("{endpoint:?}");
+    assert!(
+        !text.contains("hunter2") && !text.contains("tok-9"),
+        "{text}"
+    );
+    assert!(
+        text.contains("https://prom.example/api/prom/push"),
+        "{text}"
+    );
 }

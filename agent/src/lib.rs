@@ -26,6 +26,7 @@ pub mod renew;
 pub mod sampler;
 pub mod simulate;
 pub mod spool;
+pub mod telemetry;
 
 use exec::{Dokku, Executor, Numbered};
 use identity::{AgentDir, Identity};

@@ -18,6 +18,10 @@ use flotilla_shared::time::now_ms;
 use prost::Message as _;
 use serde::{Deserialize, Serialize};
 
+pub mod queue;
+
+pub use queue::Queue;
+
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
     #[error("spool: {0}")]
@@ -70,6 +74,17 @@ pub struct SpoolDb {
 }
 
 impl SpoolDb {
+    /// A bounded FIFO queue in tree `name` of this database (see
+    /// [`Queue`]); `simulate` passes a per-host name such as
+    /// `web-1/telemetry/metrics`.
+    pub fn queue(
+        self: &std::sync::Arc<Self>,
+        name: &str,
+        max_bytes: u64,
+    ) -> Result<Queue, SpoolError> {
+        Queue::open(std::sync::Arc::clone(self), name, max_bytes)
+    }
+
     /// Opens (or creates) a database at `path` with a page cache of
     /// `cache_bytes`; `flush_every` is sled's background flush (`None`: only
     /// the explicit flushes, which every durability point makes anyway).
@@ -133,6 +148,8 @@ pub struct Spool {
     outgoing: sled::Tree,
     /// App name → the image the agent last deployed to it successfully.
     releases: sled::Tree,
+    /// Tree-name prefix of this spool (`<host_id>/` in a shared database).
+    prefix: String,
     /// Makes "allocate sequence number + insert" atomic, so reports are
     /// inserted in sequence order and a cumulative ack never skips one.
     append: Mutex<()>,
@@ -164,9 +181,17 @@ impl Spool {
             commands: db.db.open_tree(format!("{prefix}commands"))?,
             outgoing: db.db.open_tree(format!("{prefix}outgoing"))?,
             releases: db.db.open_tree(format!("{prefix}releases"))?,
+            prefix: prefix.to_owned(),
             db,
             append: Mutex::new(()),
         })
+    }
+
+    /// A bounded FIFO queue in this spool's database, in tree `name` under
+    /// the spool's prefix (e.g. `telemetry/metrics`, or
+    /// `web-1/telemetry/metrics` for a spool opened with `open_in`).
+    pub fn queue(&self, name: &str, max_bytes: u64) -> Result<Queue, SpoolError> {
+        self.db.queue(&format!("{}{name}", self.prefix), max_bytes)
     }
 
     /// Makes all writes durable (for a shared database: every spool's).

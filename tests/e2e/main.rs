@@ -14,6 +14,7 @@ mod hosts;
 mod replay;
 mod restart;
 mod rollout;
+mod telemetry_ship;
 mod trust;
 
 use flotilla_tests::{Host, Proc, Server};

@@ -13,6 +13,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
+pub mod loki;
+pub mod prometheus;
+
 /// Longest wait for any one event in a test.
 pub const WAIT: Duration = Duration::from_secs(60);
 

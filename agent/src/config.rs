@@ -27,8 +27,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use flotilla_shared::secret::{self, Secret, SecretError};
+use flotilla_shared::secret::{self, SecretError};
 use serde::{Deserialize, Deserializer};
+
+use crate::telemetry::ship::{Auth, Endpoint, ShipConfig};
 
 /// The default path, read only when it exists.
 pub const DEFAULT_PATH: &str = "/etc/flotilla/agent.toml";
@@ -118,27 +120,9 @@ fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::
 #[derive(Debug, Clone)]
 pub struct AgentSettings {
     pub metrics_interval: Duration,
-    pub remote_write: Option<PushTarget>,
-    pub loki: Option<PushTarget>,
+    pub remote_write: Option<ShipConfig>,
+    pub loki: Option<ShipConfig>,
     pub http_listen: Option<SocketAddr>,
-}
-
-/// Where and how to push one kind of telemetry.
-#[derive(Debug, Clone)]
-pub struct PushTarget {
-    pub url: reqwest::Url,
-    pub auth: Option<PushAuth>,
-    pub headers: Vec<(String, String)>,
-    pub batch_max: usize,
-    pub max_retry_time: Duration,
-    pub timeout: Duration,
-    pub buffer_max_bytes: u64,
-}
-
-#[derive(Debug, Clone)]
-pub enum PushAuth {
-    Basic { username: String, password: Secret },
-    Bearer(Secret),
 }
 
 /// Values from flags and the environment, which win over the file.
@@ -182,7 +166,7 @@ impl AgentSettings {
         if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&metrics_interval) {
             return Err(invalid("metrics.interval", "must be between 1s and 1h"));
         }
-        let remote_write = PushTarget::resolve(
+        let remote_write = push_target(
             "remote_write",
             "FLOTILLA_REMOTE_WRITE",
             file.remote_write,
@@ -190,12 +174,12 @@ impl AgentSettings {
             500,
             env,
         )?;
-        let loki = PushTarget::resolve(
+        let loki = push_target(
             "loki",
             "FLOTILLA_LOKI",
             file.loki,
             overrides.loki_url,
-            1000,
+            200,
             env,
         )?;
         Ok(Self {
@@ -218,146 +202,141 @@ fn read_file(path: &Path) -> Result<AgentFile, ConfigError> {
     })
 }
 
-impl PushTarget {
-    /// `None` when no URL is set anywhere (the pipeline is off). `prefix` is
-    /// the variables' prefix, e.g. `FLOTILLA_LOKI` for `FLOTILLA_LOKI_URL`,
-    /// `_USERNAME`, `_PASSWORD`, `_BEARER_TOKEN`.
-    fn resolve(
-        section: &str,
-        prefix: &str,
-        file: Option<PushSection>,
-        url_override: Option<String>,
-        default_batch: usize,
-        env: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<Option<Self>, ConfigError> {
-        let file = file.unwrap_or_default();
-        let var = |suffix: &str| env(&format!("{prefix}_{suffix}")).filter(|v| !v.is_empty());
-        let Some(url) = url_override
-            .filter(|u| !u.is_empty())
-            .or_else(|| var("URL"))
-            .or(file.url)
-        else {
-            return Ok(None);
-        };
-        let key = |k: &str| format!("{section}.{k}");
-        let url = reqwest::Url::parse(&url)
-            .map_err(|e| invalid(key("url"), format!("not a valid URL ({e})")))?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(invalid(key("url"), "must be an http(s) URL"));
-        }
-        if !url.username().is_empty() || url.password().is_some() {
-            return Err(invalid(
-                key("url"),
-                "must not carry credentials; use username and password_env/password_file",
-            ));
-        }
-        let secret_err = |k: &str| {
-            let k = key(k);
-            move |source| ConfigError::Secret { key: k, source }
-        };
-        let password = secret::read_one(
-            &format!(
-                "{0}.password_env, {0}.password_file, {prefix}_PASSWORD",
-                section
-            ),
-            file.password_env.as_deref(),
-            file.password_file.as_deref(),
-            var("PASSWORD"),
-            env,
-        )
-        .map_err(secret_err("password"))?;
-        let bearer = secret::read_one(
-            &format!(
-                "{0}.bearer_token_env, {0}.bearer_token_file, {prefix}_BEARER_TOKEN",
-                section
-            ),
-            file.bearer_token_env.as_deref(),
-            file.bearer_token_file.as_deref(),
-            var("BEARER_TOKEN"),
-            env,
-        )
-        .map_err(secret_err("bearer_token"))?;
-        let username = var("USERNAME").or(file.username);
-        let auth = match (username, password, bearer) {
-            (None, None, None) => None,
-            (Some(username), Some(password), None) => Some(PushAuth::Basic { username, password }),
-            (None, None, Some(token)) => Some(PushAuth::Bearer(token)),
-            (Some(_), None, None) => {
-                return Err(invalid(
-                    key("username"),
-                    format!(
-                        "a password is needed too (password_env, password_file or {prefix}_PASSWORD)"
-                    ),
-                ));
-            }
-            (None, Some(_), None) => {
-                return Err(invalid(key("password"), "a username is needed too"));
-            }
-            (_, _, Some(_)) => {
-                return Err(invalid(
-                    key("bearer_token"),
-                    "use either basic auth (username + password) or a bearer token, not both",
-                ));
-            }
-        };
-        if auth.is_some() && url.scheme() == "http" && !is_loopback(&url) {
-            return Err(invalid(
-                key("url"),
-                "credentials would travel in clear text: use https (plain http only to a loopback host)",
-            ));
-        }
-        let mut headers = Vec::new();
-        for (name, value) in file.headers {
-            let lower = name.to_ascii_lowercase();
-            if matches!(
-                lower.as_str(),
-                "content-type"
-                    | "content-encoding"
-                    | "user-agent"
-                    | "authorization"
-                    | "x-prometheus-remote-write-version"
-            ) {
-                return Err(invalid(
-                    key("headers"),
-                    format!("{name} is set by the agent and cannot be overridden"),
-                ));
-            }
-            if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err()
-                || reqwest::header::HeaderValue::from_str(&value).is_err()
-            {
-                return Err(invalid(key("headers"), format!("invalid header {name}")));
-            }
-            headers.push((name, value));
-        }
-        let batch_max = file.batch_max.unwrap_or(default_batch);
-        if !(1..=100_000).contains(&batch_max) {
-            return Err(invalid(key("batch_max"), "must be between 1 and 100000"));
-        }
-        let max_retry_time = file.max_retry_time.unwrap_or(Duration::from_secs(300));
-        let timeout = file.timeout.unwrap_or(Duration::from_secs(30));
-        if timeout.is_zero() || timeout > Duration::from_secs(300) {
-            return Err(invalid(
-                key("timeout"),
-                "must be more than 0s and at most 5m",
-            ));
-        }
-        let buffer_max_mib = file.buffer_max_mib.unwrap_or(64);
-        if !(1..=16 * 1024).contains(&buffer_max_mib) {
-            return Err(invalid(
-                key("buffer_max_mib"),
-                "must be between 1 and 16384",
-            ));
-        }
-        Ok(Some(Self {
-            url,
-            auth,
-            headers,
-            batch_max,
-            max_retry_time,
-            timeout,
-            buffer_max_bytes: buffer_max_mib * 1024 * 1024,
-        }))
+/// A push pipeline's settings; `None` when no URL is set anywhere (the
+/// pipeline is off). `prefix` is the variables' prefix, e.g. `FLOTILLA_LOKI`
+/// for `FLOTILLA_LOKI_URL`, `_USERNAME`, `_PASSWORD`, `_BEARER_TOKEN`.
+fn push_target(
+    section: &str,
+    prefix: &str,
+    file: Option<PushSection>,
+    url_override: Option<String>,
+    default_batch: usize,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<ShipConfig>, ConfigError> {
+    let file = file.unwrap_or_default();
+    let var = |suffix: &str| env(&format!("{prefix}_{suffix}")).filter(|v| !v.is_empty());
+    let Some(url) = url_override
+        .filter(|u| !u.is_empty())
+        .or_else(|| var("URL"))
+        .or(file.url)
+    else {
+        return Ok(None);
+    };
+    let key = |k: &str| format!("{section}.{k}");
+    let url = reqwest::Url::parse(&url)
+        .map_err(|e| invalid(key("url"), format!("not a valid URL ({e})")))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(invalid(key("url"), "must be an http(s) URL"));
     }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(invalid(
+            key("url"),
+            "must not carry credentials; use username and password_env/password_file",
+        ));
+    }
+    let secret_err = |k: &str| {
+        let k = key(k);
+        move |source| ConfigError::Secret { key: k, source }
+    };
+    let password = secret::read_one(
+        &format!(
+            "{0}.password_env, {0}.password_file, {prefix}_PASSWORD",
+            section
+        ),
+        file.password_env.as_deref(),
+        file.password_file.as_deref(),
+        var("PASSWORD"),
+        env,
+    )
+    .map_err(secret_err("password"))?;
+    let bearer = secret::read_one(
+        &format!(
+            "{0}.bearer_token_env, {0}.bearer_token_file, {prefix}_BEARER_TOKEN",
+            section
+        ),
+        file.bearer_token_env.as_deref(),
+        file.bearer_token_file.as_deref(),
+        var("BEARER_TOKEN"),
+        env,
+    )
+    .map_err(secret_err("bearer_token"))?;
+    let username = var("USERNAME").or(file.username);
+    let auth = match (username, password, bearer) {
+        (None, None, None) => None,
+        (Some(username), Some(password), None) => Some(Auth::Basic { username, password }),
+        (None, None, Some(token)) => Some(Auth::Bearer(token)),
+        (Some(_), None, None) => {
+            return Err(invalid(
+                key("username"),
+                format!(
+                    "a password is needed too (password_env, password_file or {prefix}_PASSWORD)"
+                ),
+            ));
+        }
+        (None, Some(_), None) => {
+            return Err(invalid(key("password"), "a username is needed too"));
+        }
+        (_, _, Some(_)) => {
+            return Err(invalid(
+                key("bearer_token"),
+                "use either basic auth (username + password) or a bearer token, not both",
+            ));
+        }
+    };
+    if auth.is_some() && url.scheme() == "http" && !is_loopback(&url) {
+        return Err(invalid(
+            key("url"),
+            "credentials would travel in clear text: use https (plain http only to a loopback host)",
+        ));
+    }
+    let mut headers = Vec::new();
+    for (name, value) in file.headers {
+        let lower = name.to_ascii_lowercase();
+        if matches!(
+            lower.as_str(),
+            "content-type"
+                | "content-encoding"
+                | "user-agent"
+                | "authorization"
+                | "x-prometheus-remote-write-version"
+        ) {
+            return Err(invalid(
+                key("headers"),
+                format!("{name} is set by the agent and cannot be overridden"),
+            ));
+        }
+        if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err()
+            || reqwest::header::HeaderValue::from_str(&value).is_err()
+        {
+            return Err(invalid(key("headers"), format!("invalid header {name}")));
+        }
+        headers.push((name, value));
+    }
+    let batch_max = file.batch_max.unwrap_or(default_batch);
+    if !(1..=100_000).contains(&batch_max) {
+        return Err(invalid(key("batch_max"), "must be between 1 and 100000"));
+    }
+    let max_retry_time = file.max_retry_time.unwrap_or(Duration::from_secs(300));
+    let timeout = file.timeout.unwrap_or(Duration::from_secs(30));
+    if timeout.is_zero() || timeout > Duration::from_secs(300) {
+        return Err(invalid(
+            key("timeout"),
+            "must be more than 0s and at most 5m",
+        ));
+    }
+    let buffer_max_mib = file.buffer_max_mib.unwrap_or(64);
+    if !(1..=16 * 1024).contains(&buffer_max_mib) {
+        return Err(invalid(
+            key("buffer_max_mib"),
+            "must be between 1 and 16384",
+        ));
+    }
+    let mut ship = ShipConfig::new(Endpoint { url, auth, headers });
+    ship.batch_max_entries = batch_max;
+    ship.max_retry_time = max_retry_time;
+    ship.request_timeout = timeout;
+    ship.buffer_max_bytes = buffer_max_mib * 1024 * 1024;
+    Ok(Some(ship))
 }
 
 fn is_loopback(url: &reqwest::Url) -> bool {
@@ -417,16 +396,17 @@ mod tests {
         let s = AgentSettings::resolve(file, overrides, &env).unwrap();
         assert_eq!(s.metrics_interval, Duration::from_secs(2));
         let rw = s.remote_write.unwrap();
-        assert_eq!(rw.url.as_str(), "https://env.example/push");
+        assert_eq!(rw.endpoint.url.as_str(), "https://env.example/push");
         assert!(
-            matches!(&rw.auth, Some(PushAuth::Basic { username, password }) if username == "123" && password.expose() == "pw")
+            matches!(&rw.endpoint.auth, Some(Auth::Basic { username, password }) if username == "123" && password.expose() == "pw")
         );
         assert_eq!(
-            rw.headers,
+            rw.endpoint.headers,
             vec![("X-Scope-OrgID".to_owned(), "t1".to_owned())]
         );
         let loki = s.loki.unwrap();
-        assert!(matches!(&loki.auth, Some(PushAuth::Bearer(t)) if t.expose() == "tok"));
+        assert_eq!(loki.batch_max_entries, 200);
+        assert!(matches!(&loki.endpoint.auth, Some(Auth::Bearer(t)) if t.expose() == "tok"));
     }
 
     #[test]

@@ -22,6 +22,7 @@ pub mod exec;
 pub mod identity;
 pub mod join;
 pub mod link;
+pub mod logs;
 pub mod renew;
 pub mod sampler;
 pub mod simulate;
@@ -50,6 +51,10 @@ pub struct RunConfig {
     pub renew_before: Duration,
     /// Host metrics sampling interval; `None`: no sampling (`simulate`).
     pub metrics_interval: Option<Duration>,
+    /// Where host metrics go (Prometheus remote-write), if anywhere.
+    pub remote_write: Option<telemetry::ship::ShipConfig>,
+    /// Where deploy output and the agent's warnings go (Loki), if anywhere.
+    pub loki: Option<telemetry::ship::ShipConfig>,
 }
 
 impl RunConfig {
@@ -63,6 +68,8 @@ impl RunConfig {
             backoff_max: Duration::from_secs(30),
             renew_before: Duration::from_secs(30 * 24 * 3600),
             metrics_interval: None,
+            remote_write: None,
+            loki: None,
         }
     }
 }
@@ -89,14 +96,51 @@ pub async fn run(
         host_id: identity.file.host_id.clone(),
         env: identity.file.env.clone(),
     };
-    let ctx = Arc::new(Ctx::new(identity, spool, &config));
 
-    // 3. The worker (runs dokku) and the link (talks to the coordinator);
+    // 3. Telemetry pipelines: a bounded queue in the spool and one sender
+    //    task each (docs/telemetry.md).
+    let telemetry = CancellationToken::new();
+    let mut telemetry_tasks = Vec::new();
+    let metrics_shipper = match &config.remote_write {
+        Some(ship) => {
+            let queue = spool.queue(telemetry::ship::METRICS_QUEUE, ship.buffer_max_bytes)?;
+            let shipper = Arc::new(telemetry::ship::MetricsShipper::new(ship.clone(), queue)?);
+            telemetry_tasks.push(tokio::spawn(Arc::clone(&shipper).run(telemetry.clone())));
+            Some(shipper)
+        }
+        None => None,
+    };
+    let log_feed = match &config.loki {
+        Some(ship) => {
+            let queue = spool.queue(telemetry::ship::LOGS_QUEUE, ship.buffer_max_bytes)?;
+            let shipper = Arc::new(telemetry::ship::LogShipper::new(ship.clone(), queue)?);
+            telemetry_tasks.push(tokio::spawn(Arc::clone(&shipper).run(telemetry.clone())));
+            let feed = logs::LogFeed::new(
+                shipper,
+                identity.file.host_id.clone(),
+                identity.file.env.clone(),
+            );
+            if let Some(task) = logs::install_warning_sink(feed.clone(), telemetry.clone()) {
+                telemetry_tasks.push(task);
+            }
+            Some(feed)
+        }
+        None => None,
+    };
+    let (host, env) = (
+        identity.file.host_id.to_string(),
+        identity.file.env.to_string(),
+    );
+    let mut ctx = Ctx::new(identity, spool, &config);
+    ctx.logs = log_feed;
+    let ctx = Arc::new(ctx);
+
+    // 4. The worker (runs dokku) and the link (talks to the coordinator);
     //    the host metrics sampler.
     let mut agent = Agent::start(Arc::clone(&ctx), dokku, &Stops::default());
-    let telemetry = CancellationToken::new();
     let sampler = config.metrics_interval.map(|interval| {
         let apps_ctx = Arc::clone(&ctx);
+        let mut last_at = i64::MIN;
         tokio::spawn(sampler::run(
             interval,
             ctx.metrics.clone(),
@@ -106,7 +150,21 @@ pub async fn run(
                     Default::default()
                 })
             },
-            |_sample, _previous| {},
+            move |sample, previous| {
+                let Some(shipper) = &metrics_shipper else {
+                    return;
+                };
+                // Per-series timestamps must increase: a clock stepped back
+                // would make the receiver refuse the batch.
+                if sample.at_ms <= last_at {
+                    tracing::warn!("the clock went back; not writing this metrics sample");
+                    return;
+                }
+                last_at = sample.at_ms;
+                if let Err(e) = shipper.push(&sampler::series(sample, previous, &host, &env)) {
+                    tracing::warn!("cannot queue host metrics: {e}");
+                }
+            },
             telemetry.clone(),
         ))
     });
@@ -119,11 +177,20 @@ pub async fn run(
         }
     }
 
-    // 4. Shutdown order: see `stop_all`; telemetry; the spool last.
+    // 5. Shutdown order: see `stop_all`; telemetry (what is queued stays in
+    //    the spool for the next run); the spool last.
     stop_all(vec![agent], config.shutdown_grace).await;
     telemetry.cancel();
     if let Some(sampler) = sampler {
         let _ = sampler.await;
+    }
+    for mut task in telemetry_tasks {
+        if tokio::time::timeout(Duration::from_secs(10), &mut task)
+            .await
+            .is_err()
+        {
+            task.abort();
+        }
     }
     ctx.spool.flush().await?;
     if let Some(failure) = failure {
@@ -313,7 +380,11 @@ async fn work<E: Executor>(
         }
         let spool = &ctx.spool;
         let reports = &ctx.reports;
+        let logs = ctx.logs.as_ref();
         let mut sink = Numbered::new(|line| {
+            if let Some(logs) = logs {
+                logs.command_line(&cmd, &line);
+            }
             if let Err(e) = spool.push_log(&id, line) {
                 tracing::error!(command = %id, "cannot spool a log line: {e}");
             }

@@ -43,6 +43,8 @@ pub struct Ctx {
     pub connected: watch::Sender<bool>,
     /// The newest host metrics sample; sent at session start and on change.
     pub metrics: watch::Sender<Option<pb::HostMetrics>>,
+    /// Deploy output to Loki, when configured.
+    pub logs: Option<crate::logs::LogFeed>,
 }
 
 impl Ctx {
@@ -62,6 +64,7 @@ impl Ctx {
             backoff_max: config.backoff_max,
             connected: watch::Sender::new(false),
             metrics: watch::Sender::new(None),
+            logs: None,
         }
     }
 }

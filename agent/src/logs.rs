@@ -198,13 +198,13 @@ struct LineVisitor {
 }
 
 impl LineVisitor {
-    fn line(self) -> String {
-        let mut line = self.message;
-        for f in self.fields {
+    fn line(&self) -> String {
+        let mut line = self.message.clone();
+        for f in &self.fields {
             if !line.is_empty() {
                 line.push(' ');
             }
-            line.push_str(&f);
+            line.push_str(f);
         }
         line
     }

@@ -215,6 +215,8 @@ fn real_main(args: Args) -> anyhow::Result<()> {
             )?;
             let mut config = RunConfig::new(AgentDir::new(data_dir));
             config.metrics_interval = Some(settings.metrics_interval);
+            config.remote_write = settings.remote_write;
+            config.loki = settings.loki;
             config.keepalive = keepalive;
             config.dokku_bin = dokku_bin;
             config.shutdown_grace = shutdown_grace;

@@ -41,8 +41,7 @@ pub const HOST_METRIC_NAMES: &[&str] = &[
     "flotilla_host_app_release_info",
 ];
 
-/// The value Prometheus reads as "this series ended" (a staleness marker).
-pub const STALE_NAN: u64 = 0x7ff0_0000_0000_0002;
+use crate::telemetry::remote_write::{STALE_NAN_BITS as STALE_NAN, Series};
 
 /// One metric point of a sample: name, labels other than `host`/`env`, value.
 #[derive(Debug, Clone, PartialEq)]
@@ -246,6 +245,34 @@ fn count_processes() -> u64 {
                 .count() as u64
         })
         .unwrap_or(0)
+}
+
+/// The remote-write series of one sample: its points with `host` and `env`
+/// labels, all at the sample's time.
+pub fn series(
+    sample: &pb::HostMetrics,
+    previous: Option<&pb::HostMetrics>,
+    host: &str,
+    env: &str,
+) -> Vec<Series> {
+    points(sample, previous)
+        .into_iter()
+        .map(|p| {
+            let mut labels: Vec<(String, String)> = p
+                .labels
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect();
+            labels.push(("host".to_owned(), host.to_owned()));
+            labels.push(("env".to_owned(), env.to_owned()));
+            Series {
+                name: p.name.to_owned(),
+                labels,
+                value: p.value,
+                timestamp_ms: sample.at_ms,
+            }
+        })
+        .collect()
 }
 
 /// The points of one sample, without `host`/`env` (the pipeline adds them).

@@ -14,6 +14,7 @@ mod hosts;
 mod replay;
 mod restart;
 mod rollout;
+mod telemetry;
 mod telemetry_ship;
 mod trust;
 

@@ -1,5 +1,6 @@
 //! Logging setup shared by both daemons: one `init` that builds the filter and
-//! the fmt layer (human or JSON) in a fixed order. Logs go to stderr.
+//! the fmt layer (human or JSON) in a fixed order, plus the Sentry layers when
+//! `sentry::init` started a client. Logs go to stderr.
 
 use std::io::IsTerminal as _;
 
@@ -52,7 +53,10 @@ pub fn init(format: LogFormat, filter: Option<&str>, default: &str) {
         }
         None => EnvFilter::new(default),
     };
-    let registry = tracing_subscriber::registry().with(filter);
+    // Order: the filter, then Sentry (only with a DSN: deploy spans →
+    // transactions, ERROR events → Sentry events), then the fmt layer.
+    let sentry = crate::sentry::is_enabled().then(crate::sentry::layers);
+    let registry = tracing_subscriber::registry().with(filter).with(sentry);
     let ansi = std::io::stderr().is_terminal();
     let result = match format {
         LogFormat::Text => registry

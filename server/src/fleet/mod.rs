@@ -2,12 +2,14 @@
 //! them commands. The `AgentService` gRPC implementation lives in `service.rs`.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use flotilla_proto::v1 as pb;
 use flotilla_shared::HostId;
 use tokio::sync::mpsc;
+
+use crate::metrics::Metrics;
 
 pub mod service;
 
@@ -24,17 +26,42 @@ struct Session {
 pub struct Sessions {
     inner: Mutex<HashMap<HostId, Session>>,
     next_id: AtomicU64,
+    /// The coordinator's metrics (sessions, commands, deployments); the
+    /// rollout engine reaches them through its `Sessions`.
+    metrics: Arc<Metrics>,
 }
 
 pub type SessionRx = mpsc::Receiver<Result<pb::CoordinatorMessage, tonic::Status>>;
 
 impl Sessions {
+    /// Sessions that report to `metrics`.
+    pub fn with_metrics(metrics: Arc<Metrics>) -> Self {
+        Self {
+            metrics,
+            ..Self::default()
+        }
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Number of live sessions.
+    pub fn len(&self) -> usize {
+        self.inner.lock().map(|inner| inner.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Registers a new session for `host` and returns its id and receiving end.
     pub fn register(&self, host: &HostId) -> (u64, SessionRx) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(SESSION_BUFFER);
         if let Ok(mut inner) = self.inner.lock() {
             inner.insert(host.clone(), Session { id, tx });
+            self.metrics.set_agents_connected(inner.len());
         }
         (id, rx)
     }
@@ -45,6 +72,7 @@ impl Sessions {
             && inner.get(host).is_some_and(|s| s.id == id)
         {
             inner.remove(host);
+            self.metrics.set_agents_connected(inner.len());
         }
     }
 
@@ -70,6 +98,7 @@ impl Sessions {
             Err(_) => {
                 tracing::warn!(%host, "session is stuck or closed; dropping it so the agent reconnects");
                 inner.remove(host);
+                self.metrics.set_agents_connected(inner.len());
                 false
             }
         }
@@ -81,6 +110,7 @@ impl Sessions {
     pub fn disconnect(&self, host: &HostId) {
         if let Ok(mut inner) = self.inner.lock() {
             inner.remove(host);
+            self.metrics.set_agents_connected(inner.len());
         }
     }
 
@@ -88,6 +118,7 @@ impl Sessions {
     pub fn clear(&self) {
         if let Ok(mut inner) = self.inner.lock() {
             inner.clear();
+            self.metrics.set_agents_connected(0);
         }
     }
 }

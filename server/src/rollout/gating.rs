@@ -130,6 +130,11 @@ impl Engine {
         self.notify(&d, EventKind::DeploymentBlocked, None);
         self.store.flush().await?;
         self.changed();
+        self.sessions.metrics().deployment_ended(
+            d.kind.as_str(),
+            d.state.as_str(),
+            (d.finished_at_ms - d.created_at_ms) as f64 / 1000.0,
+        );
         tracing::warn!(deployment = %d.id, app = %d.app, env = %d.env, reason = %d.error,
             "deployment blocked by a gate");
         Ok(d)

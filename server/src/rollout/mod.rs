@@ -804,6 +804,7 @@ impl Engine {
         match body {
             pb::report::Body::Log(_) => {}
             pb::report::Body::Accepted(_) => {
+                self.sessions.metrics().command_acknowledged();
                 self.store.remove_from_outbox(host, &report.command_id)?;
                 if in_flight && !entry.accepted {
                     d.hosts[i].accepted = true;
@@ -828,6 +829,9 @@ impl Engine {
                 let reason = pb::RefusalReason::try_from(refused.reason)
                     .ok()
                     .and_then(RefusalReason::from_proto);
+                self.sessions
+                    .metrics()
+                    .command_refused(reason.map_or("unknown", RefusalReason::as_str));
                 self.store.remove_from_outbox(host, &report.command_id)?;
                 if reason == Some(RefusalReason::Replayed) {
                     // A re-sent command the agent already holds: its result comes separately.
@@ -1218,6 +1222,11 @@ impl Engine {
         }
         self.store.flush().await?;
         self.changed();
+        self.sessions.metrics().deployment_ended(
+            d.kind.as_str(),
+            state.as_str(),
+            (d.finished_at_ms - d.created_at_ms) as f64 / 1000.0,
+        );
         match state {
             State::Succeeded => {
                 tracing::info!(deployment = %d.id, release = d.release, "deployment succeeded");
@@ -1350,6 +1359,9 @@ impl Engine {
                     msg: Some(pb::coordinator_message::Msg::Command(signed)),
                 },
             );
+            if sent {
+                self.sessions.metrics().command_sent();
+            }
             tracing::info!(deployment = %d.id, host = %host_id, command = %command_id, sent, rollback,
                 "command dispatched");
         }

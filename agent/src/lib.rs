@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use flotilla_proto::v1 as pb;
+use flotilla_shared::AppName;
 use flotilla_shared::signing::VerifiedCommand;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -21,6 +22,7 @@ pub mod exec;
 pub mod identity;
 pub mod join;
 pub mod link;
+pub mod metrics;
 pub mod renew;
 pub mod simulate;
 pub mod spool;
@@ -45,6 +47,8 @@ pub struct RunConfig {
     pub backoff_max: Duration,
     /// Renew the client certificate when it expires within this.
     pub renew_before: Duration,
+    /// Where to serve `/healthz`, `/readyz` and `/metrics` (plain HTTP); off when `None`.
+    pub http_listen: Option<std::net::SocketAddr>,
 }
 
 impl RunConfig {
@@ -57,6 +61,7 @@ impl RunConfig {
             keepalive: Duration::from_secs(20),
             backoff_max: Duration::from_secs(30),
             renew_before: Duration::from_secs(30 * 24 * 3600),
+            http_listen: None,
         }
     }
 }
@@ -67,7 +72,11 @@ pub async fn run(
     config: RunConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    // 1. Identity and spool.
+    // 1. Identity, spool and the ops listener (bound first: fail fast).
+    let ops_listener = match config.http_listen {
+        Some(addr) => Some(flotilla_shared::ops::bind(addr).await?),
+        None => None,
+    };
     let identity = Identity::load(&config.dir)?;
     let spool = Spool::open(&config.dir.spool())
         .with_context(|| format!("open spool {}", config.dir.spool().display()))?;
@@ -83,7 +92,32 @@ pub async fn run(
         host_id: identity.file.host_id.clone(),
         env: identity.file.env.clone(),
     };
-    let ctx = Arc::new(Ctx::new(identity, spool, &config));
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = Arc::new(metrics::Metrics::register(&mut registry));
+    // Other subsystems register their metrics on `registry` here, before it is served.
+    let registry = Arc::new(registry);
+    let ctx = Arc::new(Ctx::new(identity, spool, &config).with_metrics(metrics));
+    let ops_stop = CancellationToken::new();
+    let ops = match ops_listener {
+        Some(listener) => {
+            tracing::info!(addr = %listener.local_addr()?, "ops HTTP listening");
+            let connected = ctx.connected.subscribe();
+            let ready: flotilla_shared::ops::Readiness = Arc::new(move || {
+                if *connected.borrow() {
+                    Ok(())
+                } else {
+                    Err("not connected to the coordinator".into())
+                }
+            });
+            Some(tokio::spawn(flotilla_shared::ops::serve(
+                listener,
+                registry,
+                ready,
+                ops_stop.clone().cancelled_owned(),
+            )))
+        }
+        None => None,
+    };
 
     // 3. The worker (runs dokku) and the link (talks to the coordinator).
     let mut agent = Agent::start(Arc::clone(&ctx), dokku, &Stops::default());
@@ -98,6 +132,14 @@ pub async fn run(
 
     // 4. Shutdown order: see `stop_all`; the spool last.
     stop_all(vec![agent], config.shutdown_grace).await;
+    ops_stop.cancel();
+    if let Some(ops) = ops
+        && let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(5), ops)
+            .await
+            .unwrap_or(Ok(Ok(())))
+    {
+        tracing::warn!("ops HTTP listener failed: {e}");
+    }
     ctx.spool.flush().await?;
     if let Some(failure) = failure {
         // Exit non-zero so the service manager restarts the agent.
@@ -292,10 +334,28 @@ async fn work<E: Executor>(
             }
             reports.notify_one();
         });
-        let result = executor.execute(&cmd.action, &mut sink, &kill).await;
+        // A Sentry transaction (when sampled) whose tags mark errors inside it.
+        let span = tracing::info_span!("command", tags.host = %ctx.identity.file.host_id,
+            tags.env = %ctx.identity.file.env,
+            tags.app = cmd.action.app().map_or("", AppName::as_str),
+            tags.deployment = %cmd.deployment_id, tags.action = cmd.action.kind(), command = %id);
+        let result = {
+            use tracing::Instrument as _;
+            executor
+                .execute(&cmd.action, &mut sink, &kill)
+                .instrument(span.clone())
+                .await
+        };
         let outcome = pb::Outcome::try_from(result.outcome).unwrap_or_default();
-        tracing::info!(command = %id, outcome = outcome.as_str_name(), exit_code = ?result.exit_code,
-            error = %result.error, "command finished");
+        span.in_scope(|| {
+            if outcome == pb::Outcome::Failed {
+                tracing::error!(command = %id, exit_code = ?result.exit_code, error = %result.error,
+                    "command failed");
+            }
+            tracing::info!(command = %id, outcome = outcome.as_str_name(), exit_code = ?result.exit_code,
+                error = %result.error, "command finished");
+        });
+        ctx.metrics.command_finished(outcome.as_str_name());
         if let Err(e) = ctx.spool.finish(&id, result).await {
             tracing::error!(command = %id, "cannot record the result: {e}");
         }

@@ -41,6 +41,8 @@ pub struct Ctx {
     pub backoff_max: Duration,
     /// Whether a session is up now (`simulate` waits on it).
     pub connected: watch::Sender<bool>,
+    /// Sessions, commands and refusals (`/metrics`).
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 impl Ctx {
@@ -59,7 +61,14 @@ impl Ctx {
             keepalive: config.keepalive,
             backoff_max: config.backoff_max,
             connected: watch::Sender::new(false),
+            metrics: std::sync::Arc::default(),
         }
+    }
+
+    /// This agent's metrics go to `metrics` (registered for `/metrics`).
+    pub fn with_metrics(mut self, metrics: std::sync::Arc<crate::metrics::Metrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 }
 
@@ -168,6 +177,7 @@ async fn session(
         .into_inner();
     tracing::info!(server = %id.file.server, pending = ctx.spool.pending_len(), "session established");
     ctx.connected.send_replace(true);
+    ctx.metrics.session_started();
 
     let session_cancel = cancel.child_token();
     let pump = tokio::spawn(pump(Arc::clone(ctx), tx.clone(), session_cancel.clone()));
@@ -197,6 +207,7 @@ async fn session(
         }
     };
     ctx.connected.send_replace(false);
+    ctx.metrics.session_ended();
     session_cancel.cancel();
     let _ = pump.await;
     result
@@ -382,6 +393,7 @@ async fn handle_command(
             command_id,
             refusal,
         } => {
+            ctx.metrics.command_refused(refusal.reason.as_str());
             if refusal.reason == signing::RefusalReason::Replayed {
                 tracing::info!(command = %command_id, "command already seen; not running it again");
             } else {

@@ -11,6 +11,7 @@ use flotilla_agent::identity::AgentDir;
 use flotilla_agent::join::{JoinOptions, join};
 use flotilla_agent::simulate::{self, SimulateOptions};
 use flotilla_agent::{RunConfig, run};
+use flotilla_shared::sentry::SentryArgs;
 use flotilla_shared::telemetry::LogArgs;
 use flotilla_shared::token::JoinToken;
 use flotilla_shared::{EnvName, HostId, Labels};
@@ -22,6 +23,8 @@ use flotilla_shared::{EnvName, HostId, Labels};
 struct Args {
     #[command(flatten)]
     logging: LogArgs,
+    #[command(flatten)]
+    sentry: SentryArgs,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -79,6 +82,10 @@ enum Cmd {
         /// so a cut-off link is noticed within about twice this.
         #[arg(long, env = "FLOTILLA_KEEPALIVE", default_value = "20s", value_parser = humantime::parse_duration)]
         keepalive: Duration,
+        /// Serve `/healthz`, `/readyz` and `/metrics` (plain HTTP) on this
+        /// address, e.g. 127.0.0.1:9465. Off by default.
+        #[arg(long, env = "FLOTILLA_HTTP_LISTEN")]
+        http_listen: Option<std::net::SocketAddr>,
     },
     /// Run many simulated agents in this process, for tests and benchmarks.
     ///
@@ -150,6 +157,9 @@ fn main() -> std::process::ExitCode {
 
 fn real_main(args: Args) -> anyhow::Result<()> {
     flotilla_shared::tls::install_crypto_provider();
+    // Sentry before logging and the runtime; the guard flushes at the end of main.
+    let _sentry =
+        flotilla_shared::sentry::init(&args.sentry, "flotilla-agent", env!("CARGO_PKG_VERSION"))?;
     args.logging.init();
     let runtime = tokio::runtime::Runtime::new()?;
     match args.command {
@@ -183,6 +193,7 @@ fn real_main(args: Args) -> anyhow::Result<()> {
             reconnect_max,
             renew_before,
             keepalive,
+            http_listen,
         } => {
             let mut config = RunConfig::new(AgentDir::new(data_dir));
             config.keepalive = keepalive;
@@ -190,6 +201,7 @@ fn real_main(args: Args) -> anyhow::Result<()> {
             config.shutdown_grace = shutdown_grace;
             config.backoff_max = reconnect_max;
             config.renew_before = renew_before;
+            config.http_listen = http_listen;
             runtime.block_on(run(config, flotilla_shared::shutdown::signal()))
         }
         Cmd::Simulate {

@@ -121,6 +121,8 @@ impl Api {
             .store
             .api_token(&hash_secret(token.trim()))?
             .ok_or_else(|| Status::unauthenticated("invalid API token"))?;
+        // A valid token is a secret this process now knows: never in a Sentry event.
+        flotilla_shared::secret::register_for_scrubbing(token.trim());
         if record.role < need {
             let status = Status::permission_denied(format!(
                 "token {:?} has role {}; this needs {}",

@@ -83,6 +83,7 @@ impl AgentService for AgentApi {
                 "join token is not valid; create one with `flotilla join-token create`",
             ));
         }
+        flotilla_shared::secret::register_for_scrubbing(&req.token);
         let (certificate_pem, not_after_ms) =
             c.ca.issue_agent_cert(&req.csr_pem, &host_id)
                 .map_err(|e| Status::invalid_argument(format!("{e:#}")))?;

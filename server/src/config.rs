@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::gates::{GatesConfig, ResolvedGates};
+use crate::notify::grafana::GrafanaConfig;
 use crate::notify::{NotifyConfig, ResolvedNotify};
 
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +39,8 @@ pub enum ConfigError {
     Gates { path: PathBuf, message: String },
     #[error("{path}: [notifications]: {message}")]
     Notify { path: PathBuf, message: String },
+    #[error("{path}: [grafana]: {message}")]
+    Grafana { path: PathBuf, message: String },
 }
 
 /// The file as written.
@@ -48,6 +51,9 @@ pub struct ServerFile {
     pub gates: Option<GatesConfig>,
     #[serde(default)]
     pub notifications: Option<NotifyConfig>,
+    /// Grafana annotations for deployments and rollbacks (docs/telemetry.md).
+    #[serde(default)]
+    pub grafana: Option<GrafanaConfig>,
 }
 
 /// The configuration with its secrets read and everything checked.
@@ -86,6 +92,34 @@ impl ServerSettings {
                 path: path.to_owned(),
                 message: e.to_string(),
             })?;
+        let notifications = match file.grafana {
+            None => notifications,
+            Some(grafana) => {
+                let grafana_err = |message: String| ConfigError::Grafana {
+                    path: path.to_owned(),
+                    message,
+                };
+                let channel = grafana
+                    .resolve_with(&|name| std::env::var(name).ok())
+                    .map_err(|e| grafana_err(e.to_string()))?;
+                // Annotations travel through the notification outbox, which
+                // exists even without a [notifications] section.
+                let mut notify = match notifications {
+                    Some(n) => n,
+                    None => NotifyConfig::default()
+                        .resolve()
+                        .map_err(|e| grafana_err(e.to_string()))?,
+                };
+                if notify.channel(&channel.name).is_some() {
+                    return Err(grafana_err(format!(
+                        "the notification channel name {:?} is reserved for Grafana annotations; rename that channel",
+                        channel.name
+                    )));
+                }
+                notify.channels.push(channel);
+                Some(notify)
+            }
+        };
         Ok(Self {
             gates,
             notifications,
@@ -101,7 +135,7 @@ mod tests {
     fn the_example_file_parses() {
         let file: ServerFile = toml::from_str(include_str!("../../deploy/examples/server.toml"))
             .unwrap_or_else(|e| panic!("deploy/examples/server.toml: {e}"));
-        assert!(file.gates.is_some() && file.notifications.is_some());
+        assert!(file.gates.is_some() && file.notifications.is_some() && file.grafana.is_some());
     }
 
     #[test]

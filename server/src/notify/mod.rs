@@ -38,6 +38,7 @@ pub mod config;
 mod email;
 pub mod event;
 mod fleet;
+pub mod grafana;
 mod outcome;
 mod slack;
 #[cfg(test)]
@@ -241,6 +242,13 @@ impl Notifier {
                 Target::Email(target) => {
                     email::send(target, self.config.send_timeout, email::render_test(name)).await
                 }
+                Target::Grafana(target) => {
+                    let mut event = Event::new(EventKind::DeploymentSucceeded, "test");
+                    event.app = Some("flotilla-test".into());
+                    event.deployment_id = Some(format!("test-{}", uuid::Uuid::now_v7()));
+                    event.duration_ms = Some(0);
+                    grafana::send(&self.config.http, &self.store, target, &event).await
+                }
             }
         };
         match self.bounded(channel, send).await {
@@ -348,6 +356,9 @@ impl Notifier {
                 Target::Email(target) => {
                     let message = email::render(event, public_url);
                     email::send(target, self.config.send_timeout, message).await
+                }
+                Target::Grafana(target) => {
+                    grafana::send(&self.config.http, &self.store, target, event).await
                 }
             }
         };

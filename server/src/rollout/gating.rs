@@ -167,6 +167,7 @@ impl Engine {
                 _ => (!d.error.is_empty()).then(|| d.error.clone()),
             },
             at_ms: now_ms(),
+            deployment_kind: Some(d.kind.as_str().to_owned()),
         };
         if let Err(e) = notifier.enqueue(&event) {
             tracing::error!(deployment = %d.id, "cannot queue a notification: {e}");

@@ -10,9 +10,12 @@ mod crash;
 mod deploy;
 mod dev;
 mod gates;
+mod grafana;
+mod ops;
 mod replay;
 mod restart;
 mod rollout;
+mod sentry;
 mod trust;
 
 use flotilla_tests::{Host, Proc, Server};

@@ -11,6 +11,11 @@ const HOOK_SECRET: &str = "whsec-e2e-webhook-signing-secret";
 
 /// The `event` payloads of every envelope received so far.
 fn events(stub: &HttpStub) -> Vec<serde_json::Value> {
+    items(stub, "event")
+}
+
+/// The payloads of every envelope item of type `kind` received so far.
+fn items(stub: &HttpStub, kind: &str) -> Vec<serde_json::Value> {
     let mut out = Vec::new();
     for r in stub.requests().iter().filter(|r| r.path.starts_with(ENVELOPE_PATH)) {
         // Envelope: header line, then (item header line, payload line)*.
@@ -22,7 +27,7 @@ fn events(stub: &HttpStub) -> Vec<serde_json::Value> {
             }
             let item: serde_json::Value = serde_json::from_str(item).unwrap_or_default();
             let payload = lines.next().unwrap_or_default();
-            if item["type"] == "event" {
+            if item["type"] == kind {
                 out.push(serde_json::from_str(payload).unwrap());
             }
         }
@@ -100,7 +105,11 @@ fn sentry_events_from_a_failing_deploy_are_tagged_and_carry_no_secret() {
 
     // The agent's event: its command failed.
     let agent_event = wait_event(&ingest, "command failed");
-    assert_eq!(agent_event["level"], "error", "{agent_event}");
+    // (`level` is left out when it is the default, `error`.)
+    assert!(
+        agent_event.get("level").is_none_or(|l| l == "error"),
+        "{agent_event}"
+    );
     assert!(agent_event["release"].as_str().unwrap().starts_with("flotilla-agent@"));
     assert_eq!(agent_event["environment"], "e2e");
     let tags = &agent_event["tags"];
@@ -119,6 +128,16 @@ fn sentry_events_from_a_failing_deploy_are_tagged_and_carry_no_secret() {
     assert_eq!(tags["deployment"], deployment);
     assert_eq!(tags["tenant"], "payments");
     assert_eq!(tags["host"], "web-1");
+
+    // With a sample rate of 1, the coordinator's deployment span is a transaction.
+    let deadline = Instant::now() + flotilla_tests::WAIT;
+    while !items(&ingest, "transaction")
+        .iter()
+        .any(|t| t["transaction"] == "deployment" && t["tags"]["tenant"] == "payments")
+    {
+        assert!(Instant::now() < deadline, "no deployment transaction");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     // Every request the ingest received: no secret, no request or user data.
     let join_secret = join_token.split('.').nth(1).unwrap().to_owned();

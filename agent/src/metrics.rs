@@ -65,7 +65,9 @@ impl Metrics {
             .strip_prefix("OUTCOME_")
             .unwrap_or(outcome)
             .to_ascii_lowercase();
-        self.commands.get_or_create(&vec![("outcome", outcome)]).inc();
+        self.commands
+            .get_or_create(&vec![("outcome", outcome)])
+            .inc();
     }
 
     pub fn command_refused(&self, reason: &str) {

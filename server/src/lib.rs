@@ -231,11 +231,10 @@ pub async fn run(
         if let Some(delivery) = delivery {
             let _ = delivery.await;
         }
-        if let Some(ops) = ops {
-            match ops.await {
-                Ok(Err(e)) => tracing::warn!("ops HTTP listener failed: {e}"),
-                Ok(Ok(())) | Err(_) => {}
-            }
+        if let Some(ops) = ops
+            && let Ok(Err(e)) = ops.await
+        {
+            tracing::warn!("ops HTTP listener failed: {e}");
         }
         coordinator.tasks.wait().await;
     };

@@ -113,11 +113,8 @@ fn real_main(args: Args) -> anyhow::Result<()> {
     flotilla_shared::tls::install_crypto_provider();
     // Sentry before logging (its layers join the subscriber) and before the
     // runtime; the guard lives to the end of main and flushes queued events.
-    let _sentry = flotilla_shared::sentry::init(
-        &args.sentry,
-        "flotilla-server",
-        env!("CARGO_PKG_VERSION"),
-    )?;
+    let _sentry =
+        flotilla_shared::sentry::init(&args.sentry, "flotilla-server", env!("CARGO_PKG_VERSION"))?;
     args.logging.init();
     match args.command {
         Cmd::Init {

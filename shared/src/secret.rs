@@ -106,11 +106,16 @@ mod tests {
 
     #[test]
     fn scrubbed_from_text() {
-        let s: Secret = serde_json::from_str("\"s3cr3t-from-config\"").unwrap_or_else(|_| Secret::new(""));
+        let s: Secret =
+            serde_json::from_str("\"s3cr3t-from-config\"").unwrap_or_else(|_| Secret::new(""));
         register_for_scrubbing("fltjoin1.abcdef.0011");
         register_for_scrubbing("short");
         assert_eq!(
-            scrub(&format!("url?key={} join fltjoin1.abcdef.0011 short", s.expose())).as_deref(),
+            scrub(&format!(
+                "url?key={} join fltjoin1.abcdef.0011 short",
+                s.expose()
+            ))
+            .as_deref(),
             Some("url?key=*** join *** short")
         );
         assert_eq!(scrub("nothing secret here"), None);

@@ -39,7 +39,12 @@ pub struct SentryArgs {
     #[arg(long, env = "SENTRY_ENVIRONMENT", global = true)]
     pub sentry_environment: Option<String>,
     /// Share of deploy spans sent as Sentry transactions, 0.0 to 1.0.
-    #[arg(long, env = "SENTRY_TRACES_SAMPLE_RATE", default_value_t = 0.0, global = true)]
+    #[arg(
+        long,
+        env = "SENTRY_TRACES_SAMPLE_RATE",
+        default_value_t = 0.0,
+        global = true
+    )]
     pub sentry_traces_sample_rate: f32,
 }
 
@@ -91,11 +96,7 @@ pub fn init(
         .send_default_pii(false)
         .before_send(|event| Some(scrub_event(event)));
     options.dsn = Some(dsn);
-    if let Some(env) = args
-        .sentry_environment
-        .as_deref()
-        .filter(|e| !e.is_empty())
-    {
+    if let Some(env) = args.sentry_environment.as_deref().filter(|e| !e.is_empty()) {
         options = options.environment(env.to_owned());
     }
     let guard = sentry::init(options);
@@ -106,7 +107,9 @@ pub fn init(
 /// `event` with no request or user data, and every registered secret
 /// replaced by `***` in every string it holds (message, exception values,
 /// breadcrumbs, tags, extra, contexts).
-pub fn scrub_event(mut event: sentry::protocol::Event<'static>) -> sentry::protocol::Event<'static> {
+pub fn scrub_event(
+    mut event: sentry::protocol::Event<'static>,
+) -> sentry::protocol::Event<'static> {
     event.request = None;
     event.user = None;
     let Ok(mut json) = serde_json::to_value(&event) else {
@@ -140,7 +143,14 @@ fn scrub_json(value: &mut serde_json::Value) -> bool {
             }
             None => false,
         },
-        Value::Array(items) => items.iter_mut().fold(false, |c, v| scrub_json(v) || c),
+        Value::Array(items) => {
+            // Every item, no short-circuit.
+            let mut changed = false;
+            for v in items {
+                changed |= scrub_json(v);
+            }
+            changed
+        }
         Value::Object(map) => {
             let mut changed = false;
             let keys: Vec<String> = map.keys().cloned().collect();
@@ -169,8 +179,9 @@ where
     S: tracing::Subscriber + for<'a> LookupSpan<'a> + Send + Sync,
 {
     use tracing_subscriber::filter::filter_fn;
-    let spans = sentry::integrations::tracing::SpanLayer::new()
-        .with_filter(filter_fn(|m| m.is_span() && TRACED_SPANS.contains(&m.name())));
+    let spans = sentry::integrations::tracing::SpanLayer::new().with_filter(filter_fn(|m| {
+        m.is_span() && TRACED_SPANS.contains(&m.name())
+    }));
     spans.and_then(TaggedErrors)
 }
 
@@ -242,8 +253,7 @@ where
             return;
         }
         #[allow(deprecated)] // the converter is the supported way to build the event
-        let mut sentry_event =
-            sentry::integrations::tracing::event_from_event::<S>(event, None);
+        let mut sentry_event = sentry::integrations::tracing::event_from_event::<S>(event, None);
         if let Some(scope) = ctx.event_scope(event) {
             // Outermost first, so inner spans override.
             for span in scope.from_root() {

@@ -21,7 +21,11 @@ fn tags(r: &StubRequest) -> Vec<String> {
 #[test]
 fn grafana_annotates_deployments_and_rollbacks() {
     let grafana = HttpStub::start().unwrap();
-    grafana.respond("/api/annotations", 200, r#"{"id":17,"message":"Annotation added"}"#);
+    grafana.respond(
+        "/api/annotations",
+        200,
+        r#"{"id":17,"message":"Annotation added"}"#,
+    );
     let root = tempfile::tempdir().unwrap();
     let config = root.path().join("server.toml");
     std::fs::write(
@@ -49,33 +53,69 @@ fn grafana_annotates_deployments_and_rollbacks() {
     assert!(ok, "{d1}");
     let requests = grafana.wait_for_requests(2).unwrap();
     let (start, end) = (&requests[0], &requests[1]);
-    assert_eq!((start.method.as_str(), start.path.as_str()), ("POST", "/api/annotations"));
-    assert_eq!(start.header("authorization"), Some(format!("Bearer {TOKEN}").as_str()));
+    assert_eq!(
+        (start.method.as_str(), start.path.as_str()),
+        ("POST", "/api/annotations")
+    );
+    assert_eq!(
+        start.header("authorization"),
+        Some(format!("Bearer {TOKEN}").as_str())
+    );
     let body = json(start);
     assert_eq!(body["dashboardUID"], "fleet");
-    assert!(body["time"].as_i64().unwrap() > 0 && body.get("timeEnd").is_none(), "{body}");
+    assert!(
+        body["time"].as_i64().unwrap() > 0 && body.get("timeEnd").is_none(),
+        "{body}"
+    );
     assert_eq!(
         tags(start),
-        ["flotilla", "app:shop", "env:prod", "kind:deploy", "team:platform"]
+        [
+            "flotilla",
+            "app:shop",
+            "env:prod",
+            "kind:deploy",
+            "team:platform"
+        ]
     );
     let id = d1["id"].as_str().unwrap();
     assert!(body["text"].as_str().unwrap().contains(id), "{body}");
 
-    assert_eq!((end.method.as_str(), end.path.as_str()), ("PATCH", "/api/annotations/17"));
+    assert_eq!(
+        (end.method.as_str(), end.path.as_str()),
+        ("PATCH", "/api/annotations/17")
+    );
     let body = json(end);
-    assert!(body["timeEnd"].as_i64().unwrap() >= body["time"].as_i64().unwrap(), "{body}");
+    assert!(
+        body["timeEnd"].as_i64().unwrap() >= body["time"].as_i64().unwrap(),
+        "{body}"
+    );
     assert_eq!(
         tags(end),
-        ["flotilla", "app:shop", "env:prod", "kind:deploy", "outcome:succeeded", "team:platform"]
+        [
+            "flotilla",
+            "app:shop",
+            "env:prod",
+            "kind:deploy",
+            "outcome:succeeded",
+            "team:platform"
+        ]
     );
 
     // A second release, then a rollback to the first: its own annotation.
-    grafana.respond("/api/annotations", 200, r#"{"id":18,"message":"Annotation added"}"#);
+    grafana.respond(
+        "/api/annotations",
+        200,
+        r#"{"id":18,"message":"Annotation added"}"#,
+    );
     let (ok, d2) = crate::deploy_wait(&server, "shop", "registry.example.com/shop:2.0.0");
     assert!(ok, "{d2}");
     let requests = grafana.wait_for_requests(4).unwrap();
     assert_eq!(requests[3].path, "/api/annotations/18");
-    grafana.respond("/api/annotations", 200, r#"{"id":19,"message":"Annotation added"}"#);
+    grafana.respond(
+        "/api/annotations",
+        200,
+        r#"{"id":19,"message":"Annotation added"}"#,
+    );
     let (ok, rb) = crate::rollback_wait(&server, "shop", &[]);
     assert!(ok, "{rb}");
     let requests = grafana.wait_for_requests(6).unwrap();

@@ -10,7 +10,9 @@ use flotilla_tests::{Host, Server, free_port};
 /// `GET path` on `addr` → (status code, content type, body).
 pub fn http_get(addr: &str, path: &str) -> (u16, String, String) {
     let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     write!(
         stream,
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
@@ -83,7 +85,10 @@ fn ops_endpoints_and_metrics_on_both_daemons() {
     assert_eq!(http_get(&server_http, "/nope").0, 404);
     assert_metrics(
         &server_http,
-        &["flotilla_agents_connected 0", "flotilla_agent_sessions_total 0"],
+        &[
+            "flotilla_agents_connected 0",
+            "flotilla_agent_sessions_total 0",
+        ],
     );
 
     let host = Host::join(root.path(), &server, "web-1", "prod").unwrap();
@@ -103,7 +108,8 @@ fn ops_endpoints_and_metrics_on_both_daemons() {
     // A deploy that succeeds, then one that fails on the host.
     let (ok, status) = crate::deploy_wait(&server, "shop", "registry.example.com/shop:1.0.0");
     assert!(ok, "{status}");
-    host.fail_images(&["registry.example.com/shop:2.0.0"]).unwrap();
+    host.fail_images(&["registry.example.com/shop:2.0.0"])
+        .unwrap();
     let (ok, failed) = crate::deploy_wait(&server, "shop", "registry.example.com/shop:2.0.0");
     assert!(!ok, "{failed}");
     let failed_state = failed["state"].as_str().unwrap().to_owned();
@@ -144,7 +150,10 @@ fn ops_endpoints_and_metrics_on_both_daemons() {
     wait_ready(&agent_http, 200);
     assert_metrics(
         &agent_http,
-        &["flotilla_agent_connected 1", "flotilla_agent_sessions_total 2"],
+        &[
+            "flotilla_agent_connected 1",
+            "flotilla_agent_sessions_total 2",
+        ],
     );
     assert_metrics(&server_http, &["flotilla_agent_sessions_total 1"]);
 
@@ -162,10 +171,12 @@ fn a_taken_ops_address_fails_the_start() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
     let mut cmd = std::process::Command::new(flotilla_tests::bin("flotilla-server"));
-    cmd.arg("serve")
-        .arg("--data-dir")
-        .arg(&data_dir)
-        .args(["--listen", "127.0.0.1:0", "--http-listen", &addr]);
+    cmd.arg("serve").arg("--data-dir").arg(&data_dir).args([
+        "--listen",
+        "127.0.0.1:0",
+        "--http-listen",
+        &addr,
+    ]);
     let out = flotilla_tests::run(cmd).unwrap();
     assert!(!out.status.success());
     let text = flotilla_tests::text(&out);

@@ -17,7 +17,11 @@ fn events(stub: &HttpStub) -> Vec<serde_json::Value> {
 /// The payloads of every envelope item of type `kind` received so far.
 fn items(stub: &HttpStub, kind: &str) -> Vec<serde_json::Value> {
     let mut out = Vec::new();
-    for r in stub.requests().iter().filter(|r| r.path.starts_with(ENVELOPE_PATH)) {
+    for r in stub
+        .requests()
+        .iter()
+        .filter(|r| r.path.starts_with(ENVELOPE_PATH))
+    {
         // Envelope: header line, then (item header line, payload line)*.
         let mut lines = r.body.split('\n');
         let _header = lines.next();
@@ -40,10 +44,16 @@ fn items(stub: &HttpStub, kind: &str) -> Vec<serde_json::Value> {
 fn wait_event(stub: &HttpStub, needle: &str) -> serde_json::Value {
     let deadline = Instant::now() + flotilla_tests::WAIT;
     loop {
-        if let Some(e) = events(stub).into_iter().find(|e| e.to_string().contains(needle)) {
+        if let Some(e) = events(stub)
+            .into_iter()
+            .find(|e| e.to_string().contains(needle))
+        {
             return e;
         }
-        assert!(Instant::now() < deadline, "no Sentry event containing {needle:?}");
+        assert!(
+            Instant::now() < deadline,
+            "no Sentry event containing {needle:?}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -51,7 +61,11 @@ fn wait_event(stub: &HttpStub, needle: &str) -> serde_json::Value {
 #[test]
 fn sentry_events_from_a_failing_deploy_are_tagged_and_carry_no_secret() {
     let ingest = HttpStub::start().unwrap();
-    ingest.respond(ENVELOPE_PATH, 200, r#"{"id":"00000000000000000000000000000000"}"#);
+    ingest.respond(
+        ENVELOPE_PATH,
+        200,
+        r#"{"id":"00000000000000000000000000000000"}"#,
+    );
     let dsn = format!("http://publickey@127.0.0.1:{}/42", ingest.port);
     let root = tempfile::tempdir().unwrap();
     let config = root.path().join("server.toml");
@@ -84,7 +98,9 @@ fn sentry_events_from_a_failing_deploy_are_tagged_and_carry_no_secret() {
         .unwrap();
     let team_token = String::from_utf8(
         server
-            .cli(&["token", "create", "--role", "deployer", "--name", "ci", "--team", "payments"])
+            .cli(&[
+                "token", "create", "--role", "deployer", "--name", "ci", "--team", "payments",
+            ])
             .unwrap()
             .stdout,
     )
@@ -96,7 +112,9 @@ fn sentry_events_from_a_failing_deploy_are_tagged_and_carry_no_secret() {
     host.fail_images(&[image]).unwrap();
     let out = flotilla_tests::run(server.cli_as(
         &team_token,
-        &["deploy", "shop", "--image", image, "--env", "prod", "--wait", "--output", "json"],
+        &[
+            "deploy", "shop", "--image", image, "--env", "prod", "--wait", "--output", "json",
+        ],
     ))
     .unwrap();
     assert!(!out.status.success(), "{}", flotilla_tests::text(&out));
@@ -110,7 +128,12 @@ fn sentry_events_from_a_failing_deploy_are_tagged_and_carry_no_secret() {
         agent_event.get("level").is_none_or(|l| l == "error"),
         "{agent_event}"
     );
-    assert!(agent_event["release"].as_str().unwrap().starts_with("flotilla-agent@"));
+    assert!(
+        agent_event["release"]
+            .as_str()
+            .unwrap()
+            .starts_with("flotilla-agent@")
+    );
     assert_eq!(agent_event["environment"], "e2e");
     let tags = &agent_event["tags"];
     assert_eq!(tags["host"], "web-1", "{agent_event}");
@@ -120,7 +143,12 @@ fn sentry_events_from_a_failing_deploy_are_tagged_and_carry_no_secret() {
 
     // The coordinator's event: the deployment failed, with the token's team.
     let server_event = wait_event(&ingest, "deployment failed");
-    assert!(server_event["release"].as_str().unwrap().starts_with("flotilla-server@"));
+    assert!(
+        server_event["release"]
+            .as_str()
+            .unwrap()
+            .starts_with("flotilla-server@")
+    );
     assert_eq!(server_event["environment"], "e2e");
     let tags = &server_event["tags"];
     assert_eq!(tags["app"], "shop", "{server_event}");
@@ -142,7 +170,12 @@ fn sentry_events_from_a_failing_deploy_are_tagged_and_carry_no_secret() {
     // Every request the ingest received: no secret, no request or user data.
     let join_secret = join_token.split('.').nth(1).unwrap().to_owned();
     let admin = server.admin_token();
-    let secrets = [admin.as_str(), join_secret.as_str(), team_token.as_str(), HOOK_SECRET];
+    let secrets = [
+        admin.as_str(),
+        join_secret.as_str(),
+        team_token.as_str(),
+        HOOK_SECRET,
+    ];
     let sent: Vec<_> = ingest
         .requests()
         .into_iter()
@@ -151,7 +184,11 @@ fn sentry_events_from_a_failing_deploy_are_tagged_and_carry_no_secret() {
     assert!(!sent.is_empty());
     for r in &sent {
         for secret in secrets {
-            assert!(!r.body.contains(secret), "a secret reached Sentry: {}", r.body);
+            assert!(
+                !r.body.contains(secret),
+                "a secret reached Sentry: {}",
+                r.body
+            );
             assert!(r.headers.iter().all(|(_, v)| !v.contains(secret)));
         }
     }

@@ -2,8 +2,8 @@
 //! them commands. The `AgentService` gRPC implementation lives in `service.rs`.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use flotilla_proto::v1 as pb;
 use flotilla_shared::HostId;

@@ -200,9 +200,7 @@ impl AgentService for AgentApi {
                 )));
             }
         };
-        c.sessions
-            .metrics()
-            .session_started(host_id.as_str(), &env);
+        c.sessions.metrics().session_started(host_id.as_str(), &env);
         tracing::info!(%host_id, session_id, "agent connected");
         // The current key set first (rotation), then everything the agent has
         // not accepted yet, oldest first.

@@ -195,8 +195,13 @@ impl Channel {
 
 #[derive(Debug, Clone)]
 pub enum Target {
-    Slack { webhook_url: Secret },
-    Webhook { url: String, secret: Secret },
+    Slack {
+        webhook_url: Secret,
+    },
+    Webhook {
+        url: String,
+        secret: Secret,
+    },
     Email(EmailTarget),
     /// Grafana annotations (`[grafana]`, the channel named `grafana`).
     Grafana(super::grafana::GrafanaTarget),

@@ -15,9 +15,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::config::{
-    Channel, ConfigError, Secret, SecretFields, Target, check_url, load_secret,
-};
+use super::config::{Channel, ConfigError, Secret, SecretFields, Target, check_url, load_secret};
 use super::event::{Event, EventKind};
 use super::outcome::{self, Outcome};
 use crate::store::Store;

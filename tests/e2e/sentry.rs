@@ -196,3 +196,66 @@ fn sentry_events_from_a_failing_deploy_are_tagged_and_carry_no_secret() {
         assert!(e.get("user").is_none() && e.get("request").is_none(), "{e}");
     }
 }
+
+#[test]
+fn sentry_deploy_markers_after_a_successful_deploy() {
+    const AUTH: &str = "sntrys_e2e-sentry-auth-token-value";
+    let sentry = HttpStub::start().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let config = root.path().join("server.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[sentry]\nurl = \"{}\"\nauth_token_env = \"E2E_SENTRY_AUTH\"\norg = \"acme\"\n[sentry.projects]\nshop = \"shop-backend\"\n",
+            sentry.url()
+        ),
+    )
+    .unwrap();
+    let data_dir = Server::init(root.path()).unwrap();
+    let server = Server::start_with_env(
+        &data_dir,
+        "127.0.0.1:0",
+        &["--config", config.to_str().unwrap()],
+        &[("E2E_SENTRY_AUTH", AUTH)],
+    )
+    .unwrap();
+    let host = Host::join(root.path(), &server, "web-1", "prod").unwrap();
+    let _agent = host.start().unwrap();
+
+    // An app without a Sentry project is not marked; `shop` is.
+    let (ok, other) = crate::deploy_wait(&server, "blog", "registry.example.com/blog:3");
+    assert!(ok, "{other}");
+    let (ok, status) = crate::deploy_wait(&server, "shop", "registry.example.com/shop:1.4.2");
+    assert!(ok, "{status}");
+    let requests = sentry.wait_for_requests(2).unwrap();
+    let (release, deploy) = (&requests[0], &requests[1]);
+    assert_eq!(
+        (release.method.as_str(), release.path.as_str()),
+        ("POST", "/api/0/organizations/acme/releases/")
+    );
+    assert_eq!(
+        release.header("authorization"),
+        Some(format!("Bearer {AUTH}").as_str())
+    );
+    let body: serde_json::Value = serde_json::from_str(&release.body).unwrap();
+    assert_eq!(body["version"], "shop@1.4.2");
+    assert_eq!(body["projects"], serde_json::json!(["shop-backend"]));
+    assert_eq!(
+        deploy.path,
+        "/api/0/organizations/acme/releases/shop%401.4.2/deploys/"
+    );
+    let body: serde_json::Value = serde_json::from_str(&deploy.body).unwrap();
+    assert_eq!(body["environment"], "prod");
+    assert_eq!(body["projects"], serde_json::json!(["shop-backend"]));
+    assert!(
+        body["name"]
+            .as_str()
+            .unwrap()
+            .contains(status["id"].as_str().unwrap())
+    );
+    assert!(
+        body["dateFinished"].as_str().unwrap().ends_with('Z'),
+        "{body}"
+    );
+    assert_eq!(sentry.requests().len(), 2);
+}

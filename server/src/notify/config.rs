@@ -189,6 +189,7 @@ impl Channel {
             Target::Webhook { .. } => "webhook",
             Target::Email(_) => "email",
             Target::Grafana(_) => "grafana",
+            Target::SentryReleases(_) => "sentry",
         }
     }
 }
@@ -205,6 +206,8 @@ pub enum Target {
     Email(EmailTarget),
     /// Grafana annotations (`[grafana]`, the channel named `grafana`).
     Grafana(super::grafana::GrafanaTarget),
+    /// Sentry deploy markers (`[sentry]`, the channel named `sentry`).
+    SentryReleases(super::sentry_releases::SentryReleasesTarget),
 }
 
 impl Target {
@@ -227,6 +230,7 @@ impl Target {
             Self::Webhook { secret, .. } => vec![secret.expose()],
             Self::Email(email) => email.password.iter().map(Secret::expose).collect(),
             Self::Grafana(grafana) => vec![grafana.token.expose()],
+            Self::SentryReleases(sentry) => vec![sentry.token.expose()],
         }
     }
 }

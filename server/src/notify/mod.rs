@@ -40,6 +40,7 @@ pub mod event;
 mod fleet;
 pub mod grafana;
 mod outcome;
+pub mod sentry_releases;
 mod slack;
 #[cfg(test)]
 mod tests;
@@ -249,6 +250,14 @@ impl Notifier {
                     event.duration_ms = Some(0);
                     grafana::send(&self.config.http, &self.store, target, &event).await
                 }
+                Target::SentryReleases(target) => {
+                    // The first configured app, release `APP@flotilla-test`.
+                    let app = target.projects.keys().next().cloned().unwrap_or_default();
+                    let mut event = Event::new(EventKind::DeploymentSucceeded, "test");
+                    event.image = Some(format!("{app}:flotilla-test"));
+                    event.app = Some(app);
+                    sentry_releases::send(&self.config.http, target, &event).await
+                }
             }
         };
         match self.bounded(channel, send).await {
@@ -359,6 +368,9 @@ impl Notifier {
                 }
                 Target::Grafana(target) => {
                     grafana::send(&self.config.http, &self.store, target, event).await
+                }
+                Target::SentryReleases(target) => {
+                    sentry_releases::send(&self.config.http, target, event).await
                 }
             }
         };

@@ -258,7 +258,8 @@ where
             // Outermost first, so inner spans override.
             for span in scope.from_root() {
                 if let Some(tags) = span.extensions().get::<SpanTags>() {
-                    for (k, v) in &tags.0 {
+                    // Empty values (e.g. no tenant) are left out, as Sentry wants.
+                    for (k, v) in tags.0.iter().filter(|(_, v)| !v.is_empty()) {
                         sentry_event.tags.insert(k.clone(), v.clone());
                     }
                 }

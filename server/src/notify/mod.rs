@@ -1,6 +1,7 @@
 //! Notifications: events (deployment started/succeeded/failed/…, host failed,
 //! agent disconnected, certificate expiring) delivered to Slack, signed
-//! webhooks and email through a durable outbox.
+//! webhooks and email through a durable outbox — which also carries Grafana
+//! annotations (`grafana.rs`) and Sentry deploy markers (`sentry_releases.rs`).
 //!
 //! [`Notifier::enqueue`] only writes outbox records (one per matching
 //! channel, in sled via `store::notify`) and wakes the worker; it never sends,

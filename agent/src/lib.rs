@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use flotilla_proto::v1 as pb;
+use flotilla_shared::AppName;
 use flotilla_shared::signing::VerifiedCommand;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -23,6 +24,7 @@ pub mod identity;
 pub mod join;
 pub mod link;
 pub mod logs;
+pub mod metrics;
 pub mod renew;
 pub mod sampler;
 pub mod simulate;
@@ -55,6 +57,8 @@ pub struct RunConfig {
     pub remote_write: Option<telemetry::ship::ShipConfig>,
     /// Where deploy output and the agent's warnings go (Loki), if anywhere.
     pub loki: Option<telemetry::ship::ShipConfig>,
+    /// Where to serve `/healthz`, `/readyz` and `/metrics` (plain HTTP); off when `None`.
+    pub http_listen: Option<std::net::SocketAddr>,
 }
 
 impl RunConfig {
@@ -70,6 +74,7 @@ impl RunConfig {
             metrics_interval: None,
             remote_write: None,
             loki: None,
+            http_listen: None,
         }
     }
 }
@@ -80,7 +85,11 @@ pub async fn run(
     config: RunConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    // 1. Identity and spool.
+    // 1. Identity, spool and the ops listener (bound first: fail fast).
+    let ops_listener = match config.http_listen {
+        Some(addr) => Some(flotilla_shared::ops::bind(addr).await?),
+        None => None,
+    };
     let identity = Identity::load(&config.dir)?;
     let spool = Spool::open(&config.dir.spool())
         .with_context(|| format!("open spool {}", config.dir.spool().display()))?;
@@ -96,9 +105,11 @@ pub async fn run(
         host_id: identity.file.host_id.clone(),
         env: identity.file.env.clone(),
     };
-
-    // 3. Telemetry pipelines: a bounded queue in the spool and one sender
+    // 3. Metrics for /metrics, then the telemetry pipelines: a bounded queue in the spool and one sender
     //    task each (docs/telemetry.md).
+    let mut registry = prometheus_client::registry::Registry::default();
+    let agent_metrics = Arc::new(metrics::Metrics::register(&mut registry));
+    let mut pipelines = Vec::new();
     let telemetry = CancellationToken::new();
     let mut telemetry_tasks = Vec::new();
     let metrics_shipper = match &config.remote_write {
@@ -106,6 +117,7 @@ pub async fn run(
             let queue = spool.queue(telemetry::ship::METRICS_QUEUE, ship.buffer_max_bytes)?;
             let shipper = Arc::new(telemetry::ship::MetricsShipper::new(ship.clone(), queue)?);
             telemetry_tasks.push(tokio::spawn(Arc::clone(&shipper).run(telemetry.clone())));
+            pipelines.push(("remote_write", shipper.stats()));
             Some(shipper)
         }
         None => None,
@@ -115,6 +127,7 @@ pub async fn run(
             let queue = spool.queue(telemetry::ship::LOGS_QUEUE, ship.buffer_max_bytes)?;
             let shipper = Arc::new(telemetry::ship::LogShipper::new(ship.clone(), queue)?);
             telemetry_tasks.push(tokio::spawn(Arc::clone(&shipper).run(telemetry.clone())));
+            pipelines.push(("loki", shipper.stats()));
             let feed = logs::LogFeed::new(
                 shipper,
                 identity.file.host_id.clone(),
@@ -131,9 +144,32 @@ pub async fn run(
         identity.file.host_id.to_string(),
         identity.file.env.to_string(),
     );
-    let mut ctx = Ctx::new(identity, spool, &config);
+    metrics::register_pipelines(&mut registry, pipelines);
+    let registry = Arc::new(registry);
+    let mut ctx = Ctx::new(identity, spool, &config).with_metrics(agent_metrics);
     ctx.logs = log_feed;
     let ctx = Arc::new(ctx);
+    let ops_stop = CancellationToken::new();
+    let ops = match ops_listener {
+        Some(listener) => {
+            tracing::info!(addr = %listener.local_addr()?, "ops HTTP listening");
+            let connected = ctx.connected.subscribe();
+            let ready: flotilla_shared::ops::Readiness = Arc::new(move || {
+                if *connected.borrow() {
+                    Ok(())
+                } else {
+                    Err("not connected to the coordinator".into())
+                }
+            });
+            Some(tokio::spawn(flotilla_shared::ops::serve(
+                listener,
+                registry,
+                ready,
+                ops_stop.clone().cancelled_owned(),
+            )))
+        }
+        None => None,
+    };
 
     // 4. The worker (runs dokku) and the link (talks to the coordinator);
     //    the host metrics sampler.
@@ -143,7 +179,7 @@ pub async fn run(
         let mut last_at = i64::MIN;
         tokio::spawn(sampler::run(
             interval,
-            ctx.metrics.clone(),
+            ctx.host_metrics.clone(),
             move || {
                 apps_ctx.spool.releases().unwrap_or_else(|e| {
                     tracing::warn!("cannot read the deployed releases: {e}");
@@ -191,6 +227,14 @@ pub async fn run(
         {
             task.abort();
         }
+    }
+    ops_stop.cancel();
+    if let Some(ops) = ops
+        && let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(5), ops)
+            .await
+            .unwrap_or(Ok(Ok(())))
+    {
+        tracing::warn!("ops HTTP listener failed: {e}");
     }
     ctx.spool.flush().await?;
     if let Some(failure) = failure {
@@ -390,7 +434,18 @@ async fn work<E: Executor>(
             }
             reports.notify_one();
         });
-        let result = executor.execute(&cmd.action, &mut sink, &kill).await;
+        // A Sentry transaction (when sampled) whose tags mark errors inside it.
+        let span = tracing::info_span!("command", tags.host = %ctx.identity.file.host_id,
+            tags.env = %ctx.identity.file.env,
+            tags.app = cmd.action.app().map_or("", AppName::as_str),
+            tags.deployment = %cmd.deployment_id, tags.action = cmd.action.kind(), command = %id);
+        let result = {
+            use tracing::Instrument as _;
+            executor
+                .execute(&cmd.action, &mut sink, &kill)
+                .instrument(span.clone())
+                .await
+        };
         let outcome = pb::Outcome::try_from(result.outcome).unwrap_or_default();
         if outcome == pb::Outcome::Succeeded
             && !result.deployed_image.is_empty()
@@ -399,8 +454,15 @@ async fn work<E: Executor>(
         {
             tracing::warn!(command = %id, "cannot record the deployed release: {e}");
         }
-        tracing::info!(command = %id, outcome = outcome.as_str_name(), exit_code = ?result.exit_code,
-            error = %result.error, "command finished");
+        span.in_scope(|| {
+            if outcome == pb::Outcome::Failed {
+                tracing::error!(command = %id, exit_code = ?result.exit_code, error = %result.error,
+                    "command failed");
+            }
+            tracing::info!(command = %id, outcome = outcome.as_str_name(), exit_code = ?result.exit_code,
+                error = %result.error, "command finished");
+        });
+        ctx.metrics.command_finished(outcome.as_str_name());
         if let Err(e) = ctx.spool.finish(&id, result).await {
             tracing::error!(command = %id, "cannot record the result: {e}");
         }

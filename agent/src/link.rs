@@ -42,9 +42,11 @@ pub struct Ctx {
     /// Whether a session is up now (`simulate` waits on it).
     pub connected: watch::Sender<bool>,
     /// The newest host metrics sample; sent at session start and on change.
-    pub metrics: watch::Sender<Option<pb::HostMetrics>>,
+    pub host_metrics: watch::Sender<Option<pb::HostMetrics>>,
     /// Deploy output to Loki, when configured.
     pub logs: Option<crate::logs::LogFeed>,
+    /// Sessions, commands and refusals (`/metrics`).
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 impl Ctx {
@@ -63,9 +65,16 @@ impl Ctx {
             keepalive: config.keepalive,
             backoff_max: config.backoff_max,
             connected: watch::Sender::new(false),
-            metrics: watch::Sender::new(None),
+            host_metrics: watch::Sender::new(None),
             logs: None,
+            metrics: std::sync::Arc::default(),
         }
+    }
+
+    /// This agent's metrics go to `metrics` (registered for `/metrics`).
+    pub fn with_metrics(mut self, metrics: std::sync::Arc<crate::metrics::Metrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 }
 
@@ -174,6 +183,7 @@ async fn session(
         .into_inner();
     tracing::info!(server = %id.file.server, pending = ctx.spool.pending_len(), "session established");
     ctx.connected.send_replace(true);
+    ctx.metrics.session_started();
 
     let session_cancel = cancel.child_token();
     let pump = tokio::spawn(pump(Arc::clone(ctx), tx.clone(), session_cancel.clone()));
@@ -181,7 +191,7 @@ async fn session(
     heartbeat.tick().await;
     let mut renewal = tokio::time::interval(RENEWAL_CHECK);
     renewal.tick().await;
-    let mut metrics = ctx.metrics.subscribe();
+    let mut metrics = ctx.host_metrics.subscribe();
     // The newest sample straight away, so `flotilla hosts` has figures at once.
     metrics.mark_changed();
     let result = loop {
@@ -215,6 +225,7 @@ async fn session(
         }
     };
     ctx.connected.send_replace(false);
+    ctx.metrics.session_ended();
     session_cancel.cancel();
     let _ = pump.await;
     result
@@ -400,6 +411,7 @@ async fn handle_command(
             command_id,
             refusal,
         } => {
+            ctx.metrics.command_refused(refusal.reason.as_str());
             if refusal.reason == signing::RefusalReason::Replayed {
                 tracing::info!(command = %command_id, "command already seen; not running it again");
             } else {

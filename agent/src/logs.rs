@@ -241,3 +241,78 @@ impl Visit for LineVisitor {
         self.take(field, format!("{value:?}"));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use tracing_subscriber::layer::SubscriberExt as _;
+
+    use super::*;
+    use crate::spool::Spool;
+    use crate::telemetry::ship::{Endpoint, LOGS_QUEUE, ShipConfig};
+
+    #[tokio::test]
+    async fn agent_warnings_become_loki_lines_but_pipeline_noise_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let config = ShipConfig::new(Endpoint {
+            // Never contacted: the sender task is not started.
+            url: "http://127.0.0.1:9/loki/api/v1/push".parse().unwrap(),
+            auth: None,
+            headers: Vec::new(),
+        });
+        let queue = spool.queue(LOGS_QUEUE, 1 << 20).unwrap();
+        let shipper = Arc::new(LogShipper::new(config, queue).unwrap());
+        let feed = LogFeed::new(
+            Arc::clone(&shipper),
+            HostId::parse("web-1").unwrap(),
+            EnvName::parse("prod").unwrap(),
+        );
+        let cancel = CancellationToken::new();
+        let task = install_warning_sink(feed, cancel.clone()).unwrap();
+
+        let subscriber = tracing_subscriber::registry().with(WarningLayer);
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::warn!(target: "flotilla_agent::link", app = ?Some("shop"), command = "c-1", "cannot do {}", "it");
+            tracing::error!(target: "flotilla_agent::exec", "disk full");
+            tracing::info!(target: "flotilla_agent::link", "not a warning");
+            tracing::warn!(target: "flotilla_agent::telemetry::ship", "push failed");
+            tracing::warn!(target: "hyper", "someone else's warning");
+        });
+        cancel.cancel();
+        task.await.unwrap();
+
+        let entries: Vec<crate::telemetry::loki::LogEntry> = spool
+            .queue(LOGS_QUEUE, 1 << 20)
+            .unwrap()
+            .peek(10)
+            .unwrap()
+            .iter()
+            .map(|e| serde_json::from_slice(&e.value).unwrap())
+            .collect();
+        assert_eq!(entries.len(), 2, "{entries:#?}");
+        let first = &entries[0];
+        assert_eq!(first.line, "cannot do it app=Some(\"shop\") command=c-1");
+        assert_eq!(
+            first.labels,
+            BTreeMap::from(
+                [
+                    ("app", "shop"),
+                    ("env", "prod"),
+                    ("host", "web-1"),
+                    ("source", "agent")
+                ]
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            )
+        );
+        assert!(first.metadata.contains(&("level".into(), "warn".into())));
+        assert!(first.metadata.contains(&("command".into(), "c-1".into())));
+        assert_eq!(entries[1].line, "disk full");
+        assert!(!entries[1].labels.contains_key("app"));
+        assert!(
+            entries[1]
+                .metadata
+                .contains(&("level".into(), "error".into()))
+        );
+    }
+}

@@ -12,6 +12,7 @@ use flotilla_agent::identity::AgentDir;
 use flotilla_agent::join::{JoinOptions, join};
 use flotilla_agent::simulate::{self, SimulateOptions};
 use flotilla_agent::{RunConfig, run};
+use flotilla_shared::sentry::SentryArgs;
 use flotilla_shared::telemetry::LogArgs;
 use flotilla_shared::token::JoinToken;
 use flotilla_shared::{EnvName, HostId, Labels};
@@ -23,6 +24,8 @@ use flotilla_shared::{EnvName, HostId, Labels};
 struct Args {
     #[command(flatten)]
     logging: LogArgs,
+    #[command(flatten)]
+    sentry: SentryArgs,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -94,6 +97,10 @@ enum Cmd {
         /// Loki push endpoint for deploy logs, e.g. https://logs.example/loki/api/v1/push (or [loki] url).
         #[arg(long, env = "FLOTILLA_LOKI_URL")]
         loki_url: Option<String>,
+        /// Serve `/healthz`, `/readyz` and `/metrics` (plain HTTP) on this
+        /// address, e.g. 127.0.0.1:9465 (or [http] listen). Off by default.
+        #[arg(long, env = "FLOTILLA_HTTP_LISTEN")]
+        http_listen: Option<std::net::SocketAddr>,
     },
     /// Run many simulated agents in this process, for tests and benchmarks.
     ///
@@ -165,7 +172,13 @@ fn main() -> std::process::ExitCode {
 
 fn real_main(args: Args) -> anyhow::Result<()> {
     flotilla_shared::tls::install_crypto_provider();
-    args.logging.init();
+    // Sentry before logging and the runtime; the guard flushes at the end of main.
+    let _sentry =
+        flotilla_shared::sentry::init(&args.sentry, "flotilla-agent", env!("CARGO_PKG_VERSION"))?;
+    // The agent's warnings also go to Loki when a Loki URL is configured
+    // (the layer forwards nothing until `run` connects it to the pipeline).
+    args.logging
+        .init_with(Box::new(flotilla_agent::logs::WarningLayer));
     let runtime = tokio::runtime::Runtime::new()?;
     match args.command {
         Cmd::Join {
@@ -202,12 +215,13 @@ fn real_main(args: Args) -> anyhow::Result<()> {
             metrics_interval,
             remote_write_url,
             loki_url,
+            http_listen,
         } => {
             let settings = AgentSettings::load(
                 config_path.as_deref(),
                 Overrides {
                     metrics_interval,
-                    http_listen: None,
+                    http_listen,
                     remote_write_url,
                     loki_url,
                 },
@@ -222,6 +236,7 @@ fn real_main(args: Args) -> anyhow::Result<()> {
             config.shutdown_grace = shutdown_grace;
             config.backoff_max = reconnect_max;
             config.renew_before = renew_before;
+            config.http_listen = settings.http_listen;
             runtime.block_on(run(config, flotilla_shared::shutdown::signal()))
         }
         Cmd::Simulate {

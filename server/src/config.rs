@@ -23,6 +23,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::gates::{GatesConfig, ResolvedGates};
+use crate::notify::grafana::GrafanaConfig;
+use crate::notify::sentry_releases::SentryReleasesConfig;
 use crate::notify::{NotifyConfig, ResolvedNotify};
 
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +40,12 @@ pub enum ConfigError {
     Gates { path: PathBuf, message: String },
     #[error("{path}: [notifications]: {message}")]
     Notify { path: PathBuf, message: String },
+    #[error("{path}: [{section}]: {message}")]
+    Extra {
+        path: PathBuf,
+        section: &'static str,
+        message: String,
+    },
 }
 
 /// The file as written.
@@ -48,6 +56,12 @@ pub struct ServerFile {
     pub gates: Option<GatesConfig>,
     #[serde(default)]
     pub notifications: Option<NotifyConfig>,
+    /// Grafana annotations for deployments and rollbacks (docs/telemetry.md).
+    #[serde(default)]
+    pub grafana: Option<GrafanaConfig>,
+    /// Sentry deploy markers for apps' Sentry projects (docs/telemetry.md).
+    #[serde(default)]
+    pub sentry: Option<SentryReleasesConfig>,
 }
 
 /// The configuration with its secrets read and everything checked.
@@ -86,6 +100,53 @@ impl ServerSettings {
                 path: path.to_owned(),
                 message: e.to_string(),
             })?;
+        // [grafana] and [sentry] deliver through the notification outbox as
+        // channels of their own, which exists even without [notifications].
+        let env = |name: &str| std::env::var(name).ok();
+        let mut extra = Vec::new();
+        if let Some(grafana) = file.grafana {
+            let channel = grafana.resolve_with(&env).map_err(|e| ConfigError::Extra {
+                path: path.to_owned(),
+                section: "grafana",
+                message: e.to_string(),
+            })?;
+            extra.push(("grafana", channel));
+        }
+        if let Some(sentry) = file.sentry {
+            let channel = sentry.resolve_with(&env).map_err(|e| ConfigError::Extra {
+                path: path.to_owned(),
+                section: "sentry",
+                message: e.to_string(),
+            })?;
+            extra.push(("sentry", channel));
+        }
+        let notifications = if extra.is_empty() {
+            notifications
+        } else {
+            let mut notify = match notifications {
+                Some(n) => n,
+                None => NotifyConfig::default()
+                    .resolve()
+                    .map_err(|e| ConfigError::Notify {
+                        path: path.to_owned(),
+                        message: e.to_string(),
+                    })?,
+            };
+            for (section, channel) in extra {
+                if notify.channel(&channel.name).is_some() {
+                    return Err(ConfigError::Extra {
+                        path: path.to_owned(),
+                        section,
+                        message: format!(
+                            "the notification channel name {:?} is reserved for [{section}]; rename that channel",
+                            channel.name
+                        ),
+                    });
+                }
+                notify.channels.push(channel);
+            }
+            Some(notify)
+        };
         Ok(Self {
             gates,
             notifications,
@@ -101,7 +162,12 @@ mod tests {
     fn the_example_file_parses() {
         let file: ServerFile = toml::from_str(include_str!("../../deploy/examples/server.toml"))
             .unwrap_or_else(|e| panic!("deploy/examples/server.toml: {e}"));
-        assert!(file.gates.is_some() && file.notifications.is_some());
+        assert!(
+            file.gates.is_some()
+                && file.notifications.is_some()
+                && file.grafana.is_some()
+                && file.sentry.is_some()
+        );
     }
 
     #[test]

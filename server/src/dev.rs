@@ -25,6 +25,8 @@ pub struct DevOptions {
     pub data_dir: Option<PathBuf>,
     /// `server.toml` for the coordinator (gates, notifications).
     pub config: Option<PathBuf>,
+    /// Where the coordinator serves `/healthz`, `/readyz` and `/metrics` (off when `None`).
+    pub http_listen: Option<std::net::SocketAddr>,
 }
 
 fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
@@ -94,6 +96,7 @@ pub async fn run_dev(
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let mut serve = ServeConfig::new(dir.clone());
     serve.config_file = opts.config.clone();
+    serve.http_listen = opts.http_listen;
     let server = tokio::spawn(run(serve, listener, async move {
         let _ = stop_rx.await;
     }));

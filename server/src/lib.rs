@@ -22,6 +22,7 @@ pub mod config;
 pub mod dev;
 pub mod fleet;
 pub mod gates;
+pub mod metrics;
 pub mod notify;
 pub mod pki;
 pub mod rollout;
@@ -51,6 +52,8 @@ pub struct ServeConfig {
     pub keepalive: Duration,
     /// `server.toml`: deploy gates and notification channels (none without it).
     pub config_file: Option<PathBuf>,
+    /// Where to serve `/healthz`, `/readyz` and `/metrics` (plain HTTP); off when `None`.
+    pub http_listen: Option<std::net::SocketAddr>,
 }
 
 impl ServeConfig {
@@ -64,6 +67,7 @@ impl ServeConfig {
             shutdown_grace: Duration::from_secs(10),
             keepalive: Duration::from_secs(20),
             config_file: None,
+            http_listen: None,
         }
     }
 }
@@ -119,6 +123,10 @@ pub async fn run(
         Some(path) => config::ServerSettings::load(path)?,
         None => config::ServerSettings::default(),
     };
+    let ops_listener = match config.http_listen {
+        Some(addr) => Some(flotilla_shared::ops::bind(addr).await?),
+        None => None,
+    };
     let store = Store::open(&dir.state())
         .with_context(|| format!("open store {}", dir.state().display()))?;
     let gates = settings
@@ -127,7 +135,8 @@ pub async fn run(
     let notifier = settings
         .notifications
         .map(|n| notify::Notifier::new(store.clone(), n));
-    let sessions = Arc::new(Sessions::default());
+    let metrics = Arc::new(metrics::Metrics::new());
+    let sessions = Arc::new(Sessions::with_metrics(Arc::clone(&metrics)));
     tracing::info!(key_id = %signer.key_id(), previous = previous.len(), "command signing key loaded");
     let coordinator = Arc::new(Coordinator {
         rollout: Engine::new(
@@ -160,6 +169,28 @@ pub async fn run(
         cancel.child_token(),
     ));
     let delivery = notifier.map(|n| tokio::spawn(n.run(cancel.child_token())));
+    // Ready while the gRPC services serve: from here until shutdown starts.
+    let serving = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let ops = match ops_listener {
+        Some(listener) => {
+            tracing::info!(addr = %listener.local_addr()?, "ops HTTP listening");
+            let flag = Arc::clone(&serving);
+            let ready: flotilla_shared::ops::Readiness = Arc::new(move || {
+                if flag.load(std::sync::atomic::Ordering::Relaxed) {
+                    Ok(())
+                } else {
+                    Err("the coordinator is shutting down".into())
+                }
+            });
+            Some(tokio::spawn(flotilla_shared::ops::serve(
+                listener,
+                metrics.registry(),
+                ready,
+                cancel.child_token().cancelled_owned(),
+            )))
+        }
+        None => None,
+    };
 
     // 4. Serve. Cancelling first ends the long-lived streams, so the drain is quick.
     let addr = listener.local_addr()?;
@@ -185,6 +216,7 @@ pub async fn run(
             tonic::transport::server::TcpIncoming::from(listener),
             async move {
                 shutdown.await;
+                serving.store(false, std::sync::atomic::Ordering::Relaxed);
                 stop.cancel();
                 sessions.clear();
             },
@@ -198,6 +230,11 @@ pub async fn run(
         let _ = sweeper.await;
         if let Some(delivery) = delivery {
             let _ = delivery.await;
+        }
+        if let Some(ops) = ops
+            && let Ok(Err(e)) = ops.await
+        {
+            tracing::warn!("ops HTTP listener failed: {e}");
         }
         coordinator.tasks.wait().await;
     };

@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use flotilla_server::pki::{self, DataDir};
 use flotilla_server::{ServeConfig, dev};
 use flotilla_shared::EnvName;
+use flotilla_shared::sentry::SentryArgs;
 use flotilla_shared::telemetry::LogArgs;
 
 /// The Flotilla coordinator: signs deploy and rollback commands and sends them
@@ -19,6 +20,8 @@ use flotilla_shared::telemetry::LogArgs;
 struct Args {
     #[command(flatten)]
     logging: LogArgs,
+    #[command(flatten)]
+    sentry: SentryArgs,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -70,6 +73,10 @@ enum Cmd {
         /// docs/notifications.md.
         #[arg(long, env = "FLOTILLA_CONFIG")]
         config: Option<PathBuf>,
+        /// Serve `/healthz`, `/readyz` and `/metrics` (plain HTTP) on this
+        /// address, e.g. 127.0.0.1:9464. Off by default.
+        #[arg(long, env = "FLOTILLA_HTTP_LISTEN")]
+        http_listen: Option<SocketAddr>,
     },
     /// Run a local dev fleet: a coordinator plus N agents on simulated Dokku
     /// hosts (fake-dokku) in a temporary directory. Prints how to point
@@ -91,6 +98,9 @@ enum Cmd {
         /// channels (docs/gates.md, docs/notifications.md).
         #[arg(long, env = "FLOTILLA_CONFIG")]
         config: Option<PathBuf>,
+        /// Serve the coordinator's `/healthz`, `/readyz` and `/metrics` here.
+        #[arg(long, env = "FLOTILLA_HTTP_LISTEN")]
+        http_listen: Option<SocketAddr>,
     },
 }
 
@@ -101,6 +111,10 @@ fn main() -> std::process::ExitCode {
 
 fn real_main(args: Args) -> anyhow::Result<()> {
     flotilla_shared::tls::install_crypto_provider();
+    // Sentry before logging (its layers join the subscriber) and before the
+    // runtime; the guard lives to the end of main and flushes queued events.
+    let _sentry =
+        flotilla_shared::sentry::init(&args.sentry, "flotilla-server", env!("CARGO_PKG_VERSION"))?;
     args.logging.init();
     match args.command {
         Cmd::Init {
@@ -121,6 +135,7 @@ fn real_main(args: Args) -> anyhow::Result<()> {
             command_ttl,
             keepalive,
             config: config_file,
+            http_listen,
         } => {
             let mut config = ServeConfig::new(DataDir::new(data_dir));
             config.keepalive = keepalive;
@@ -128,6 +143,7 @@ fn real_main(args: Args) -> anyhow::Result<()> {
             config.signing_key = signing_key;
             config.previous_signing_keys = previous_signing_keys;
             config.command_ttl = command_ttl;
+            config.http_listen = http_listen;
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(async {
                 let listener = tokio::net::TcpListener::bind(listen)
@@ -142,6 +158,7 @@ fn real_main(args: Args) -> anyhow::Result<()> {
             env,
             data_dir,
             config,
+            http_listen,
         } => {
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(dev::run_dev(
@@ -151,6 +168,7 @@ fn real_main(args: Args) -> anyhow::Result<()> {
                     env,
                     data_dir,
                     config,
+                    http_listen,
                 },
                 flotilla_shared::shutdown::signal(),
             ))

@@ -5,7 +5,9 @@
 
 pub mod health;
 pub mod names;
+pub mod ops;
 pub mod secret;
+pub mod sentry;
 pub mod shutdown;
 pub mod signing;
 pub mod telemetry;

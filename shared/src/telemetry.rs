@@ -1,5 +1,6 @@
 //! Logging setup shared by both daemons: one `init` that builds the filter and
-//! the fmt layer (human or JSON) in a fixed order. Logs go to stderr.
+//! the fmt layer (human or JSON) in a fixed order, plus the Sentry layers when
+//! `sentry::init` started a client. Logs go to stderr.
 
 use std::io::IsTerminal as _;
 
@@ -39,11 +40,31 @@ impl LogArgs {
     pub fn init(&self) {
         init(self.log_format, self.log.as_deref(), "info");
     }
+
+    /// `init`, with one more layer that sees every event the filter lets
+    /// through (the agent forwards its warnings to Loki this way).
+    pub fn init_with(&self, extra: ExtraLayer) {
+        init_with(self.log_format, self.log.as_deref(), "info", Some(extra));
+    }
 }
+
+/// A layer added to the subscriber by [`init_with`].
+pub type ExtraLayer =
+    Box<dyn tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync>;
 
 /// Installs the global subscriber. `filter` uses `RUST_LOG` syntax (e.g.
 /// `info,flotilla_agent=debug`); `default` applies when it is `None`.
 pub fn init(format: LogFormat, filter: Option<&str>, default: &str) {
+    init_with(format, filter, default, None);
+}
+
+/// `init` with an optional extra layer.
+pub fn init_with(
+    format: LogFormat,
+    filter: Option<&str>,
+    default: &str,
+    extra: Option<ExtraLayer>,
+) {
     let filter = match filter.map(EnvFilter::try_new) {
         Some(Ok(filter)) => filter,
         Some(Err(e)) => {
@@ -52,7 +73,14 @@ pub fn init(format: LogFormat, filter: Option<&str>, default: &str) {
         }
         None => EnvFilter::new(default),
     };
-    let registry = tracing_subscriber::registry().with(filter);
+    // Order: the extra layer, the filter (global: it limits the extra layer
+    // too), then Sentry (only with a DSN: deploy spans →
+    // transactions, ERROR events → Sentry events), then the fmt layer.
+    let sentry = crate::sentry::is_enabled().then(crate::sentry::layers);
+    let registry = tracing_subscriber::registry()
+        .with(extra)
+        .with(filter)
+        .with(sentry);
     let ansi = std::io::stderr().is_terminal();
     let result = match format {
         LogFormat::Text => registry

@@ -17,14 +17,18 @@ pub enum TokenError {
     Random,
 }
 
-/// 32 random bytes, URL-safe base64 without padding (43 characters).
+/// 32 random bytes, URL-safe base64 without padding (43 characters),
+/// registered for scrubbing (`secret::scrub`).
 pub fn random_secret() -> Result<String, TokenError> {
     use ring::rand::SecureRandom;
     let mut bytes = [0u8; 32];
     ring::rand::SystemRandom::new()
         .fill(&mut bytes)
         .map_err(|_| TokenError::Random)?;
-    Ok(URL_SAFE_NO_PAD.encode(bytes))
+    let secret = URL_SAFE_NO_PAD.encode(bytes);
+    // Every token this process makes is kept out of Sentry events.
+    crate::secret::register_for_scrubbing(&secret);
+    Ok(secret)
 }
 
 /// Hex SHA-256 of a token secret: what the stores keep. The secrets are 256-bit

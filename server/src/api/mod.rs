@@ -121,6 +121,8 @@ impl Api {
             .store
             .api_token(&hash_secret(token.trim()))?
             .ok_or_else(|| Status::unauthenticated("invalid API token"))?;
+        // A valid token is a secret this process now knows: never in a Sentry event.
+        flotilla_shared::secret::register_for_scrubbing(token.trim());
         if record.role < need {
             let status = Status::permission_denied(format!(
                 "token {:?} has role {}; this needs {}",
@@ -372,7 +374,7 @@ impl FleetService for Api {
             .filter(|h| caller.token.envs.is_empty() || caller.token.envs.contains(&h.env))
             .map(|h| pb::Host {
                 connected: c.sessions.is_connected(&h.host_id),
-                metrics: c.sessions.metrics(&h.host_id),
+                metrics: c.sessions.host_metrics(&h.host_id),
                 host_id: h.host_id.to_string(),
                 env: h.env.to_string(),
                 labels: h.labels.as_map().clone().into_iter().collect(),

@@ -2,12 +2,14 @@
 //! them commands. The `AgentService` gRPC implementation lives in `service.rs`.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use flotilla_proto::v1 as pb;
 use flotilla_shared::HostId;
 use tokio::sync::mpsc;
+
+use crate::metrics::Metrics;
 
 pub mod service;
 
@@ -28,19 +30,44 @@ struct Session {
 pub struct Sessions {
     inner: Mutex<HashMap<HostId, Session>>,
     /// The newest metrics sample per host.
-    metrics: Mutex<HashMap<HostId, pb::HostMetrics>>,
+    host_metrics: Mutex<HashMap<HostId, pb::HostMetrics>>,
     next_id: AtomicU64,
+    /// The coordinator's metrics (sessions, commands, deployments); the
+    /// rollout engine reaches them through its `Sessions`.
+    metrics: Arc<Metrics>,
 }
 
 pub type SessionRx = mpsc::Receiver<Result<pb::CoordinatorMessage, tonic::Status>>;
 
 impl Sessions {
+    /// Sessions that report to `metrics`.
+    pub fn with_metrics(metrics: Arc<Metrics>) -> Self {
+        Self {
+            metrics,
+            ..Self::default()
+        }
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Number of live sessions.
+    pub fn len(&self) -> usize {
+        self.inner.lock().map(|inner| inner.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Registers a new session for `host` and returns its id and receiving end.
     pub fn register(&self, host: &HostId) -> (u64, SessionRx) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(SESSION_BUFFER);
         if let Ok(mut inner) = self.inner.lock() {
             inner.insert(host.clone(), Session { id, tx });
+            self.metrics.set_agents_connected(inner.len());
         }
         (id, rx)
     }
@@ -51,6 +78,7 @@ impl Sessions {
             && inner.get(host).is_some_and(|s| s.id == id)
         {
             inner.remove(host);
+            self.metrics.set_agents_connected(inner.len());
         }
     }
 
@@ -76,6 +104,7 @@ impl Sessions {
             Err(_) => {
                 tracing::warn!(%host, "session is stuck or closed; dropping it so the agent reconnects");
                 inner.remove(host);
+                self.metrics.set_agents_connected(inner.len());
                 false
             }
         }
@@ -87,31 +116,33 @@ impl Sessions {
     pub fn disconnect(&self, host: &HostId) {
         if let Ok(mut inner) = self.inner.lock() {
             inner.remove(host);
+            self.metrics.set_agents_connected(inner.len());
         }
     }
 
     /// Keeps `sample` as `host`'s newest metrics (in memory only: the agent
     /// sends a fresh one at every session start and every interval). Lists
     /// are capped so one misbehaving agent cannot grow the coordinator.
-    pub fn set_metrics(&self, host: &HostId, mut sample: pb::HostMetrics) {
+    pub fn set_host_metrics(&self, host: &HostId, mut sample: pb::HostMetrics) {
         sample.cpu_core_usage_ratio.truncate(MAX_LIST);
         sample.disks.truncate(MAX_LIST);
         sample.networks.truncate(MAX_LIST);
         sample.apps.truncate(MAX_APPS);
-        if let Ok(mut metrics) = self.metrics.lock() {
+        if let Ok(mut metrics) = self.host_metrics.lock() {
             metrics.insert(host.clone(), sample);
         }
     }
 
     /// `host`'s newest metrics sample, if it sent one since the coordinator started.
-    pub fn metrics(&self, host: &HostId) -> Option<pb::HostMetrics> {
-        self.metrics.lock().ok()?.get(host).cloned()
+    pub fn host_metrics(&self, host: &HostId) -> Option<pb::HostMetrics> {
+        self.host_metrics.lock().ok()?.get(host).cloned()
     }
 
     /// Ends every session (shutdown).
     pub fn clear(&self) {
         if let Ok(mut inner) = self.inner.lock() {
             inner.clear();
+            self.metrics.set_agents_connected(0);
         }
     }
 }

@@ -83,6 +83,7 @@ impl AgentService for AgentApi {
                 "join token is not valid; create one with `flotilla join-token create`",
             ));
         }
+        flotilla_shared::secret::register_for_scrubbing(&req.token);
         let (certificate_pem, not_after_ms) =
             c.ca.issue_agent_cert(&req.csr_pem, &host_id)
                 .map_err(|e| Status::invalid_argument(format!("{e:#}")))?;
@@ -190,16 +191,16 @@ impl AgentService for AgentApi {
         let (session_id, rx) = c.sessions.register(&host_id);
         // A revocation between the check above and the registration would
         // otherwise leave this session alive: check again now that it is visible.
-        if c.store
-            .host(&host_id)
-            .map_err(internal)?
-            .is_none_or(|h| h.revoked)
-        {
-            c.sessions.unregister(&host_id, session_id);
-            return Err(Status::permission_denied(format!(
-                "host {host_id} has been revoked"
-            )));
-        }
+        let env = match c.store.host(&host_id).map_err(internal)? {
+            Some(h) if !h.revoked => h.env.to_string(),
+            _ => {
+                c.sessions.unregister(&host_id, session_id);
+                return Err(Status::permission_denied(format!(
+                    "host {host_id} has been revoked"
+                )));
+            }
+        };
+        c.sessions.metrics().session_started(host_id.as_str(), &env);
         tracing::info!(%host_id, session_id, "agent connected");
         // The current key set first (rotation), then everything the agent has
         // not accepted yet, oldest first.
@@ -214,12 +215,15 @@ impl AgentService for AgentApi {
         for entry in c.store.outbox(&host_id).map_err(internal)? {
             match pb::SignedCommand::decode(entry.signed.as_slice()) {
                 Ok(signed) => {
-                    c.sessions.send(
+                    let sent = c.sessions.send(
                         &host_id,
                         pb::CoordinatorMessage {
                             msg: Some(pb::coordinator_message::Msg::Command(signed)),
                         },
                     );
+                    if sent {
+                        c.sessions.metrics().command_sent();
+                    }
                 }
                 Err(e) => {
                     tracing::error!(command = %entry.command_id, "undecodable outbox entry: {e}")
@@ -231,6 +235,7 @@ impl AgentService for AgentApi {
         c.tasks.clone().spawn(handle_inbound(
             c,
             host_id,
+            env,
             session_id,
             inbound,
             cancel.clone(),
@@ -277,6 +282,7 @@ const MAX_REPORTS_PER_ACK: usize = 512;
 async fn handle_inbound(
     c: Arc<crate::Coordinator>,
     host_id: HostId,
+    env: String,
     session_id: u64,
     mut inbound: Streaming<pb::AgentMessage>,
     cancel: CancellationToken,
@@ -332,7 +338,7 @@ async fn handle_inbound(
             }
             Some(pb::agent_message::Msg::Heartbeat(_)) => touch(None),
             Some(pb::agent_message::Msg::Metrics(sample)) => {
-                c.sessions.set_metrics(&host_id, sample);
+                c.sessions.set_host_metrics(&host_id, sample);
             }
             Some(pb::agent_message::Msg::Pong(pong)) => {
                 c.rollout.on_pong(&host_id, &pong.command_id);
@@ -361,6 +367,9 @@ async fn handle_inbound(
     // Reports applied but not acked are re-sent after a reconnect; applying
     // them again is harmless.
     c.sessions.unregister(&host_id, session_id);
+    if !c.sessions.is_connected(&host_id) {
+        c.sessions.metrics().session_ended(host_id.as_str(), &env);
+    }
     touch(None);
     tracing::info!(%host_id, session_id, "agent disconnected");
 }

@@ -188,15 +188,26 @@ impl Channel {
             Target::Slack { .. } => "slack",
             Target::Webhook { .. } => "webhook",
             Target::Email(_) => "email",
+            Target::Grafana(_) => "grafana",
+            Target::SentryReleases(_) => "sentry",
         }
     }
 }
 
 #[derive(Debug, Clone)]
 pub enum Target {
-    Slack { webhook_url: Secret },
-    Webhook { url: String, secret: Secret },
+    Slack {
+        webhook_url: Secret,
+    },
+    Webhook {
+        url: String,
+        secret: Secret,
+    },
     Email(EmailTarget),
+    /// Grafana annotations (`[grafana]`, the channel named `grafana`).
+    Grafana(super::grafana::GrafanaTarget),
+    /// Sentry deploy markers (`[sentry]`, the channel named `sentry`).
+    SentryReleases(super::sentry_releases::SentryReleasesTarget),
 }
 
 impl Target {
@@ -218,6 +229,8 @@ impl Target {
             }
             Self::Webhook { secret, .. } => vec![secret.expose()],
             Self::Email(email) => email.password.iter().map(Secret::expose).collect(),
+            Self::Grafana(grafana) => vec![grafana.token.expose()],
+            Self::SentryReleases(sentry) => vec![sentry.token.expose()],
         }
     }
 }
@@ -526,14 +539,14 @@ fn resolve_channel(
 }
 
 /// The field names of one secret in a channel.
-struct SecretFields {
-    env: &'static str,
-    file: &'static str,
-    inline: Option<&'static str>,
+pub(super) struct SecretFields {
+    pub(super) env: &'static str,
+    pub(super) file: &'static str,
+    pub(super) inline: Option<&'static str>,
 }
 
 /// At most one of the sources, read and trimmed; `None` if none is set.
-fn load_secret(
+pub(super) fn load_secret(
     channel: &str,
     fields: SecretFields,
     env_name: Option<String>,
@@ -579,7 +592,7 @@ fn load_secret(
 
 /// An absolute http(s) URL; with `secure`, plain http only to a loopback
 /// host. The reason never contains the URL.
-fn check_url(url: &str, secure: bool) -> Result<(), String> {
+pub(super) fn check_url(url: &str, secure: bool) -> Result<(), String> {
     let parsed = reqwest::Url::parse(url).map_err(|e| format!("not a valid URL ({e})"))?;
     let host = parsed.host_str().unwrap_or_default();
     match parsed.scheme() {

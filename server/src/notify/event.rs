@@ -95,6 +95,9 @@ pub struct Event {
     #[serde(default)]
     pub reason: Option<String>,
     pub at_ms: i64,
+    /// `deploy` or `rollback`, for deployment events (absent otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment_kind: Option<String>,
 }
 
 impl Event {
@@ -112,6 +115,7 @@ impl Event {
             duration_ms: None,
             reason: None,
             at_ms: now_ms(),
+            deployment_kind: None,
         }
     }
 

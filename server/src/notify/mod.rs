@@ -1,6 +1,7 @@
 //! Notifications: events (deployment started/succeeded/failed/…, host failed,
 //! agent disconnected, certificate expiring) delivered to Slack, signed
-//! webhooks and email through a durable outbox.
+//! webhooks and email through a durable outbox — which also carries Grafana
+//! annotations (`grafana.rs`) and Sentry deploy markers (`sentry_releases.rs`).
 //!
 //! [`Notifier::enqueue`] only writes outbox records (one per matching
 //! channel, in sled via `store::notify`) and wakes the worker; it never sends,
@@ -38,7 +39,9 @@ pub mod config;
 mod email;
 pub mod event;
 mod fleet;
+pub mod grafana;
 mod outcome;
+pub mod sentry_releases;
 mod slack;
 #[cfg(test)]
 mod tests;
@@ -241,6 +244,21 @@ impl Notifier {
                 Target::Email(target) => {
                     email::send(target, self.config.send_timeout, email::render_test(name)).await
                 }
+                Target::Grafana(target) => {
+                    let mut event = Event::new(EventKind::DeploymentSucceeded, "test");
+                    event.app = Some("flotilla-test".into());
+                    event.deployment_id = Some(format!("test-{}", uuid::Uuid::now_v7()));
+                    event.duration_ms = Some(0);
+                    grafana::send(&self.config.http, &self.store, target, &event).await
+                }
+                Target::SentryReleases(target) => {
+                    // The first configured app, release `APP@flotilla-test`.
+                    let app = target.projects.keys().next().cloned().unwrap_or_default();
+                    let mut event = Event::new(EventKind::DeploymentSucceeded, "test");
+                    event.image = Some(format!("{app}:flotilla-test"));
+                    event.app = Some(app);
+                    sentry_releases::send(&self.config.http, target, &event).await
+                }
             }
         };
         match self.bounded(channel, send).await {
@@ -348,6 +366,12 @@ impl Notifier {
                 Target::Email(target) => {
                     let message = email::render(event, public_url);
                     email::send(target, self.config.send_timeout, message).await
+                }
+                Target::Grafana(target) => {
+                    grafana::send(&self.config.http, &self.store, target, event).await
+                }
+                Target::SentryReleases(target) => {
+                    sentry_releases::send(&self.config.http, target, event).await
                 }
             }
         };

@@ -203,6 +203,7 @@ fn event(kind: EventKind) -> Event {
         duration_ms: Some(125_000),
         reason: Some("2 of 4 hosts failed: health check on web-2 answered 502".into()),
         at_ms: 1_767_225_600_000, // 2026-01-01T00:00:00Z
+        deployment_kind: None,
     }
 }
 

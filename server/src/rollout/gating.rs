@@ -130,6 +130,11 @@ impl Engine {
         self.notify(&d, EventKind::DeploymentBlocked, None);
         self.store.flush().await?;
         self.changed();
+        self.sessions.metrics().deployment_ended(
+            d.kind.as_str(),
+            d.state.as_str(),
+            (d.finished_at_ms - d.created_at_ms) as f64 / 1000.0,
+        );
         tracing::warn!(deployment = %d.id, app = %d.app, env = %d.env, reason = %d.error,
             "deployment blocked by a gate");
         Ok(d)
@@ -162,6 +167,7 @@ impl Engine {
                 _ => (!d.error.is_empty()).then(|| d.error.clone()),
             },
             at_ms: now_ms(),
+            deployment_kind: Some(d.kind.as_str().to_owned()),
         };
         if let Err(e) = notifier.enqueue(&event) {
             tracing::error!(deployment = %d.id, "cannot queue a notification: {e}");

@@ -184,6 +184,15 @@ impl Engine {
     /// Creates a deployment to the selected hosts of the environment and
     /// dispatches its first batch, or queues it behind the active one.
     pub async fn start(&self, new: NewDeployment) -> Result<Deployment, RolloutError> {
+        use tracing::Instrument as _;
+        // A Sentry transaction (when sampled) with the deployment's tags.
+        let span = tracing::info_span!("deployment", tags.app = %new.app, tags.env = %new.env,
+            tags.tenant = new.team.as_deref().unwrap_or_default(), tags.kind = new.kind.as_str(),
+            tags.deployment = tracing::field::Empty);
+        self.start_inner(new).instrument(span).await
+    }
+
+    async fn start_inner(&self, new: NewDeployment) -> Result<Deployment, RolloutError> {
         // Gates before the start, outside the lock (Flagsmith is a network
         // call). Rollbacks are never gated: they are how you get out of trouble.
         let decisions = match new.kind {
@@ -286,6 +295,7 @@ impl Engine {
             }
             Inserted::Active => {}
         }
+        tracing::Span::current().record("tags.deployment", d.id.as_str());
         tracing::info!(deployment = %d.id, app = %d.app, env = %d.env,
             kind = d.kind.as_str(), image = %d.image, hosts = d.hosts.len(), batches = d.batches,
             "deployment created");
@@ -804,6 +814,7 @@ impl Engine {
         match body {
             pb::report::Body::Log(_) => {}
             pb::report::Body::Accepted(_) => {
+                self.sessions.metrics().command_acknowledged();
                 self.store.remove_from_outbox(host, &report.command_id)?;
                 if in_flight && !entry.accepted {
                     d.hosts[i].accepted = true;
@@ -828,6 +839,9 @@ impl Engine {
                 let reason = pb::RefusalReason::try_from(refused.reason)
                     .ok()
                     .and_then(RefusalReason::from_proto);
+                self.sessions
+                    .metrics()
+                    .command_refused(reason.map_or("unknown", RefusalReason::as_str));
                 self.store.remove_from_outbox(host, &report.command_id)?;
                 if reason == Some(RefusalReason::Replayed) {
                     // A re-sent command the agent already holds: its result comes separately.
@@ -1218,6 +1232,23 @@ impl Engine {
         }
         self.store.flush().await?;
         self.changed();
+        self.sessions.metrics().deployment_ended(
+            d.kind.as_str(),
+            state.as_str(),
+            (d.finished_at_ms - d.created_at_ms) as f64 / 1000.0,
+        );
+        if matches!(state, State::Failed | State::RolledBack) {
+            // One Sentry event per failed deployment (with a DSN), tagged.
+            let failed_host = d
+                .hosts
+                .iter()
+                .find(|h| matches!(h.state, HostState::Failed | HostState::RollbackFailed))
+                .map(|h| h.host_id.to_string());
+            deployment_span(d, failed_host.as_deref()).in_scope(|| {
+                tracing::error!(kind = d.kind.as_str(), state = state.as_str(), error = %d.error,
+                    "deployment failed");
+            });
+        }
         match state {
             State::Succeeded => {
                 tracing::info!(deployment = %d.id, release = d.release, "deployment succeeded");
@@ -1350,6 +1381,9 @@ impl Engine {
                     msg: Some(pb::coordinator_message::Msg::Command(signed)),
                 },
             );
+            if sent {
+                self.sessions.metrics().command_sent();
+            }
             tracing::info!(deployment = %d.id, host = %host_id, command = %command_id, sent, rollback,
                 "command dispatched");
         }
@@ -1487,6 +1521,15 @@ impl Drop for PingRegistrations<'_> {
 
 /// Whether host `h`'s image (may have) changed in this deployment: unknown
 /// counts as changed once the agent took the command.
+/// The span whose `tags.*` fields tag Sentry events about `d` (see
+/// `flotilla_shared::sentry`); `host` is the host the event is about.
+fn deployment_span(d: &Deployment, host: Option<&str>) -> tracing::Span {
+    tracing::info_span!("deployment", tags.app = %d.app, tags.env = %d.env,
+        tags.deployment = %d.id, tags.kind = d.kind.as_str(),
+        tags.tenant = d.team.as_deref().unwrap_or_default(),
+        tags.host = host.unwrap_or_default())
+}
+
 fn changed(h: &HostDeployment) -> bool {
     match (&h.image_before, &h.image) {
         (Some(before), Some(after)) => before != after,

@@ -7,6 +7,8 @@
 //! record without scanning the others). Both change in one transaction.
 //! `s\0<kind>\0<host>` → the episode last notified for a fleet event (so an
 //! offline agent is reported once, also across restarts).
+//! `g\0<deployment id>` → the Grafana annotation id of the deployment (i64
+//! BE; -1 once its final annotation was delivered).
 
 use serde::{Deserialize, Serialize};
 use sled::transaction::ConflictableTransactionError;
@@ -54,7 +56,29 @@ fn due_key(channel: &str, next_attempt_ms: i64, id: &str) -> Vec<u8> {
     key
 }
 
+fn grafana_key(deployment: &str) -> Vec<u8> {
+    let mut key = b"g\0".to_vec();
+    key.extend_from_slice(deployment.as_bytes());
+    key
+}
+
 impl Store {
+    /// The Grafana annotation id recorded for `deployment` (see `notify::grafana`).
+    pub fn grafana_annotation(&self, deployment: &str) -> Result<Option<i64>, StoreError> {
+        Ok(self
+            .notify_outbox
+            .get(grafana_key(deployment))?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+            .map(i64::from_be_bytes))
+    }
+
+    /// Records `id` for `deployment`; durable with the next flush.
+    pub fn set_grafana_annotation(&self, deployment: &str, id: i64) -> Result<(), StoreError> {
+        self.notify_outbox
+            .insert(grafana_key(deployment), id.to_be_bytes().to_vec())?;
+        Ok(())
+    }
+
     /// Adds records to the outbox in one atomic batch. Durable with the next
     /// flush (sled also flushes on its own every 500 ms).
     pub fn notify_insert(&self, records: &[NotifyRecord]) -> Result<(), StoreError> {

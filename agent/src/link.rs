@@ -411,7 +411,7 @@ async fn handle_command(
             command_id,
             refusal,
         } => {
-            ctx.metrics.command_refused(refusal.reason.as_str());
+            ctx.metrics.command_refused(refusal.reason.code());
             if refusal.reason == signing::RefusalReason::Replayed {
                 tracing::info!(command = %command_id, "command already seen; not running it again");
             } else {

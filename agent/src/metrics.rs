@@ -47,6 +47,17 @@ impl Metrics {
             "Commands refused before running, by reason (replayed, expired, bad_signature, …)",
             m.refused.clone(),
         );
+        // Zero for every label set, so rate() works before the first event.
+        for outcome in ["succeeded", "failed", "interrupted"] {
+            let _ = m
+                .commands
+                .get_or_create(&vec![("outcome", outcome.to_owned())]);
+        }
+        for reason in flotilla_shared::signing::RefusalReason::ALL {
+            let _ = m
+                .refused
+                .get_or_create(&vec![("reason", reason.code().to_owned())]);
+        }
         m
     }
 

@@ -92,6 +92,19 @@ impl Metrics {
             "Time from creation to the final state, by kind and outcome",
             deployment_duration.clone(),
         );
+        // Counters start at zero for every label set they can have, so
+        // rate() and absent() work before the first event.
+        for reason in flotilla_shared::signing::RefusalReason::ALL {
+            let _ = commands_refused.get_or_create(&vec![("reason", reason.code().to_owned())]);
+        }
+        for kind in ["deploy", "rollback"] {
+            for outcome in ["succeeded", "failed", "rolled_back", "cancelled", "blocked"] {
+                let _ = deployments.get_or_create(&vec![
+                    ("kind", kind.to_owned()),
+                    ("outcome", outcome.to_owned()),
+                ]);
+            }
+        }
         Self {
             registry: Arc::new(registry),
             agents_connected,

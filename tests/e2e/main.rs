@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod crash;
+mod dashboard;
 mod deploy;
 mod dev;
 mod gates;

@@ -841,7 +841,7 @@ impl Engine {
                     .and_then(RefusalReason::from_proto);
                 self.sessions
                     .metrics()
-                    .command_refused(reason.map_or("unknown", RefusalReason::as_str));
+                    .command_refused(reason.map_or("unknown", RefusalReason::code));
                 self.store.remove_from_outbox(host, &report.command_id)?;
                 if reason == Some(RefusalReason::Replayed) {
                     // A re-sent command the agent already holds: its result comes separately.

@@ -301,6 +301,32 @@ impl RefusalReason {
         })
     }
 
+    /// Every reason, for metrics initialised at zero.
+    pub const ALL: [Self; 8] = [
+        Self::BadSignature,
+        Self::UnknownKey,
+        Self::WrongHost,
+        Self::Expired,
+        Self::FromTheFuture,
+        Self::Replayed,
+        Self::Oversized,
+        Self::Malformed,
+    ];
+
+    /// A stable snake_case code (metric labels).
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::BadSignature => "bad_signature",
+            Self::UnknownKey => "unknown_key",
+            Self::WrongHost => "wrong_host",
+            Self::Expired => "expired",
+            Self::FromTheFuture => "from_the_future",
+            Self::Replayed => "replayed",
+            Self::Oversized => "oversized",
+            Self::Malformed => "malformed",
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::BadSignature => "bad signature",

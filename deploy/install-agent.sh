@@ -18,6 +18,7 @@ labels=()
 binary=""
 unit_src="$script_dir/systemd/flotilla-agent.service"
 env_src="$script_dir/examples/agent.env"
+toml_src="$script_dir/examples/agent.toml"
 start=1
 
 usage() {
@@ -26,7 +27,8 @@ Usage: $0 --server URL --host-id ID --env ENV --binary PATH [--label KEY=VALUE].
 
 Installs the Flotilla agent on this Dokku host and joins it to the coordinator:
   1. copies --binary to $BIN
-  2. installs the unit to $UNIT and, if absent, $CONF_DIR/agent.env
+  2. installs the unit to $UNIT and, if absent, $CONF_DIR/agent.env and
+     $CONF_DIR/agent.toml (telemetry settings, all commented out)
   3. runs \`flotilla-agent join\` as $SERVICE_USER with --data-dir $DATA_DIR
   4. systemctl enable --now flotilla-agent (restart if the binary or unit changed)
 
@@ -34,8 +36,8 @@ The one-time join token (\`flotilla join-token create\` on the coordinator) is r
 from FLOTILLA_JOIN_TOKEN, or else from standard input (a prompt that does not echo
 on a terminal). It is never taken as an argument and never printed.
 
-Re-running is safe: an unchanged binary or unit is left alone, agent.env is never
-overwritten, and a data dir that already joined as the same host id is kept (no
+Re-running is safe: an unchanged binary or unit is left alone, agent.env and
+agent.toml are never overwritten, and a data dir that already joined as the same host id is kept (no
 token needed). A data dir joined as another host id is refused.
 
 Required:
@@ -148,8 +150,16 @@ install_file "$unit_src" "$UNIT" 0644
 if [[ -e $CONF_DIR/agent.env ]]; then
 	say "$CONF_DIR/agent.env exists; left as it is"
 elif [[ -f $env_src ]]; then
-	install -D -o root -g root -m 0644 "$env_src" "$CONF_DIR/agent.env"
+	# 0600: it may hold telemetry passwords (systemd reads it as root).
+	install -D -o root -g root -m 0600 "$env_src" "$CONF_DIR/agent.env"
 	say "installed $CONF_DIR/agent.env (all settings commented out)"
+fi
+if [[ -e $CONF_DIR/agent.toml ]]; then
+	say "$CONF_DIR/agent.toml exists; left as it is"
+elif [[ -f $toml_src ]]; then
+	# Readable by the service user, which runs the agent.
+	install -D -o root -g "$SERVICE_USER" -m 0640 "$toml_src" "$CONF_DIR/agent.toml"
+	say "installed $CONF_DIR/agent.toml (all settings commented out)"
 fi
 systemctl daemon-reload
 

@@ -361,6 +361,38 @@ mod tests {
     }
 
     #[test]
+    fn the_example_file_parses_with_every_setting_uncommented() {
+        let text = include_str!("../../deploy/examples/agent.toml");
+        // Uncomment `#key = …` and `#[section]` lines (not prose comments).
+        let uncommented: String = text
+            .lines()
+            .map(|l| {
+                let rest = l.strip_prefix('#').unwrap_or(l);
+                let looks_like_setting = rest.starts_with('[')
+                    || rest
+                        .split_once(" = ")
+                        .is_some_and(|(k, _)| !k.is_empty() && !k.contains(' '));
+                if l.starts_with('#') && looks_like_setting {
+                    rest
+                } else {
+                    l
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let file: AgentFile = toml::from_str(&uncommented).unwrap();
+        let rw = file.remote_write.unwrap();
+        assert!(rw.url.is_some() && rw.password_file.is_some() && rw.bearer_token_file.is_some());
+        assert_eq!(rw.buffer_max_mib, Some(64));
+        assert!(file.loki.unwrap().url.is_some());
+        assert!(file.http.listen.is_some());
+        assert_eq!(file.metrics.interval, Some(Duration::from_secs(10)));
+        // As shipped (all commented out) it means the defaults.
+        let file: AgentFile = toml::from_str(text).unwrap();
+        assert!(file.remote_write.is_none() && file.loki.is_none());
+    }
+
+    #[test]
     fn nothing_configured_means_defaults_and_no_pipelines() {
         let s =
             AgentSettings::resolve(AgentFile::default(), Overrides::default(), &no_env).unwrap();

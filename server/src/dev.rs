@@ -207,6 +207,8 @@ async fn start_agents(
             .arg(agent_dir.join("agent"))
             .arg("--dokku-bin")
             .arg(dokku_bin)
+            // Figures in `flotilla hosts` within seconds of the start.
+            .args(["--metrics-interval", "2s"])
             .env("DOKKU_ROOT", &dokku_root)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

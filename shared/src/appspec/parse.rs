@@ -335,7 +335,9 @@ fn environment(ctx: &mut Ctx<'_>, value: &Value<'_>, path: &str) -> Option<EnvSp
                     let mut out = Vec::new();
                     for tenant in &env.tenants {
                         match pattern.expand(tenant) {
-                            Ok(d) => out.push((d.into_string(), format!(" for tenant {tenant:?}"))),
+                            Ok(d) => {
+                                out.push((d.into_string(), format!(" for tenant \"{tenant}\"")))
+                            }
                             Err(reason) => ctx.err(
                                 span.clone(),
                                 &p,
@@ -494,28 +496,30 @@ fn environment(ctx: &mut Ctx<'_>, value: &Value<'_>, path: &str) -> Option<EnvSp
 fn letsencrypt(ctx: &mut Ctx<'_>, value: &Value<'_>, path: &str) -> Option<LetsEncrypt> {
     let table = ctx.table(value, path)?;
     ctx.unknown_keys(table, path, &["enabled", "email", "auto_renew"]);
-    let enabled = match get(table, "enabled") {
-        Some(v) => ctx.bool(v, &join(path, "enabled"))?,
-        None => true,
-    };
-    let auto_renew = match get(table, "auto_renew") {
-        Some(v) => ctx.bool(v, &join(path, "auto_renew"))?,
-        None => true,
-    };
-    let email = match get(table, "email") {
-        Some(v) => {
-            let p = join(path, "email");
-            let s = ctx.string(v, &p)?;
-            match EmailAddress::parse(s) {
+    // Each key is checked even when another is wrong, so every error is reported.
+    let enabled = get(table, "enabled").map(|v| ctx.bool(v, &join(path, "enabled")));
+    let auto_renew = get(table, "auto_renew").map(|v| ctx.bool(v, &join(path, "auto_renew")));
+    let email = get(table, "email").map(|v| {
+        let p = join(path, "email");
+        ctx.string(v, &p)
+            .and_then(|s| match EmailAddress::parse(s) {
                 Ok(email) => Some(email),
                 Err(e) => {
                     ctx.err(v.span(), &p, e.to_string());
-                    return None;
+                    None
                 }
-            }
-        }
-        None => None,
+            })
+    });
+    let (Some(enabled), Some(auto_renew)) = (
+        enabled.unwrap_or(Some(true)),
+        auto_renew.unwrap_or(Some(true)),
+    ) else {
+        return None;
     };
+    if email.as_ref().is_some_and(Option::is_none) {
+        return None;
+    }
+    let email = email.flatten();
     if !enabled {
         return None;
     }
@@ -617,7 +621,7 @@ fn services(ctx: &mut Ctx<'_>, value: &Value<'_>, path: &str) -> Vec<ServiceLink
             ctx.err(
                 item.span(),
                 &p,
-                format!("{kind} service {name:?} is already linked at {path}[{j}]"),
+                format!("{kind} service \"{name}\" is already linked at {path}[{j}]"),
             );
             continue;
         }

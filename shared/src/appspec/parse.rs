@@ -374,14 +374,15 @@ fn environment(ctx: &mut Ctx<'_>, value: &Value<'_>, path: &str) -> Option<EnvSp
             }
         }
     }
-    if !tenants.is_empty() && !any_pattern {
-        if let Some(v) = get(table, "tenants") {
-            ctx.err(
-                v.span(),
-                &join(path, "tenants"),
-                "tenants are listed but no domain uses {tenant}",
-            );
-        }
+    if !tenants.is_empty()
+        && !any_pattern
+        && let Some(v) = get(table, "tenants")
+    {
+        ctx.err(
+            v.span(),
+            &join(path, "tenants"),
+            "tenants are listed but no domain uses {tenant}",
+        );
     }
 
     if let Some(v) = get(table, "letsencrypt") {

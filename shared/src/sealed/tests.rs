@@ -199,7 +199,7 @@ fn key_file_errors() {
         "key file /k line 1: invalid key id: use 1-64 letters, digits, '.', '_' or '-'"
     );
     assert_eq!(
-        parse_err(&format!("{b64}")),
+        parse_err(b64),
         "key file /k line 1: expected `<key-id> <base64 of 32 bytes>`"
     );
     assert_eq!(

@@ -3,9 +3,11 @@
 //!
 //! Nothing here talks to the network or to sled; those belong to `server` and `agent`.
 
+pub mod appspec;
 pub mod health;
 pub mod names;
 pub mod ops;
+pub mod sealed;
 pub mod secret;
 pub mod sentry;
 pub mod shutdown;
@@ -15,4 +17,7 @@ pub mod time;
 pub mod tls;
 pub mod token;
 
-pub use names::{AppName, Domain, EnvName, HostId, ImageRef, Labels, NameError};
+pub use names::{
+    AppName, ConfigKey, Domain, EmailAddress, EnvName, HostId, ImageRef, Labels, LinkAlias,
+    NameError, ServiceName, TenantName,
+};

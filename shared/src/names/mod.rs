@@ -140,6 +140,149 @@ name_type!(
     check_domain
 );
 
+name_type!(
+    /// A tenant of a multi-tenant app (`acme` in `{tenant}.example.com`): one DNS label.
+    TenantName,
+    check_dns_label_tenant
+);
+name_type!(
+    /// A Dokku postgres/redis service name: `^[A-Za-z0-9_-]+$` (the plugins' rule), at most 64
+    /// characters.
+    ServiceName,
+    check_service_name
+);
+name_type!(
+    /// An app config (environment variable) name: `^[A-Za-z_][A-Za-z0-9_]*$` (Dokku's
+    /// `config:set` rule), at most 255 characters. Reserved keys are still valid names; see
+    /// [`ConfigKey::reserved_reason`].
+    ConfigKey,
+    check_config_key
+);
+name_type!(
+    /// A service link alias (`-a ALIAS` of `postgres:link`): `^[A-Z][A-Z0-9_]*$`, at most 64
+    /// characters; the link sets `<ALIAS>_URL`.
+    LinkAlias,
+    check_link_alias
+);
+name_type!(
+    /// An e-mail address as Let's Encrypt needs it: `local@domain`, no whitespace or control
+    /// characters, a domain with at least one dot, at most 254 characters.
+    EmailAddress,
+    check_email
+);
+
+impl ConfigKey {
+    /// Why Flotilla refuses to manage this key, if it does: Dokku owns `DOKKU_*`, `GIT_REV`
+    /// (set by git deploys) and `NO_VHOST` (set by the domains plugin).
+    pub fn reserved_reason(&self) -> Option<&'static str> {
+        reserved_config_key(&self.0)
+    }
+}
+
+/// See [`ConfigKey::reserved_reason`]; takes a raw key so that keys read from a host can be
+/// classified without parsing them.
+pub fn reserved_config_key(key: &str) -> Option<&'static str> {
+    if key.starts_with("DOKKU_") {
+        Some("Dokku manages DOKKU_* variables")
+    } else if key == "GIT_REV" {
+        Some("Dokku sets GIT_REV on git deploys")
+    } else if key == "NO_VHOST" {
+        Some("the domains plugin manages NO_VHOST")
+    } else {
+        None
+    }
+}
+
+fn check_dns_label_tenant(value: &str) -> Result<(), NameError> {
+    check_dns_label("tenant", value)
+}
+
+fn check_service_name(value: &str) -> Result<(), NameError> {
+    const KIND: &str = "service name";
+    check_len(KIND, value, 64)?;
+    if value
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'))
+        && !value.starts_with('-')
+    {
+        Ok(())
+    } else {
+        Err(invalid(
+            KIND,
+            value,
+            "must be letters, digits, '_' and '-' (not starting with '-')",
+        ))
+    }
+}
+
+fn check_config_key(value: &str) -> Result<(), NameError> {
+    const KIND: &str = "config key";
+    check_len(KIND, value, 255)?;
+    let bytes = value.as_bytes();
+    let first_ok = bytes[0].is_ascii_alphabetic() || bytes[0] == b'_';
+    if first_ok
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || *b == b'_')
+    {
+        Ok(())
+    } else {
+        Err(invalid(
+            KIND,
+            value,
+            "must match [A-Za-z_][A-Za-z0-9_]* (an environment variable name)",
+        ))
+    }
+}
+
+fn check_link_alias(value: &str) -> Result<(), NameError> {
+    const KIND: &str = "link alias";
+    check_len(KIND, value, 64)?;
+    let bytes = value.as_bytes();
+    if bytes[0].is_ascii_uppercase()
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || *b == b'_')
+    {
+        Ok(())
+    } else {
+        Err(invalid(
+            KIND,
+            value,
+            "must be uppercase letters, digits and '_', starting with a letter",
+        ))
+    }
+}
+
+fn check_email(value: &str) -> Result<(), NameError> {
+    const KIND: &str = "e-mail address";
+    check_len(KIND, value, 254)?;
+    let bad = || {
+        Err(invalid(
+            KIND,
+            value,
+            "must look like name@example.com (no spaces, a domain with a dot)",
+        ))
+    };
+    let Some((local, domain)) = value.rsplit_once('@') else {
+        return bad();
+    };
+    let local_ok = !local.is_empty()
+        && !local.starts_with('-')
+        && local
+            .chars()
+            .all(|c| c.is_ascii_graphic() && c != '@' && c != '"');
+    let domain_ok = domain.contains('.')
+        && domain.split('.').all(|label| {
+            let lb = label.as_bytes();
+            !lb.is_empty()
+                && lb[0].is_ascii_alphanumeric()
+                && lb[lb.len() - 1].is_ascii_alphanumeric()
+                && lb.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'-')
+        });
+    if local_ok && domain_ok { Ok(()) } else { bad() }
+}
+
 const APP_MAX: usize = 100;
 
 fn check_app_name(value: &str) -> Result<(), NameError> {

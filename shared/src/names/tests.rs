@@ -130,3 +130,64 @@ fn labels_are_checked() {
     let keys: Vec<_> = labels.iter().map(|(k, _)| k.as_str()).collect();
     assert_eq!(keys, ["a", "b"]);
 }
+
+#[test]
+fn tenants_services_config_keys_aliases_emails() {
+    for good in ["acme", "a1", "big-co"] {
+        check::<TenantName>(good, true);
+    }
+    for bad in ["", "Acme", "-a", "a-", "a.b", "a_b", "{tenant}"] {
+        check::<TenantName>(bad, false);
+    }
+    for good in ["web-db", "Web_DB", "db1", "_x"] {
+        check::<ServiceName>(good, true);
+    }
+    for bad in ["", "-db", "db.1", "db 1", "db;x", &"a".repeat(65)] {
+        check::<ServiceName>(bad, false);
+    }
+    for good in ["A", "_A", "a_b", "SECRET_KEY_BASE", "x1", "DOKKU_X"] {
+        check::<ConfigKey>(good, true);
+    }
+    for bad in ["", "1A", "A-B", "A.B", "A B", "A=B", "\u{e9}"] {
+        check::<ConfigKey>(bad, false);
+    }
+    assert!(
+        ConfigKey::parse("DOKKU_LETSENCRYPT_EMAIL")
+            .unwrap()
+            .reserved_reason()
+            .is_some()
+    );
+    assert!(
+        ConfigKey::parse("GIT_REV")
+            .unwrap()
+            .reserved_reason()
+            .is_some()
+    );
+    assert!(
+        ConfigKey::parse("DATABASE_URL")
+            .unwrap()
+            .reserved_reason()
+            .is_none()
+    );
+    for good in ["DATABASE", "BLUE_DB", "R2"] {
+        check::<LinkAlias>(good, true);
+    }
+    for bad in ["", "db", "_DB", "2DB", "DB-1"] {
+        check::<LinkAlias>(bad, false);
+    }
+    for good in ["ops@example.com", "a.b+c@mail.example.co.uk"] {
+        check::<EmailAddress>(good, true);
+    }
+    for bad in [
+        "",
+        "ops",
+        "ops@",
+        "@example.com",
+        "ops@localhost",
+        "o ps@example.com",
+        "ops@-x.com",
+        "-x@example.com",
+    ] {
+        check::<EmailAddress>(bad, false);
+    }
+}

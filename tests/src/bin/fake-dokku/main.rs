@@ -7,12 +7,15 @@
 
 mod apps;
 mod args;
+mod certs;
 mod config;
 mod deploy;
 mod domains;
+mod letsencrypt;
 mod logs;
 mod out;
 mod report;
+mod services;
 mod store;
 #[cfg(test)]
 mod tests;
@@ -34,6 +37,9 @@ pub struct Ctx {
     pub app: Option<String>,
     /// `--force` before the command: skips the `apps:destroy` confirmation.
     pub force: bool,
+    /// Every `--…` argument anywhere on the line (Dokku's `DOKKU_GLOBAL_FLAGS`): the service plugins read
+    /// `--no-restart` from here.
+    pub global_flags: Vec<String>,
 }
 
 impl Ctx {
@@ -133,6 +139,11 @@ fn run(argv: &[String]) -> i32 {
         out,
         app: globals.app,
         force: globals.force,
+        global_flags: argv
+            .iter()
+            .filter(|arg| arg.starts_with("--"))
+            .cloned()
+            .collect(),
     };
     finish(dispatch(&ctx, command, args))
 }
@@ -190,15 +201,55 @@ fn dispatch(ctx: &Ctx, command: &str, args: &[String]) -> CmdResult {
         "domains:remove-global" => domains::remove_global(ctx, args),
         "domains:clear-global" => domains::clear_global(ctx, args),
         "domains:report" => report::run(ctx, args, "domains", "domains", domains::report_flags),
+        "certs:add" => certs::add(ctx, args),
+        "certs:remove" => certs::remove(ctx, args),
+        "certs:report" => report::run(ctx, args, "certs", "ssl", certs::report_flags),
+        "letsencrypt:set" => letsencrypt::set(ctx, args),
+        "letsencrypt:enable" => letsencrypt::enable(ctx, args),
+        "letsencrypt:disable" => letsencrypt::disable(ctx, args),
+        "letsencrypt:active" => letsencrypt::active(ctx, args),
+        "letsencrypt:cron-job" => letsencrypt::cron_job(ctx, args),
+        "letsencrypt:list" => letsencrypt::list(ctx, args),
+        "letsencrypt:report" => letsencrypt::report(ctx, args),
         "logs" => logs::logs(ctx, args),
-        other => Err(Failure::msgs(
-            1,
-            [
-                format!("`{other}` is not a dokku command."),
-                "See `dokku help` for a list of available commands.".to_string(),
-            ],
-        )),
+        other => match other.split_once(':') {
+            Some(("postgres", sub)) => service_command(ctx, &services::POSTGRES, sub, args),
+            Some(("redis", sub)) => service_command(ctx, &services::REDIS, sub, args),
+            _ => Err(unknown_command(other)),
+        },
     }
+}
+
+/// `<plugin>:<sub>` of the postgres and redis plugins.
+fn service_command(
+    ctx: &Ctx,
+    service: &services::Service,
+    sub: &str,
+    args: &[String],
+) -> CmdResult {
+    match sub {
+        "create" => services::create(ctx, service, args),
+        "exists" => services::exists(ctx, service, args),
+        "list" => services::list(ctx, service, args),
+        "link" => services::link(ctx, service, args),
+        "unlink" => services::unlink(ctx, service, args),
+        "linked" => services::linked(ctx, service, args),
+        "links" => services::links(ctx, service, args),
+        "info" => services::info(ctx, service, args),
+        "destroy" => services::destroy(ctx, service, args),
+        _ => Err(unknown_command(&format!("{}:{sub}", service.plugin))),
+    }
+}
+
+/// What Dokku says for a command no plugin provides (exit 1).
+pub fn unknown_command(command: &str) -> Failure {
+    Failure::msgs(
+        1,
+        [
+            format!("`{command}` is not a dokku command."),
+            "See `dokku help` for a list of available commands.".to_string(),
+        ],
+    )
 }
 
 fn print_help_or_version(out: &Out, command: &str) {

@@ -124,8 +124,49 @@ pub fn invalid_flag(flags: &Flags) -> Failure {
     )
 }
 
+/// How the rows of a full report are laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// Core Go plugins (`ReportSingleApp`): `Key:` padded to max(31, longest flag), sorted by flag.
+    Go,
+    /// Bash plugins: `printf "%-<N>s %-25s" "Key:" value` (letsencrypt uses 30; the value is padded too).
+    Bash(usize),
+}
+
+/// Bash plugins' rows: `Key:` (the flag without `--`, `-` → space, first letter capitalised) padded to `width`,
+/// a space, the value padded to 25, in the flags' order.
+pub fn render_bash_rows(flags: &Flags, width: usize) -> Vec<String> {
+    flags
+        .iter()
+        .map(|(flag, value)| {
+            let key = capitalise(&flag.trim_start_matches("--").replace('-', " "));
+            format!("{:<width$} {value:<25}", format!("{key}:"))
+        })
+        .collect()
+}
+
+fn capitalise(text: &str) -> String {
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => first.to_uppercase().chain(chars).collect(),
+        None => String::new(),
+    }
+}
+
 /// Runs `<plugin>:report [<app>] [--flag | --format json]`; without an app it reports every app.
 pub fn run(ctx: &Ctx, args: &[String], plugin: &str, kind: &str, collect: Collect) -> CmdResult {
+    run_with(ctx, args, plugin, kind, collect, Layout::Go)
+}
+
+/// `run` with a row layout.
+pub fn run_with(
+    ctx: &Ctx,
+    args: &[String],
+    plugin: &str,
+    kind: &str,
+    collect: Collect,
+    layout: Layout,
+) -> CmdResult {
     let mut request = parse_request(plugin, args)?;
     if let Some(app) = &ctx.app {
         request.positionals.insert(0, app.clone());
@@ -145,7 +186,11 @@ pub fn run(ctx: &Ctx, args: &[String], plugin: &str, kind: &str, collect: Collec
         match &request.mode {
             Mode::Text => {
                 ctx.out.header(&format!("{app} {kind} information"));
-                for row in render_rows(&flags) {
+                let rows = match layout {
+                    Layout::Go => render_rows(&flags),
+                    Layout::Bash(width) => render_bash_rows(&flags, width),
+                };
+                for row in rows {
                     ctx.out.info(&row);
                 }
             }

@@ -370,7 +370,7 @@ fn each_app(
     let mut code = 0;
     for app in apps {
         if let Err(failure) = one(ctx, &app) {
-            failure.print();
+            ctx.out.failure(&failure);
             code = failure.code;
         }
     }
@@ -426,7 +426,19 @@ pub fn restart_app(ctx: &Ctx, app: &str) -> CmdResult {
     };
     let _lock = DeployLock::acquire(&ctx.store, app)?;
     let injection = restart_injection(&ctx.store, app, &image)?;
-    release_and_deploy(ctx, app, &image, false, &injection)
+    let result = release_and_deploy(ctx, app, &image, false, &injection);
+    record_restart(&ctx.store, app, result.is_ok())?;
+    result
+}
+
+/// `.fake-dokku/restarts.jsonl`: one `["<app>","ok"|"failed"]` line per restart of a deployed app, whatever ran it
+/// (`ps:restart`, or the restart inside `config:set`/`config:unset` and service links), so tests can count them.
+pub const RESTARTS_LOG: &str = "restarts.jsonl";
+
+fn record_restart(store: &Store, app: &str, ok: bool) -> CmdResult {
+    let line = serde_json::to_string(&[app, if ok { "ok" } else { "failed" }])
+        .map_err(|err| Failure::io("encode restart", err))?;
+    store.append_fake_log(RESTARTS_LOG, &line)
 }
 
 /// The restart after `config:set`/`config:unset` on a deployed app: its failure is only a warning (dokku.md §9).
@@ -437,10 +449,12 @@ pub fn restart_after_config(ctx: &Ctx, app: &str) -> CmdResult {
     ctx.out.step(&format!("Restarting app {app}"));
     let result = DeployLock::acquire(&ctx.store, app).and_then(|_lock| {
         let injection = restart_injection(&ctx.store, app, &image)?;
-        release_and_deploy(ctx, app, &image, false, &injection)
+        let result = release_and_deploy(ctx, app, &image, false, &injection);
+        record_restart(&ctx.store, app, result.is_ok())?;
+        result
     });
     if let Err(failure) = result {
-        failure.print();
+        ctx.out.failure(&failure);
         ctx.out.warn(&format!(
             "Failure while restarting app: exit status {}",
             failure.code

@@ -147,7 +147,7 @@ pub fn enable(ctx: &Ctx, args: &[String]) -> CmdResult {
     let mut code = 0;
     for app in ctx.store.apps()? {
         if let Err(failure) = enable_one(ctx, &app, force) {
-            failure.print();
+            ctx.out.failure(&failure);
             code = failure.code;
         }
     }

@@ -43,6 +43,21 @@ pub struct Ctx {
 }
 
 impl Ctx {
+    /// The context of one invocation: `argv` is the whole command line, `globals` its leading flags.
+    pub fn new(store: Store, out: Out, globals: Globals, argv: &[String]) -> Self {
+        Self {
+            store,
+            out,
+            app: globals.app,
+            force: globals.force,
+            global_flags: argv
+                .iter()
+                .filter(|arg| arg.starts_with("--"))
+                .cloned()
+                .collect(),
+        }
+    }
+
     /// The app argument, checked like Dokku's `VerifyAppName`: missing or invalid exits 1, unknown exits 20.
     pub fn require_app(&self, arg: Option<&String>) -> Result<String, Failure> {
         let app = arg.map_or("", String::as_str);
@@ -106,9 +121,7 @@ fn run(argv: &[String]) -> i32 {
     let (globals, rest) = strip_globals(argv);
     let command = rest.first().map_or("help", String::as_str);
     let args = rest.get(1..).unwrap_or_default();
-    let out = Out {
-        quiet: globals.quiet,
-    };
+    let out = Out::new(globals.quiet);
     let is_help = matches!(command, "help" | "--help" | "-h" | "version" | "--version");
 
     let store = match Store::from_env() {
@@ -134,17 +147,7 @@ fn run(argv: &[String]) -> i32 {
     let Some(store) = store else {
         return 1;
     };
-    let ctx = Ctx {
-        store,
-        out,
-        app: globals.app,
-        force: globals.force,
-        global_flags: argv
-            .iter()
-            .filter(|arg| arg.starts_with("--"))
-            .cloned()
-            .collect(),
-    };
+    let ctx = Ctx::new(store, out, globals, argv);
     finish(dispatch(&ctx, command, args))
 }
 

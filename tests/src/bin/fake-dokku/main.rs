@@ -1,9 +1,10 @@
 //! `fake-dokku`: the Dokku CLI stand-in that Flotilla's tests and local dev fleet run instead of `dokku`. It
 //! reproduces the argument syntax, exit codes, output lines and state effects listed in `shared/dokku.md`, keeps
 //! all state under `$DOKKU_ROOT`, and runs no containers. `fake-dokku --help` documents it, including the
-//! failure injection (by image name, and per host by `$DOKKU_ROOT/.standin/fail-images`: `git:from-image` of an
-//! image listed there fails its checks like an `unhealthy` one); this file owns the global flags and the command
-//! table.
+//! failure injection (by image name, and per host by files under `$DOKKU_ROOT/.standin/`: `fail-images` (their
+//! `git:from-image` fails its checks like an `unhealthy` one), `fail-restarts` (apps whose restarts fail),
+//! `certs/<app>` (a seeded certificate with a chosen expiry), `letsencrypt-version` (the simulated plugin version,
+//! default 0.25.1), `letsencrypt-fail`); this file owns the global flags and the command table.
 
 mod apps;
 mod args;
@@ -302,6 +303,26 @@ Commands:
     domains:clear-global
     domains:report [<app>] [--flag | --format json]
     logs <app> [-n|--num N] [-t|--tail] [-q|--quiet] [-p|--ps PROC]    --tail prints and exits
+    certs:add <app> CRT KEY                    no X.509 parsing: a CRT in the seed format below gives the
+                                               facts, any other is self-signed for the app's domains, 1 year
+    certs:remove <app>                         none: ` !     An app-specific SSL endpoint is not defined`, exit 1
+    certs:report [<app>] [--ssl-enabled|--ssl-expires-at|--ssl-hostnames|--ssl-issuer|--ssl-verified
+                 | --format json]              expires-at as openssl prints it: `Feb 26 13:17:52 2027 GMT`
+    letsencrypt:set (<app> | --global) email|server|graceperiod|dns-provider [VALUE]   (plugin 0.20.0+)
+    letsencrypt:enable (<app> [--force] | --all)   needs domains, an e-mail and a deployed app; issues a
+                                               90-day certificate (certs:report shows it); from plugin 0.25.0
+                                               a valid one outside the grace period (30 days) is not renewed
+                                               without --force (`Certificate is still valid ...`, exit 0)
+    letsencrypt:disable <app> | letsencrypt:active <app> (true/false, exit 0) | letsencrypt:list
+    letsencrypt:cron-job [--add | --remove]    | letsencrypt:report [<app>] [--flag | --format json]
+    postgres:* | redis:*  create <svc> | exists <svc> (exit 0, or 1: ` !     Postgres service <svc> does not
+                          exist`) | list | link <svc> <app> [-a|--alias A] [-q|--querystring Q] [--no-restart]
+                          | unlink <svc> <app> [--no-restart] | linked <svc> <app> (exit 0/1) | links <svc>
+                          | info <svc> [--dsn|--status|--version|...] | destroy <svc> [-f|--force]
+                          A link sets DATABASE_URL / REDIS_URL (or <ALIAS>_URL), else the first unused
+                          DOKKU_POSTGRES_<COLOR>_URL / DOKKU_REDIS_<COLOR>_URL (AQUA, BLACK, BLUE, ...; real
+                          plugins pick a random unused colour), and restarts a deployed app unless
+                          --no-restart is anywhere on the line (ps:restart's exit code is the link's).
 
 Exit codes: 0 ok; 1 failure (also an unknown command); 20 app does not exist; 2 unknown --flag.
 
@@ -325,6 +346,21 @@ for ps:rebuild, ps:restart, ps:start and the restart after config:set/config:uns
                           lines and `#` comments ignored. git:from-image of an image listed there (exact match)
                           fails its checks exactly like an "unhealthy" one: same lines, exit 1, the previous
                           release keeps running. ps:rebuild/restart/start are not affected by the list.
+    $DOKKU_ROOT/.standin/fail-restarts (per host; read at every restart): app names, same list format. Every
+                          restart of a listed app fails its checks like an "unhealthy" deploy: ps:restart,
+                          ps:start, ps:rebuild exit 1; service links/unlinks exit 1; config:set/config:unset
+                          without --no-restart only warn ` !     Failure while restarting app: exit status 1`
+                          and exit 0, as Dokku does.
+    $DOKKU_ROOT/.standin/certs/<app>: a certificate for <app>, installed (as by certs:add) by the next command
+                          that looks at the app's certificate, then deleted. `key=value` lines: expires-at and
+                          starts-at (Unix seconds), hostnames (space-separated; default: the app's domains),
+                          issuer (default `CN = <first domain>`), verified (default `self signed`), letsencrypt
+                          (true: issued by letsencrypt:enable, so letsencrypt:active says true).
+    $DOKKU_ROOT/.standin/letsencrypt-version: the simulated dokku-letsencrypt version (default 0.25.1). Before
+                          0.20.0 letsencrypt:set is unknown (exit 1) and the e-mail is config
+                          DOKKU_LETSENCRYPT_EMAIL; before 0.25.0 every letsencrypt:enable asks Let's Encrypt.
+    $DOKKU_ROOT/.standin/letsencrypt-fail: app names; letsencrypt:enable of a listed app fails
+                          (` !     Failed to setup letsencrypt`, exit 1).
     FAKE_DOKKU_EXIT_CODE=N (N != 0): every command but help/version is logged, then fails with exit N.
     A deploy holds an exclusive flock on the app's .deploy.lock: a second deploy of the same app meanwhile
     prints ` !     <app> currently has a deploy lock in place. Exiting...` and exits 1. As in real Dokku,
@@ -339,6 +375,15 @@ State under $DOKKU_ROOT (files are replaced atomically):
     .fake-dokku/images/              images pulled once ("on the host")
     .fake-dokku/release              create it to release a "hang" deploy
     .standin/fail-images             images whose git:from-image fails its checks on this host (written by tests)
+    .standin/fail-restarts, .standin/certs/<app>, .standin/letsencrypt-version, .standin/letsencrypt-fail
+                                     the other injection files (above)
+    .fake-dokku/restarts.jsonl       one ["<app>","ok"|"failed"] line per restart of a deployed app, whatever ran it
+    .fake-dokku/letsencrypt-requests one "<app> <domains>" line per certificate request to "Let's Encrypt"
+    .fake-dokku/letsencrypt-cron     exists while the auto-renew cron job is installed
+    .fake-dokku/services/<plugin>/<svc>/   PASSWORD, ID, LINKS (linked apps, one a line): the service exists iff
+                                     the directory does
+    .fake-dokku/global/properties/<plugin>/<key>   global properties (letsencrypt:set --global)
+    <app>/tls/server.crt, server.key the app's certificate files; its facts are properties/certs/*
     .fake-dokku/apps/<app>/          .deploy.lock, app.log (for logs), properties/<plugin>/<key>
                                      (apps: created-at, deploy-source, deploy-source-metadata; git: head-image,
                                      source-image, last-updated-at; ps: deployed, running, image, container-id)"#;

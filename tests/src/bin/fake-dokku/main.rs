@@ -204,7 +204,14 @@ fn dispatch(ctx: &Ctx, command: &str, args: &[String]) -> CmdResult {
         "domains:add-global" => domains::add_global(ctx, args),
         "domains:remove-global" => domains::remove_global(ctx, args),
         "domains:clear-global" => domains::clear_global(ctx, args),
-        "domains:report" => report::run(ctx, args, "domains", "domains", domains::report_flags),
+        "domains:report" => report::run_with_global(
+            ctx,
+            args,
+            "domains",
+            "domains",
+            domains::report_flags,
+            domains::global_report_flags,
+        ),
         "certs:add" => certs::add(ctx, args),
         "certs:remove" => certs::remove(ctx, args),
         "certs:report" => report::run(ctx, args, "certs", "ssl", certs::report_flags),
@@ -301,7 +308,7 @@ Commands:
     domains:clear | domains:reset <app>
     domains:set-global | domains:add-global | domains:remove-global DOMAIN...
     domains:clear-global
-    domains:report [<app>] [--flag | --format json]
+    domains:report [<app> | --global] [--flag | --format json]
     logs <app> [-n|--num N] [-t|--tail] [-q|--quiet] [-p|--ps PROC]    --tail prints and exits
     certs:add <app> CRT KEY                    no X.509 parsing: a CRT in the seed format below gives the
                                                facts, any other is self-signed for the app's domains, 1 year

@@ -183,23 +183,62 @@ pub fn run_with(
     };
     for app in apps {
         let flags = collect(&ctx.store, &app)?;
-        match &request.mode {
-            Mode::Text => {
-                ctx.out.header(&format!("{app} {kind} information"));
-                let rows = match layout {
-                    Layout::Go => render_rows(&flags),
-                    Layout::Bash(width) => render_bash_rows(&flags, width),
-                };
-                for row in rows {
-                    ctx.out.info(&row);
-                }
+        print(ctx, &app, kind, &flags, &request.mode, layout)?;
+    }
+    Ok(())
+}
+
+/// Collects a plugin's global report flags.
+pub type CollectGlobal = fn(&Store) -> Result<Flags, Failure>;
+
+/// `run` for a plugin that also has `<plugin>:report --global [--flag | --format json]` (0.38.0+): the global
+/// flags under the header `=====> --global <kind> information`.
+pub fn run_with_global(
+    ctx: &Ctx,
+    args: &[String],
+    plugin: &str,
+    kind: &str,
+    collect: Collect,
+    global: CollectGlobal,
+) -> CmdResult {
+    if !args.iter().any(|arg| arg == "--global") {
+        return run(ctx, args, plugin, kind, collect);
+    }
+    let rest: Vec<String> = args
+        .iter()
+        .filter(|arg| *arg != "--global")
+        .cloned()
+        .collect();
+    let request = parse_request(plugin, &rest)?;
+    let flags = global(&ctx.store)?;
+    print(ctx, "--global", kind, &flags, &request.mode, Layout::Go)
+}
+
+/// One report: header and rows, the JSON object, or one flag's value.
+fn print(
+    ctx: &Ctx,
+    label: &str,
+    kind: &str,
+    flags: &Flags,
+    mode: &Mode,
+    layout: Layout,
+) -> CmdResult {
+    match mode {
+        Mode::Text => {
+            ctx.out.header(&format!("{label} {kind} information"));
+            let rows = match layout {
+                Layout::Go => render_rows(flags),
+                Layout::Bash(width) => render_bash_rows(flags, width),
+            };
+            for row in rows {
+                ctx.out.info(&row);
             }
-            Mode::Json => ctx.out.line(&render_json(kind, &flags)),
-            Mode::Single(flag) => match flags.get(flag) {
-                Some(value) => ctx.out.line(value),
-                None => return Err(invalid_flag(&flags)),
-            },
         }
+        Mode::Json => ctx.out.line(&render_json(kind, flags)),
+        Mode::Single(flag) => match flags.get(flag) {
+            Some(value) => ctx.out.line(value),
+            None => return Err(invalid_flag(flags)),
+        },
     }
     Ok(())
 }

@@ -486,6 +486,29 @@ fn domains_commands_and_single_flag_reports() {
         ok(root, &["domains:report", "web", "--domains-app-vhosts"]),
         ["web.example.com web.example.org"]
     );
+    assert_eq!(
+        ok(
+            root,
+            &["domains:report", "--global", "--domains-global-vhosts"]
+        ),
+        ["example.com example.org"]
+    );
+    assert_eq!(
+        ok(root, &["domains:report", "--global"]),
+        [
+            "=====> --global domains information",
+            "       Domains global enabled:        true",
+            "       Domains global vhosts:         example.com example.org"
+        ]
+    );
+    assert_eq!(
+        dokku(
+            root,
+            &["domains:report", "--global", "--domains-app-vhosts"]
+        )
+        .0,
+        1
+    );
     let text = ok(root, &["--quiet", "domains:report", "web"]);
     assert_eq!(
         text[1],

@@ -10,6 +10,10 @@ use crate::{Ctx, deploy, domains, util};
 
 /// Property plugin for the certificate's facts.
 const PLUGIN: &str = "certs";
+/// The issuer of the certificates `letsencrypt:enable` installs (and the default of seeded Let's Encrypt ones).
+pub const LETSENCRYPT_ISSUER: &str = "C = US, O = Let's Encrypt, CN = R11";
+/// `--ssl-verified` of a certificate a CA signed.
+pub const CA_VERIFIED: &str = "verified by a certificate authority";
 /// How long a certificate added without fake facts lasts.
 const DEFAULT_VALIDITY_SECS: u64 = 365 * 86_400;
 
@@ -55,10 +59,10 @@ impl Cert {
     }
 
     /// Reads the seed format over `self`: `key=value` lines with the keys `expires-at` and `starts-at` (Unix
-    /// seconds), `hostnames` (space-separated), `issuer`, `verified`, `letsencrypt` (`true`/`false`); blank lines,
-    /// `#` comments and other lines are ignored. Returns whether any key was read.
-    pub fn read_record(&mut self, text: &str) -> Result<bool, Failure> {
-        let mut any = false;
+    /// seconds), `hostnames` (space-separated), `issuer`, `verified`, `letsencrypt` (`true`/`false`: then issuer
+    /// and verified default to Let's Encrypt's); blank lines, `#` comments and other lines are ignored.
+    pub fn read_record(&mut self, text: &str) -> Result<(), Failure> {
+        let (mut issuer, mut verified) = (false, false);
         for line in text.lines().map(str::trim) {
             let Some((key, value)) = line.split_once('=') else {
                 continue;
@@ -78,14 +82,27 @@ impl Cert {
                 "hostnames" => {
                     self.hostnames = value.split_whitespace().map(String::from).collect();
                 }
-                "issuer" => self.issuer = value.to_string(),
-                "verified" => self.verified = value.to_string(),
+                "issuer" => {
+                    self.issuer = value.to_string();
+                    issuer = true;
+                }
+                "verified" => {
+                    self.verified = value.to_string();
+                    verified = true;
+                }
                 "letsencrypt" => self.letsencrypt = value == "true",
-                _ => continue,
+                _ => {}
             }
-            any = true;
         }
-        Ok(any)
+        if self.letsencrypt {
+            if !issuer {
+                self.issuer = LETSENCRYPT_ISSUER.to_string();
+            }
+            if !verified {
+                self.verified = CA_VERIFIED.to_string();
+            }
+        }
+        Ok(())
     }
 }
 

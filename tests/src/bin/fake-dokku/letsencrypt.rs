@@ -35,11 +35,17 @@ const ENABLE: Spec = Spec {
     switches: &["--force", "--all"],
     options: &[],
 };
-const APP_ONLY: Spec = Spec {
-    command: "letsencrypt",
-    switches: &[],
-    options: &[],
-};
+const DISABLE: Spec = no_flags("letsencrypt:disable");
+const ACTIVE: Spec = no_flags("letsencrypt:active");
+const LIST: Spec = no_flags("letsencrypt:list");
+
+const fn no_flags(command: &'static str) -> Spec {
+    Spec {
+        command,
+        switches: &[],
+        options: &[],
+    }
+}
 const CRON: Spec = Spec {
     command: "letsencrypt:cron-job",
     switches: &["--add", "--remove"],
@@ -231,7 +237,7 @@ fn enable_one(ctx: &Ctx, app: &str, force: bool) -> CmdResult {
         issuer: if staging {
             "C = US, O = (STAGING) Let's Encrypt, CN = (STAGING) Ersatz Edamame E1".to_string()
         } else {
-            "C = US, O = Let's Encrypt, CN = R11".to_string()
+            certs::LETSENCRYPT_ISSUER.to_string()
         },
         verified: if staging {
             "self signed"
@@ -255,7 +261,7 @@ fn enable_one(ctx: &Ctx, app: &str, force: bool) -> CmdResult {
 
 /// `letsencrypt:disable <app>`: removes the Let's Encrypt certificate, if there is one.
 pub fn disable(ctx: &Ctx, args: &[String]) -> CmdResult {
-    let parsed = args::parse(&APP_ONLY, args, ctx.app.as_deref())?;
+    let parsed = args::parse(&DISABLE, args, ctx.app.as_deref())?;
     let app = ctx.require_app(parsed.positionals.first())?;
     ctx.out.step("Disabling letsencrypt for app");
     if active_cert(&ctx.store, &app)?.is_some() {
@@ -271,7 +277,7 @@ pub fn disable(ctx: &Ctx, args: &[String]) -> CmdResult {
 
 /// `letsencrypt:active <app>`: `true` or `false`, exit 0.
 pub fn active(ctx: &Ctx, args: &[String]) -> CmdResult {
-    let parsed = args::parse(&APP_ONLY, args, ctx.app.as_deref())?;
+    let parsed = args::parse(&ACTIVE, args, ctx.app.as_deref())?;
     let app = ctx.require_app(parsed.positionals.first())?;
     let active = active_cert(&ctx.store, &app)?.is_some();
     ctx.out.line(&active.to_string());
@@ -302,7 +308,7 @@ pub fn cron_job(ctx: &Ctx, args: &[String]) -> CmdResult {
 
 /// `letsencrypt:list`: apps with a Let's Encrypt certificate, soonest expiry first.
 pub fn list(ctx: &Ctx, args: &[String]) -> CmdResult {
-    args::parse(&APP_ONLY, args, None)?;
+    args::parse(&LIST, args, None)?;
     ctx.out.step(
         "App name           Certificate Expiry        Time before expiry        Time before renewal",
     );

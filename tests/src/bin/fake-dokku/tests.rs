@@ -723,6 +723,10 @@ fn letsencrypt_enable_active_and_the_still_valid_skip() {
             util::now().0 + 10 * 86_400
         ),
     );
+    assert_eq!(
+        ok(root, &["certs:report", "web", "--ssl-issuer"]),
+        ["C = US, O = Let's Encrypt, CN = R11"]
+    );
     assert!(
         !ok(root, &["letsencrypt:enable", "web"])
             .iter()

@@ -558,6 +558,45 @@ impl Host {
         Ok(())
     }
 
+    /// Makes every restart of these apps fail its checks on this host (`ps:restart`, and the restarts inside
+    /// `config:set`, `config:unset` and service links; the stand-in's `.standin/fail-restarts`).
+    pub fn fail_restarts(&self, apps: &[&str]) -> anyhow::Result<()> {
+        let dir = self.dokku_root.join(".standin");
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join("fail-restarts"), apps.join("\n") + "\n")?;
+        Ok(())
+    }
+
+    /// Gives `app` a certificate expiring at `expires_at` (Unix seconds), installed by the stand-in's next
+    /// command that looks at it (`.standin/certs/<app>`); `letsencrypt` makes it count as issued by Let's Encrypt.
+    pub fn seed_cert(&self, app: &str, expires_at: u64, letsencrypt: bool) -> anyhow::Result<()> {
+        let dir = self.dokku_root.join(".standin/certs");
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(
+            dir.join(app),
+            format!("expires-at={expires_at}\nletsencrypt={letsencrypt}\n"),
+        )?;
+        Ok(())
+    }
+
+    /// How many restarts of `app` the stand-in ran, whatever command caused them (`.fake-dokku/restarts.jsonl`).
+    pub fn restarts(&self, app: &str) -> anyhow::Result<usize> {
+        let path = self.dokku_root.join(".fake-dokku/restarts.jsonl");
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(e.into()),
+        };
+        let mut n = 0;
+        for line in text.lines() {
+            let entry: Vec<String> = serde_json::from_str(line)?;
+            if entry.first().map(String::as_str) == Some(app) {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
     /// How many times fake-dokku ran with exactly these leading arguments.
     pub fn invocations(&self, prefix: &[&str]) -> anyhow::Result<usize> {
         let path = self.dokku_root.join(".fake-dokku/invocations.jsonl");

@@ -8,7 +8,7 @@ use crate::args::{self, Spec};
 use crate::out::{CmdResult, Failure};
 use crate::report::{self, Flags};
 use crate::store::{self, Store};
-use crate::{Ctx, domains, util};
+use crate::{Ctx, domains, services, util};
 
 /// Property plugin for app-level properties (`created-at`, `deploy-source`, `deploy-source-metadata`).
 pub const PLUGIN: &str = "apps";
@@ -118,19 +118,24 @@ pub fn destroy(ctx: &Ctx, args: &[String]) -> CmdResult {
     let parsed = args::parse(&DESTROY, args, ctx.app.as_deref())?;
     let app = ctx.require_app(parsed.positionals.first())?;
     if !(ctx.force || parsed.has("--force")) {
-        confirm(ctx, &app)?;
+        confirm(
+            ctx,
+            &app,
+            &format!("This command will destroy app {app} (including all add-ons)."),
+        )?;
     }
     ctx.out
         .step(&format!("Destroying {app} (including all add-ons)"));
+    // Services are unlinked; their data is kept.
+    services::forget_app(&ctx.store, &app)?;
     ctx.store.remove_app(&app)
 }
 
-/// Dokku's destructive-action prompt: warnings and `> ` on stderr, the app name expected on stdin.
-fn confirm(ctx: &Ctx, app: &str) -> CmdResult {
+/// Dokku's destructive-action prompt: warnings (`what` says what goes) and `> ` on stderr, the name (`app`: an app
+/// or a service) expected on stdin.
+pub fn confirm(ctx: &Ctx, app: &str, what: &str) -> CmdResult {
     ctx.out.warn("WARNING: Potentially Destructive Action");
-    ctx.out.warn(&format!(
-        "This command will destroy app {app} (including all add-ons)."
-    ));
+    ctx.out.warn(what);
     ctx.out.warn(&format!("To proceed, type \"{app}\""));
     let mut stderr = std::io::stderr().lock();
     let _ = write!(stderr, "\n> ");

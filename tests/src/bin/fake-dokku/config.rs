@@ -103,21 +103,16 @@ pub fn set(ctx: &Ctx, args: &[String]) -> CmdResult {
         };
         entries.push((key.to_string(), value));
     }
+    // Like Dokku's `SetMany`: every given pair is printed and written, changed or not, and the restart happens
+    // even if nothing changed.
     let mut env = ctx.store.env(&scope)?;
-    let mut updated = Env::new();
-    for (key, value) in entries {
-        if env.get(&key) != Some(&value) {
-            env.insert(key.clone(), value.clone());
-            updated.insert(key, value);
-        }
+    let given: Env = entries.into_iter().collect();
+    ctx.out.step("Setting config vars");
+    for line in pretty(&given) {
+        ctx.out.info(&line);
     }
-    if !updated.is_empty() {
-        ctx.out.step("Setting config vars");
-        for line in pretty(&updated) {
-            ctx.out.info(&line);
-        }
-        ctx.store.write_env(&scope, &env)?;
-    }
+    env.extend(given);
+    ctx.store.write_env(&scope, &env)?;
     restart_unless(ctx, &parsed, &scope)
 }
 
@@ -190,13 +185,15 @@ pub fn export(ctx: &Ctx, args: &[String]) -> CmdResult {
     let format = parsed.value("--format").unwrap_or("exports");
     let text = render_export(&env, format)
         .ok_or_else(|| Failure::msg(1, format!("Unknown export format: {format}")))?;
-    if !text.is_empty() {
-        ctx.out.line(&text);
-    }
+    // `fmt.Println`: an empty export is an empty line.
+    ctx.out.line(&text);
     Ok(())
 }
 
-/// `config:export --format …` output (without the final newline); `None` for an unknown format.
+/// `config:export --format …` output (without the final newline); `None` for an unknown format. Follows Dokku's
+/// `Env.Export`: `exports`, `shell` and `docker-args` single-quote values (`'` as `'\''`, newlines kept raw);
+/// `envfile` is `godotenv.Marshal` (integers bare, the rest double-quoted and escaped, lines sorted); `json` and
+/// `json-list` are Go's `json.Marshal` (which escapes `<`, `>` and `&`); `pretty` is the aligned `K:  V` table.
 pub fn render_export(env: &Env, format: &str) -> Option<String> {
     let quoted = |(key, value): (&String, &String)| format!("{key}={}", util::single_quote(value));
     let text = match format {
@@ -205,24 +202,44 @@ pub fn render_export(env: &Env, format: &str) -> Option<String> {
             .map(|pair| format!("export {}", quoted(pair)))
             .collect::<Vec<_>>()
             .join("\n"),
-        "envfile" => env
-            .iter()
-            .map(|(key, value)| {
-                let escaped = value
-                    .replace('\\', r"\\")
-                    .replace('"', "\\\"")
-                    .replace('\n', r"\n");
-                format!("{key}=\"{escaped}\"")
-            })
-            .collect::<Vec<_>>()
-            .join("\n"),
-        "json" => serde_json::to_string(env).ok()?,
-        "json-list" => {
-            let list: Vec<_> = env
+        "envfile" => {
+            let mut lines: Vec<String> = env
                 .iter()
-                .map(|(key, value)| serde_json::json!({"name": key, "value": value}))
+                .map(|(key, value)| util::godotenv_line(key, value))
                 .collect();
-            serde_json::to_string(&list).ok()?
+            lines.sort();
+            lines.join("\n")
+        }
+        "json" => {
+            let fields: Vec<String> = env
+                .iter()
+                .map(|(key, value)| {
+                    format!(
+                        "{}:{}",
+                        util::go_json_string(key),
+                        util::go_json_string(value)
+                    )
+                })
+                .collect();
+            format!("{{{}}}", fields.join(","))
+        }
+        "json-list" => {
+            let items: Vec<String> = env
+                .iter()
+                .map(|(key, value)| {
+                    format!(
+                        "{{\"name\":{},\"value\":{}}}",
+                        util::go_json_string(key),
+                        util::go_json_string(value)
+                    )
+                })
+                .collect();
+            if items.is_empty() {
+                // Go marshals the nil slice of an empty environment as `null`.
+                "null".to_string()
+            } else {
+                format!("[{}]", items.join(","))
+            }
         }
         "shell" => env.iter().map(quoted).collect::<Vec<_>>().join(" "),
         "docker-args" => env

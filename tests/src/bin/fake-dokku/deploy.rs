@@ -1,6 +1,7 @@
 //! Deploys: `git:from-image`, `ps:rebuild|restart|start|stop` and the release-and-deploy tail they share; the deploy
 //! lock; the failure injection chosen by image name (`missing`, `unhealthy`, `hang`) or, per host, by the list in
-//! `$DOKKU_ROOT/.standin/fail-images` (`git:from-image` only); the `ps:report` and `git:report` flags. The app's git repository is reduced to one property: the image at the deploy branch's head.
+//! `$DOKKU_ROOT/.standin/fail-images` (`git:from-image`) and `.standin/fail-restarts` (restarts); the `ps:report`
+//! and `git:report` flags. The app's git repository is reduced to one property: the image at the deploy branch's head.
 
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::ErrorKind;
@@ -369,7 +370,7 @@ fn each_app(
     let mut code = 0;
     for app in apps {
         if let Err(failure) = one(ctx, &app) {
-            failure.print();
+            ctx.out.failure(&failure);
             code = failure.code;
         }
     }
@@ -393,20 +394,51 @@ fn rebuild_one(ctx: &Ctx, app: &str) -> CmdResult {
     };
     let _lock = DeployLock::acquire(&ctx.store, app)?;
     build(ctx, app, &image);
-    release_and_deploy(ctx, app, &image, true, &Injection::for_image(&image))
+    let injection = restart_injection(&ctx.store, app, &image)?;
+    release_and_deploy(ctx, app, &image, true, &injection)
 }
+
+/// The injection for a restart of `app` from `image` (`ps:restart`, `ps:start`, `ps:rebuild`, and the restarts
+/// after `config:set`/`config:unset` and service links): by the image's name, and, per host, by the apps listed in
+/// `$DOKKU_ROOT/.standin/fail-restarts` (read at every restart), whose restarts fail their checks.
+fn restart_injection(store: &Store, app: &str, image: &str) -> Result<Injection, Failure> {
+    let mut injection = Injection::for_image(image);
+    injection.unhealthy |= store
+        .standin_list(FAIL_RESTARTS)?
+        .iter()
+        .any(|listed| listed == app);
+    Ok(injection)
+}
+
+/// `.standin/fail-restarts`: apps whose restarts fail their checks on this host.
+pub const FAIL_RESTARTS: &str = "fail-restarts";
 
 pub fn restart(ctx: &Ctx, args: &[String]) -> CmdResult {
-    each_app(ctx, &RESTART, args, restart_one)
+    each_app(ctx, &RESTART, args, restart_app)
 }
 
-fn restart_one(ctx: &Ctx, app: &str) -> CmdResult {
+/// `ps:restart <app>`: redeploys the current image; an app never deployed only gets a warning (exit 0). Also what
+/// the service plugins run after a link without `--no-restart`.
+pub fn restart_app(ctx: &Ctx, app: &str) -> CmdResult {
     let Some(image) = current_image(&ctx.store, app)? else {
         ctx.out.warn(&format!("App {app} has not been deployed"));
         return Ok(());
     };
     let _lock = DeployLock::acquire(&ctx.store, app)?;
-    release_and_deploy(ctx, app, &image, false, &Injection::for_image(&image))
+    let injection = restart_injection(&ctx.store, app, &image)?;
+    let result = release_and_deploy(ctx, app, &image, false, &injection);
+    record_restart(&ctx.store, app, result.is_ok())?;
+    result
+}
+
+/// `.fake-dokku/restarts.jsonl`: one `["<app>","ok"|"failed"]` line per restart of a deployed app, whatever ran it
+/// (`ps:restart`, or the restart inside `config:set`/`config:unset` and service links), so tests can count them.
+pub const RESTARTS_LOG: &str = "restarts.jsonl";
+
+fn record_restart(store: &Store, app: &str, ok: bool) -> CmdResult {
+    let line = serde_json::to_string(&[app, if ok { "ok" } else { "failed" }])
+        .map_err(|err| Failure::io("encode restart", err))?;
+    store.append_fake_log(RESTARTS_LOG, &line)
 }
 
 /// The restart after `config:set`/`config:unset` on a deployed app: its failure is only a warning (dokku.md §9).
@@ -416,10 +448,13 @@ pub fn restart_after_config(ctx: &Ctx, app: &str) -> CmdResult {
     };
     ctx.out.step(&format!("Restarting app {app}"));
     let result = DeployLock::acquire(&ctx.store, app).and_then(|_lock| {
-        release_and_deploy(ctx, app, &image, false, &Injection::for_image(&image))
+        let injection = restart_injection(&ctx.store, app, &image)?;
+        let result = release_and_deploy(ctx, app, &image, false, &injection);
+        record_restart(&ctx.store, app, result.is_ok())?;
+        result
     });
     if let Err(failure) = result {
-        failure.print();
+        ctx.out.failure(&failure);
         ctx.out.warn(&format!(
             "Failure while restarting app: exit status {}",
             failure.code
@@ -443,7 +478,8 @@ fn start_one(ctx: &Ctx, app: &str) -> CmdResult {
     }
     ctx.out.step(&format!("Starting {app}"));
     let _lock = DeployLock::acquire(&ctx.store, app)?;
-    release_and_deploy(ctx, app, &image, false, &Injection::for_image(&image))
+    let injection = restart_injection(&ctx.store, app, &image)?;
+    release_and_deploy(ctx, app, &image, false, &injection)
 }
 
 pub fn stop(ctx: &Ctx, args: &[String]) -> CmdResult {

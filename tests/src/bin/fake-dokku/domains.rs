@@ -226,13 +226,21 @@ pub fn clear_global(ctx: &Ctx, args: &[String]) -> CmdResult {
 /// `domains:report` flags.
 pub fn report_flags(store: &Store, app: &str) -> Result<Flags, Failure> {
     let app_vhosts = store.vhosts(&Scope::App(app.to_string()))?;
-    let global_vhosts = store.vhosts(&Scope::Global)?;
-    Ok(report::flags([
+    let mut flags = global_report_flags(store)?;
+    flags.extend(report::flags([
         (
             "--domains-app-enabled",
             vhosts_enabled(store, app)?.to_string(),
         ),
         ("--domains-app-vhosts", app_vhosts.join(" ")),
+    ]));
+    Ok(flags)
+}
+
+/// `domains:report --global` flags.
+pub fn global_report_flags(store: &Store) -> Result<Flags, Failure> {
+    let global_vhosts = store.vhosts(&Scope::Global)?;
+    Ok(report::flags([
         (
             "--domains-global-enabled",
             (!global_vhosts.is_empty()).to_string(),

@@ -1,18 +1,22 @@
 //! `fake-dokku`: the Dokku CLI stand-in that Flotilla's tests and local dev fleet run instead of `dokku`. It
 //! reproduces the argument syntax, exit codes, output lines and state effects listed in `shared/dokku.md`, keeps
 //! all state under `$DOKKU_ROOT`, and runs no containers. `fake-dokku --help` documents it, including the
-//! failure injection (by image name, and per host by `$DOKKU_ROOT/.standin/fail-images`: `git:from-image` of an
-//! image listed there fails its checks like an `unhealthy` one); this file owns the global flags and the command
-//! table.
+//! failure injection (by image name, and per host by files under `$DOKKU_ROOT/.standin/`: `fail-images` (their
+//! `git:from-image` fails its checks like an `unhealthy` one), `fail-restarts` (apps whose restarts fail),
+//! `certs/<app>` (a seeded certificate with a chosen expiry), `letsencrypt-version` (the simulated plugin version,
+//! default 0.25.1), `letsencrypt-fail`); this file owns the global flags and the command table.
 
 mod apps;
 mod args;
+mod certs;
 mod config;
 mod deploy;
 mod domains;
+mod letsencrypt;
 mod logs;
 mod out;
 mod report;
+mod services;
 mod store;
 #[cfg(test)]
 mod tests;
@@ -34,9 +38,27 @@ pub struct Ctx {
     pub app: Option<String>,
     /// `--force` before the command: skips the `apps:destroy` confirmation.
     pub force: bool,
+    /// Every `--…` argument anywhere on the line (Dokku's `DOKKU_GLOBAL_FLAGS`): the service plugins read
+    /// `--no-restart` from here.
+    pub global_flags: Vec<String>,
 }
 
 impl Ctx {
+    /// The context of one invocation: `argv` is the whole command line, `globals` its leading flags.
+    pub fn new(store: Store, out: Out, globals: Globals, argv: &[String]) -> Self {
+        Self {
+            store,
+            out,
+            app: globals.app,
+            force: globals.force,
+            global_flags: argv
+                .iter()
+                .filter(|arg| arg.starts_with("--"))
+                .cloned()
+                .collect(),
+        }
+    }
+
     /// The app argument, checked like Dokku's `VerifyAppName`: missing or invalid exits 1, unknown exits 20.
     pub fn require_app(&self, arg: Option<&String>) -> Result<String, Failure> {
         let app = arg.map_or("", String::as_str);
@@ -100,9 +122,7 @@ fn run(argv: &[String]) -> i32 {
     let (globals, rest) = strip_globals(argv);
     let command = rest.first().map_or("help", String::as_str);
     let args = rest.get(1..).unwrap_or_default();
-    let out = Out {
-        quiet: globals.quiet,
-    };
+    let out = Out::new(globals.quiet);
     let is_help = matches!(command, "help" | "--help" | "-h" | "version" | "--version");
 
     let store = match Store::from_env() {
@@ -128,12 +148,7 @@ fn run(argv: &[String]) -> i32 {
     let Some(store) = store else {
         return 1;
     };
-    let ctx = Ctx {
-        store,
-        out,
-        app: globals.app,
-        force: globals.force,
-    };
+    let ctx = Ctx::new(store, out, globals, argv);
     finish(dispatch(&ctx, command, args))
 }
 
@@ -189,16 +204,63 @@ fn dispatch(ctx: &Ctx, command: &str, args: &[String]) -> CmdResult {
         "domains:add-global" => domains::add_global(ctx, args),
         "domains:remove-global" => domains::remove_global(ctx, args),
         "domains:clear-global" => domains::clear_global(ctx, args),
-        "domains:report" => report::run(ctx, args, "domains", "domains", domains::report_flags),
+        "domains:report" => report::run_with_global(
+            ctx,
+            args,
+            "domains",
+            "domains",
+            domains::report_flags,
+            domains::global_report_flags,
+        ),
+        "certs:add" => certs::add(ctx, args),
+        "certs:remove" => certs::remove(ctx, args),
+        "certs:report" => report::run(ctx, args, "certs", "ssl", certs::report_flags),
+        "letsencrypt:set" => letsencrypt::set(ctx, args),
+        "letsencrypt:enable" => letsencrypt::enable(ctx, args),
+        "letsencrypt:disable" => letsencrypt::disable(ctx, args),
+        "letsencrypt:active" => letsencrypt::active(ctx, args),
+        "letsencrypt:cron-job" => letsencrypt::cron_job(ctx, args),
+        "letsencrypt:list" => letsencrypt::list(ctx, args),
+        "letsencrypt:report" => letsencrypt::report(ctx, args),
         "logs" => logs::logs(ctx, args),
-        other => Err(Failure::msgs(
-            1,
-            [
-                format!("`{other}` is not a dokku command."),
-                "See `dokku help` for a list of available commands.".to_string(),
-            ],
-        )),
+        other => match other.split_once(':') {
+            Some(("postgres", sub)) => service_command(ctx, &services::POSTGRES, sub, args),
+            Some(("redis", sub)) => service_command(ctx, &services::REDIS, sub, args),
+            _ => Err(unknown_command(other)),
+        },
     }
+}
+
+/// `<plugin>:<sub>` of the postgres and redis plugins.
+fn service_command(
+    ctx: &Ctx,
+    service: &services::Service,
+    sub: &str,
+    args: &[String],
+) -> CmdResult {
+    match sub {
+        "create" => services::create(ctx, service, args),
+        "exists" => services::exists(ctx, service, args),
+        "list" => services::list(ctx, service, args),
+        "link" => services::link(ctx, service, args),
+        "unlink" => services::unlink(ctx, service, args),
+        "linked" => services::linked(ctx, service, args),
+        "links" => services::links(ctx, service, args),
+        "info" => services::info(ctx, service, args),
+        "destroy" => services::destroy(ctx, service, args),
+        _ => Err(unknown_command(&format!("{}:{sub}", service.plugin))),
+    }
+}
+
+/// What Dokku says for a command no plugin provides (exit 1).
+pub fn unknown_command(command: &str) -> Failure {
+    Failure::msgs(
+        1,
+        [
+            format!("`{command}` is not a dokku command."),
+            "See `dokku help` for a list of available commands.".to_string(),
+        ],
+    )
 }
 
 fn print_help_or_version(out: &Out, command: &str) {
@@ -246,8 +308,28 @@ Commands:
     domains:clear | domains:reset <app>
     domains:set-global | domains:add-global | domains:remove-global DOMAIN...
     domains:clear-global
-    domains:report [<app>] [--flag | --format json]
+    domains:report [<app> | --global] [--flag | --format json]
     logs <app> [-n|--num N] [-t|--tail] [-q|--quiet] [-p|--ps PROC]    --tail prints and exits
+    certs:add <app> CRT KEY                    no X.509 parsing: a CRT in the seed format below gives the
+                                               facts, any other is self-signed for the app's domains, 1 year
+    certs:remove <app>                         none: ` !     An app-specific SSL endpoint is not defined`, exit 1
+    certs:report [<app>] [--ssl-enabled|--ssl-expires-at|--ssl-hostnames|--ssl-issuer|--ssl-verified
+                 | --format json]              expires-at as openssl prints it: `Feb 26 13:17:52 2027 GMT`
+    letsencrypt:set (<app> | --global) email|server|graceperiod|dns-provider [VALUE]   (plugin 0.20.0+)
+    letsencrypt:enable (<app> [--force] | --all)   needs domains, an e-mail and a deployed app; issues a
+                                               90-day certificate (certs:report shows it); from plugin 0.25.0
+                                               a valid one outside the grace period (30 days) is not renewed
+                                               without --force (`Certificate is still valid ...`, exit 0)
+    letsencrypt:disable <app> | letsencrypt:active <app> (true/false, exit 0) | letsencrypt:list
+    letsencrypt:cron-job [--add | --remove]    | letsencrypt:report [<app>] [--flag | --format json]
+    postgres:* | redis:*  create <svc> | exists <svc> (exit 0, or 1: ` !     Postgres service <svc> does not
+                          exist`) | list | link <svc> <app> [-a|--alias A] [-q|--querystring Q] [--no-restart]
+                          | unlink <svc> <app> [--no-restart] | linked <svc> <app> (exit 0/1) | links <svc>
+                          | info <svc> [--dsn|--status|--version|...] | destroy <svc> [-f|--force]
+                          A link sets DATABASE_URL / REDIS_URL (or <ALIAS>_URL), else the first unused
+                          DOKKU_POSTGRES_<COLOR>_URL / DOKKU_REDIS_<COLOR>_URL (AQUA, BLACK, BLUE, ...; real
+                          plugins pick a random unused colour), and restarts a deployed app unless
+                          --no-restart is anywhere on the line (ps:restart's exit code is the link's).
 
 Exit codes: 0 ok; 1 failure (also an unknown command); 20 app does not exist; 2 unknown --flag.
 
@@ -271,6 +353,21 @@ for ps:rebuild, ps:restart, ps:start and the restart after config:set/config:uns
                           lines and `#` comments ignored. git:from-image of an image listed there (exact match)
                           fails its checks exactly like an "unhealthy" one: same lines, exit 1, the previous
                           release keeps running. ps:rebuild/restart/start are not affected by the list.
+    $DOKKU_ROOT/.standin/fail-restarts (per host; read at every restart): app names, same list format. Every
+                          restart of a listed app fails its checks like an "unhealthy" deploy: ps:restart,
+                          ps:start, ps:rebuild exit 1; service links/unlinks exit 1; config:set/config:unset
+                          without --no-restart only warn ` !     Failure while restarting app: exit status 1`
+                          and exit 0, as Dokku does.
+    $DOKKU_ROOT/.standin/certs/<app>: a certificate for <app>, installed (as by certs:add) by the next command
+                          that looks at the app's certificate, then deleted. `key=value` lines: expires-at and
+                          starts-at (Unix seconds), hostnames (space-separated; default: the app's domains),
+                          issuer (default `CN = <first domain>`), verified (default `self signed`), letsencrypt
+                          (true: issued by letsencrypt:enable, so letsencrypt:active says true).
+    $DOKKU_ROOT/.standin/letsencrypt-version: the simulated dokku-letsencrypt version (default 0.25.1). Before
+                          0.20.0 letsencrypt:set is unknown (exit 1) and the e-mail is config
+                          DOKKU_LETSENCRYPT_EMAIL; before 0.25.0 every letsencrypt:enable asks Let's Encrypt.
+    $DOKKU_ROOT/.standin/letsencrypt-fail: app names; letsencrypt:enable of a listed app fails
+                          (` !     Failed to setup letsencrypt`, exit 1).
     FAKE_DOKKU_EXIT_CODE=N (N != 0): every command but help/version is logged, then fails with exit N.
     A deploy holds an exclusive flock on the app's .deploy.lock: a second deploy of the same app meanwhile
     prints ` !     <app> currently has a deploy lock in place. Exiting...` and exits 1. As in real Dokku,
@@ -285,6 +382,15 @@ State under $DOKKU_ROOT (files are replaced atomically):
     .fake-dokku/images/              images pulled once ("on the host")
     .fake-dokku/release              create it to release a "hang" deploy
     .standin/fail-images             images whose git:from-image fails its checks on this host (written by tests)
+    .standin/fail-restarts, .standin/certs/<app>, .standin/letsencrypt-version, .standin/letsencrypt-fail
+                                     the other injection files (above)
+    .fake-dokku/restarts.jsonl       one ["<app>","ok"|"failed"] line per restart of a deployed app, whatever ran it
+    .fake-dokku/letsencrypt-requests one "<app> <domains>" line per certificate request to "Let's Encrypt"
+    .fake-dokku/letsencrypt-cron     exists while the auto-renew cron job is installed
+    .fake-dokku/services/<plugin>/<svc>/   PASSWORD, ID, LINKS (linked apps, one a line): the service exists iff
+                                     the directory does
+    .fake-dokku/global/properties/<plugin>/<key>   global properties (letsencrypt:set --global)
+    <app>/tls/server.crt, server.key the app's certificate files; its facts are properties/certs/*
     .fake-dokku/apps/<app>/          .deploy.lock, app.log (for logs), properties/<plugin>/<key>
                                      (apps: created-at, deploy-source, deploy-source-metadata; git: head-image,
                                      source-image, last-updated-at; ps: deployed, running, image, container-id)"#;

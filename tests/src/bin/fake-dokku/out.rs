@@ -1,6 +1,7 @@
 //! Output in Dokku's line shapes (`-----> `, `=====> ` and 7-space values on stdout, ` !     ` on stderr), one
 //! flushed line at a time so a reader can stream a deploy; and `Failure`, the error that carries an exit code.
 
+use std::cell::RefCell;
 use std::fmt::Display;
 use std::io::Write;
 
@@ -8,12 +9,43 @@ use std::io::Write;
 pub struct Out {
     /// `--quiet` before the command: hides `=====>` headers, never values or errors.
     pub quiet: bool,
+    /// Unit tests: stdout and stderr lines are collected here (in order) instead of printed.
+    capture: Option<RefCell<Vec<String>>>,
 }
 
 impl Out {
+    /// Output to stdout and stderr.
+    pub fn new(quiet: bool) -> Self {
+        Self {
+            quiet,
+            capture: None,
+        }
+    }
+
+    /// Output collected for `take` (unit tests).
+    #[cfg(test)]
+    pub fn capturing(quiet: bool) -> Self {
+        Self {
+            quiet,
+            capture: Some(RefCell::new(Vec::new())),
+        }
+    }
+
+    /// The lines collected so far (stderr ones start with ` !     `), emptying the buffer.
+    #[cfg(test)]
+    pub fn take(&self) -> Vec<String> {
+        self.capture
+            .as_ref()
+            .map(|lines| std::mem::take(&mut *lines.borrow_mut()))
+            .unwrap_or_default()
+    }
+
     /// A raw line on stdout (values, docker output, single-flag report answers).
     pub fn line(&self, text: &str) {
-        emit(&mut std::io::stdout().lock(), text);
+        match &self.capture {
+            Some(lines) => lines.borrow_mut().push(text.to_string()),
+            None => emit(&mut std::io::stdout().lock(), text),
+        }
     }
 
     /// `-----> text` (`dokku_log_info1`).
@@ -35,7 +67,19 @@ impl Out {
 
     /// ` !     text` on stderr (`dokku_log_warn`), for warnings that do not end the command.
     pub fn warn(&self, text: &str) {
-        emit(&mut std::io::stderr().lock(), &format!(" !     {text}"));
+        let line = format!(" !     {text}");
+        match &self.capture {
+            Some(lines) => lines.borrow_mut().push(line),
+            None => emit(&mut std::io::stderr().lock(), &line),
+        }
+    }
+
+    /// A failure's lines, on stderr (for failures that do not end the command, e.g. one app of `--all`).
+    pub fn failure(&self, failure: &Failure) {
+        match &self.capture {
+            Some(lines) => lines.borrow_mut().extend(failure.lines.iter().cloned()),
+            None => failure.print(),
+        }
     }
 }
 

@@ -124,8 +124,49 @@ pub fn invalid_flag(flags: &Flags) -> Failure {
     )
 }
 
+/// How the rows of a full report are laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// Core Go plugins (`ReportSingleApp`): `Key:` padded to max(31, longest flag), sorted by flag.
+    Go,
+    /// Bash plugins: `printf "%-<N>s %-25s" "Key:" value` (letsencrypt uses 30; the value is padded too).
+    Bash(usize),
+}
+
+/// Bash plugins' rows: `Key:` (the flag without `--`, `-` → space, first letter capitalised) padded to `width`,
+/// a space, the value padded to 25, in the flags' order.
+pub fn render_bash_rows(flags: &Flags, width: usize) -> Vec<String> {
+    flags
+        .iter()
+        .map(|(flag, value)| {
+            let key = capitalise(&flag.trim_start_matches("--").replace('-', " "));
+            format!("{:<width$} {value:<25}", format!("{key}:"))
+        })
+        .collect()
+}
+
+fn capitalise(text: &str) -> String {
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => first.to_uppercase().chain(chars).collect(),
+        None => String::new(),
+    }
+}
+
 /// Runs `<plugin>:report [<app>] [--flag | --format json]`; without an app it reports every app.
 pub fn run(ctx: &Ctx, args: &[String], plugin: &str, kind: &str, collect: Collect) -> CmdResult {
+    run_with(ctx, args, plugin, kind, collect, Layout::Go)
+}
+
+/// `run` with a row layout.
+pub fn run_with(
+    ctx: &Ctx,
+    args: &[String],
+    plugin: &str,
+    kind: &str,
+    collect: Collect,
+    layout: Layout,
+) -> CmdResult {
     let mut request = parse_request(plugin, args)?;
     if let Some(app) = &ctx.app {
         request.positionals.insert(0, app.clone());
@@ -142,19 +183,62 @@ pub fn run(ctx: &Ctx, args: &[String], plugin: &str, kind: &str, collect: Collec
     };
     for app in apps {
         let flags = collect(&ctx.store, &app)?;
-        match &request.mode {
-            Mode::Text => {
-                ctx.out.header(&format!("{app} {kind} information"));
-                for row in render_rows(&flags) {
-                    ctx.out.info(&row);
-                }
+        print(ctx, &app, kind, &flags, &request.mode, layout)?;
+    }
+    Ok(())
+}
+
+/// Collects a plugin's global report flags.
+pub type CollectGlobal = fn(&Store) -> Result<Flags, Failure>;
+
+/// `run` for a plugin that also has `<plugin>:report --global [--flag | --format json]` (0.38.0+): the global
+/// flags under the header `=====> --global <kind> information`.
+pub fn run_with_global(
+    ctx: &Ctx,
+    args: &[String],
+    plugin: &str,
+    kind: &str,
+    collect: Collect,
+    global: CollectGlobal,
+) -> CmdResult {
+    if !args.iter().any(|arg| arg == "--global") {
+        return run(ctx, args, plugin, kind, collect);
+    }
+    let rest: Vec<String> = args
+        .iter()
+        .filter(|arg| *arg != "--global")
+        .cloned()
+        .collect();
+    let request = parse_request(plugin, &rest)?;
+    let flags = global(&ctx.store)?;
+    print(ctx, "--global", kind, &flags, &request.mode, Layout::Go)
+}
+
+/// One report: header and rows, the JSON object, or one flag's value.
+fn print(
+    ctx: &Ctx,
+    label: &str,
+    kind: &str,
+    flags: &Flags,
+    mode: &Mode,
+    layout: Layout,
+) -> CmdResult {
+    match mode {
+        Mode::Text => {
+            ctx.out.header(&format!("{label} {kind} information"));
+            let rows = match layout {
+                Layout::Go => render_rows(flags),
+                Layout::Bash(width) => render_bash_rows(flags, width),
+            };
+            for row in rows {
+                ctx.out.info(&row);
             }
-            Mode::Json => ctx.out.line(&render_json(kind, &flags)),
-            Mode::Single(flag) => match flags.get(flag) {
-                Some(value) => ctx.out.line(value),
-                None => return Err(invalid_flag(&flags)),
-            },
         }
+        Mode::Json => ctx.out.line(&render_json(kind, flags)),
+        Mode::Single(flag) => match flags.get(flag) {
+            Some(value) => ctx.out.line(value),
+            None => return Err(invalid_flag(flags)),
+        },
     }
     Ok(())
 }

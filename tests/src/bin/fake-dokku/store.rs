@@ -52,6 +52,28 @@ impl Store {
         Ok(util::parse_image_list(&text))
     }
 
+    /// `$DOKKU_ROOT/.standin/<name>`: an injection file tests write (see `--help`).
+    pub fn standin_path(&self, name: &str) -> PathBuf {
+        self.root.join(".standin").join(name)
+    }
+
+    /// An injection file's text, read afresh at every call; `None` if there is no file.
+    pub fn standin(&self, name: &str) -> Result<Option<String>, Failure> {
+        read_optional(&self.standin_path(name))
+    }
+
+    /// An injection file in the list format of `fail-images` (one entry a line, `#` comments); empty if absent.
+    pub fn standin_list(&self, name: &str) -> Result<Vec<String>, Failure> {
+        Ok(util::parse_image_list(
+            &self.standin(name)?.unwrap_or_default(),
+        ))
+    }
+
+    /// Removes an injection file once it has been used (seeded certificates).
+    pub fn remove_standin(&self, name: &str) -> Result<(), Failure> {
+        remove_optional(&self.standin_path(name))
+    }
+
     /// `$DOKKU_ROOT/.fake-dokku`: state real Dokku keeps elsewhere (images, properties, logs) or not at all.
     pub fn fake_dir(&self) -> PathBuf {
         self.root.join(".fake-dokku")
@@ -143,6 +165,120 @@ impl Store {
 
     pub fn delete_property(&self, app: &str, plugin: &str, key: &str) -> Result<(), Failure> {
         remove_optional(&self.property_path(app, plugin, key))
+    }
+
+    fn global_property_path(&self, plugin: &str, key: &str) -> PathBuf {
+        self.fake_dir()
+            .join("global")
+            .join("properties")
+            .join(plugin)
+            .join(key)
+    }
+
+    /// A global property (`<plugin>:set --global key value`); `None` if never set.
+    pub fn global_property(&self, plugin: &str, key: &str) -> Result<Option<String>, Failure> {
+        let text = read_optional(&self.global_property_path(plugin, key))?;
+        Ok(text.map(|text| text.strip_suffix('\n').unwrap_or(&text).to_string()))
+    }
+
+    pub fn set_global_property(&self, plugin: &str, key: &str, value: &str) -> Result<(), Failure> {
+        write_atomic(
+            &self.global_property_path(plugin, key),
+            format!("{value}\n").as_bytes(),
+        )
+    }
+
+    pub fn delete_global_property(&self, plugin: &str, key: &str) -> Result<(), Failure> {
+        remove_optional(&self.global_property_path(plugin, key))
+    }
+
+    /// Appends one line to a fake-only log under `.fake-dokku/` (e.g. `letsencrypt-requests`).
+    pub fn append_fake_log(&self, name: &str, line: &str) -> Result<(), Failure> {
+        append(&self.fake_dir().join(name), &format!("{line}\n"))
+    }
+
+    /// `.fake-dokku/services/<plugin>/<service>`: a service exists iff this directory does (real Dokku:
+    /// `/var/lib/dokku/services/<plugin>/<service>`).
+    pub fn service_dir(&self, plugin: &str, service: &str) -> PathBuf {
+        self.fake_dir().join("services").join(plugin).join(service)
+    }
+
+    /// All services of a plugin, sorted.
+    pub fn services(&self, plugin: &str) -> Result<Vec<String>, Failure> {
+        let dir = self.fake_dir().join("services").join(plugin);
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(err) if err.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(err) => return Err(Failure::io(format!("list {}", dir.display()), err)),
+        };
+        let mut names = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|err| Failure::io(format!("list {}", dir.display()), err))?;
+            if let Ok(name) = entry.file_name().into_string()
+                && !name.starts_with('.')
+                && entry.path().is_dir()
+            {
+                names.push(name);
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    /// A file of a service (`PASSWORD`, `LINKS`, `ID`), without its final newline; `None` if absent.
+    pub fn service_file(
+        &self,
+        plugin: &str,
+        service: &str,
+        file: &str,
+    ) -> Result<Option<String>, Failure> {
+        let text = read_optional(&self.service_dir(plugin, service).join(file))?;
+        Ok(text.map(|text| text.strip_suffix('\n').unwrap_or(&text).to_string()))
+    }
+
+    pub fn set_service_file(
+        &self,
+        plugin: &str,
+        service: &str,
+        file: &str,
+        value: &str,
+    ) -> Result<(), Failure> {
+        let text = if value.is_empty() {
+            String::new()
+        } else {
+            format!("{value}\n")
+        };
+        write_atomic(
+            &self.service_dir(plugin, service).join(file),
+            text.as_bytes(),
+        )
+    }
+
+    pub fn remove_service(&self, plugin: &str, service: &str) -> Result<(), Failure> {
+        let dir = self.service_dir(plugin, service);
+        match fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(err) if err.kind() == ErrorKind::NotFound => Ok(()),
+            Err(err) => Err(Failure::io(format!("remove {}", dir.display()), err)),
+        }
+    }
+
+    /// `$DOKKU_ROOT/<app>/tls/<file>`, where Dokku keeps `server.crt` and `server.key`.
+    pub fn tls_path(&self, app: &str, file: &str) -> PathBuf {
+        self.app_dir(app).join("tls").join(file)
+    }
+
+    pub fn write_tls(&self, app: &str, file: &str, contents: &[u8]) -> Result<(), Failure> {
+        write_atomic(&self.tls_path(app, file), contents)
+    }
+
+    pub fn remove_tls(&self, app: &str) -> Result<(), Failure> {
+        let dir = self.app_dir(app).join("tls");
+        match fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(err) if err.kind() == ErrorKind::NotFound => Ok(()),
+            Err(err) => Err(Failure::io(format!("remove {}", dir.display()), err)),
+        }
     }
 
     fn image_path(&self, image: &str) -> PathBuf {

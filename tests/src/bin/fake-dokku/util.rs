@@ -215,3 +215,116 @@ pub fn split_image_ref(image: &str) -> (&str, &str) {
         _ => (image, "latest"),
     }
 }
+
+/// (year, month, day, hour, minute, second) of a Unix time in UTC.
+fn civil(secs: u64) -> (i64, i64, i64, u64, u64, u64) {
+    let days = i64::try_from(secs / 86_400).unwrap_or(i64::MAX / 2);
+    let rem = secs % 86_400;
+    let (year, month, day) = civil_from_days(days);
+    (year, month, day, rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+/// `Nov  8 13:12:33 2026 GMT`: how `openssl x509 -text` prints `Not After :` (the day padded with a space), which is
+/// what `certs:report --ssl-expires-at` prints.
+pub fn openssl_date(secs: u64) -> String {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let (year, month, day, hour, minute, second) = civil(secs);
+    let name = usize::try_from(month - 1)
+        .ok()
+        .and_then(|i| MONTHS.get(i))
+        .copied()
+        .unwrap_or("Jan");
+    format!("{name} {day:>2} {hour:02}:{minute:02}:{second:02} {year} GMT")
+}
+
+/// `2026-11-28 13:12:33` (`letsencrypt:list`'s expiry column, UTC).
+pub fn ymd_hms(secs: u64) -> String {
+    let (year, month, day, hour, minute, second) = civil(secs);
+    format!("{year:04}-{month:02}-{day:02} {hour:02}:{minute:02}:{second:02}")
+}
+
+/// `89d, 23h, 59m, 59s` (`letsencrypt:list`'s time columns); negative spans print as `0d, 0h, 0m, 0s`.
+pub fn span(secs: i64) -> String {
+    let secs = u64::try_from(secs).unwrap_or(0);
+    format!(
+        "{}d, {}h, {}m, {}s",
+        secs / 86_400,
+        secs % 86_400 / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
+}
+
+/// A JSON string the way Go's `encoding/json` writes it (Dokku's `config:export --format json` is `json.Marshal`):
+/// `<`, `>`, `&`, U+2028 and U+2029 as `\u…` escapes, `\b \f \n \r \t` short, other control characters `\u00XX`.
+pub fn go_json_string(value: &str) -> String {
+    let mut text = String::with_capacity(value.len() + 2);
+    text.push('"');
+    for c in value.chars() {
+        match c {
+            '"' => text.push_str("\\\""),
+            '\\' => text.push_str("\\\\"),
+            '\n' => text.push_str("\\n"),
+            '\r' => text.push_str("\\r"),
+            '\t' => text.push_str("\\t"),
+            '\u{8}' => text.push_str("\\b"),
+            '\u{c}' => text.push_str("\\f"),
+            '<' | '>' | '&' | '\u{2028}' | '\u{2029}' => {
+                let _ = write!(text, "\\u{:04x}", u32::from(c));
+            }
+            c if u32::from(c) < 0x20 => {
+                let _ = write!(text, "\\u{:04x}", u32::from(c));
+            }
+            c => text.push(c),
+        }
+    }
+    text.push('"');
+    text
+}
+
+/// One `KEY=value` line as `godotenv.Marshal` writes it (Dokku's `config:export --format envfile`): a value Go's
+/// `strconv.Atoi` accepts is printed as that integer (`007` → `7`, `+5` → `5`), anything else double-quoted with
+/// `\ " ! $ `` ` escaped by a backslash and newline / carriage return as `\n` / `\r`.
+pub fn godotenv_line(key: &str, value: &str) -> String {
+    if let Some(number) = go_atoi(value) {
+        return format!("{key}={number}");
+    }
+    let mut escaped = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\n' => escaped.push_str("\\n"),
+            '\r' => escaped.push_str("\\r"),
+            '\\' | '"' | '!' | '$' | '`' => {
+                escaped.push('\\');
+                escaped.push(c);
+            }
+            c => escaped.push(c),
+        }
+    }
+    format!("{key}=\"{escaped}\"")
+}
+
+/// Go's `strconv.Atoi` on a 64-bit platform: an optional sign and ASCII digits only, within `i64`.
+fn go_atoi(value: &str) -> Option<i64> {
+    let digits = value.strip_prefix(['+', '-']).unwrap_or(value);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    value.strip_prefix('+').unwrap_or(value).parse().ok()
+}
+
+/// `major.minor.patch` → comparable numbers; missing or non-numeric parts count as 0 (`0.25` = `0.25.0`).
+pub fn version(text: &str) -> (u64, u64, u64) {
+    let mut parts = text
+        .trim()
+        .trim_start_matches('v')
+        .split('.')
+        .map(|part| part.trim().parse().unwrap_or(0));
+    (
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+    )
+}

@@ -123,6 +123,9 @@ pub struct AgentSettings {
     pub remote_write: Option<ShipConfig>,
     pub loki: Option<ShipConfig>,
     pub http_listen: Option<SocketAddr>,
+    /// Variables the file names for secrets (`*_env`): kept out of dokku's
+    /// environment like the `FLOTILLA_*` ones.
+    pub secret_env_names: Vec<String>,
 }
 
 /// Values from flags and the environment, which win over the file.
@@ -159,6 +162,12 @@ impl AgentSettings {
         overrides: Overrides,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Self, ConfigError> {
+        let secret_env_names = [&file.remote_write, &file.loki]
+            .into_iter()
+            .flatten()
+            .flat_map(|s| [s.password_env.clone(), s.bearer_token_env.clone()])
+            .flatten()
+            .collect();
         let metrics_interval = overrides
             .metrics_interval
             .or(file.metrics.interval)
@@ -187,6 +196,7 @@ impl AgentSettings {
             remote_write,
             loki,
             http_listen: overrides.http_listen.or(file.http.listen),
+            secret_env_names,
         })
     }
 }

@@ -217,8 +217,13 @@ pub async fn run(
     //    the spool for the next run); the spool last.
     stop_all(vec![agent], config.shutdown_grace).await;
     telemetry.cancel();
-    if let Some(sampler) = sampler {
-        let _ = sampler.await;
+    if let Some(mut sampler) = sampler
+        && tokio::time::timeout(Duration::from_secs(5), &mut sampler)
+            .await
+            .is_err()
+    {
+        // A sample stuck in the kernel (a hung filesystem): leave it.
+        sampler.abort();
     }
     for mut task in telemetry_tasks {
         if tokio::time::timeout(Duration::from_secs(10), &mut task)

@@ -180,7 +180,15 @@ fn real_main(args: Args) -> anyhow::Result<()> {
     args.logging
         .init_with(Box::new(flotilla_agent::logs::WarningLayer));
     let runtime = tokio::runtime::Runtime::new()?;
-    match args.command {
+    let result = main_command(args.command, &runtime);
+    // Blocking work still running (e.g. a host sample stuck on a hung
+    // filesystem) must not hold the exit past the unit's stop timeout.
+    runtime.shutdown_timeout(Duration::from_secs(5));
+    result
+}
+
+fn main_command(command: Cmd, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
+    match command {
         Cmd::Join {
             server,
             token,
@@ -227,6 +235,7 @@ fn real_main(args: Args) -> anyhow::Result<()> {
                 },
                 &|name| std::env::var(name).ok(),
             )?;
+            flotilla_agent::exec::hide_from_children(settings.secret_env_names.clone());
             let mut config = RunConfig::new(AgentDir::new(data_dir));
             config.metrics_interval = Some(settings.metrics_interval);
             config.remote_write = settings.remote_write;

@@ -171,6 +171,9 @@ pub async fn run(
     let delivery = notifier.map(|n| tokio::spawn(n.run(cancel.child_token())));
     // Ready while the gRPC services serve: from here until shutdown starts.
     let serving = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    // The ops listener outlives the drain (answering 503 on /readyz) and
+    // stops with the background tasks.
+    let ops_stop = tokio_util::sync::CancellationToken::new();
     let ops = match ops_listener {
         Some(listener) => {
             tracing::info!(addr = %listener.local_addr()?, "ops HTTP listening");
@@ -186,7 +189,7 @@ pub async fn run(
                 listener,
                 metrics.registry(),
                 ready,
-                cancel.child_token().cancelled_owned(),
+                ops_stop.clone().cancelled_owned(),
             )))
         }
         None => None,
@@ -225,6 +228,7 @@ pub async fn run(
 
     // 5. Stop background tasks (bounded), then make state durable.
     cancel.cancel();
+    ops_stop.cancel();
     coordinator.tasks.close();
     let background = async {
         let _ = sweeper.await;

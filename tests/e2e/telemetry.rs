@@ -93,16 +93,21 @@ fn host_metrics_reach_a_real_prometheus_and_outage_samples_arrive_later() {
     });
     let value: f64 = memory[0]["value"][1].as_str().unwrap().parse().unwrap();
     assert_eq!(value, sample["memory_total_bytes"].as_f64().unwrap());
-    let disk = prom
-        .query(r#"flotilla_host_disk_total_bytes{host="web-1", mountpoint="/"}"#)
-        .unwrap();
-    assert_eq!(disk.len(), 1, "{disk:?}");
+    // A filesystem the agent reports (`/` on this machine; any, in a container).
     let root_disk = sample["disks"]
         .as_array()
         .unwrap()
         .iter()
         .find(|d| d["mount_point"] == "/")
+        .or_else(|| sample["disks"].as_array().unwrap().first())
+        .unwrap_or_else(|| panic!("no filesystem in {sample}"));
+    let mount = root_disk["mount_point"].as_str().unwrap();
+    let disk = prom
+        .query(&format!(
+            r#"flotilla_host_disk_total_bytes{{host="web-1", mountpoint="{mount}"}}"#
+        ))
         .unwrap();
+    assert_eq!(disk.len(), 1, "{disk:?}");
     assert_eq!(
         labels(&disk[0]),
         pairs(&[
@@ -111,7 +116,7 @@ fn host_metrics_reach_a_real_prometheus_and_outage_samples_arrive_later() {
             ("env", "prod"),
             ("fstype", root_disk["filesystem"].as_str().unwrap()),
             ("host", "web-1"),
-            ("mountpoint", "/"),
+            ("mountpoint", mount),
         ])
     );
     let cpu = prom

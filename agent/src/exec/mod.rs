@@ -75,6 +75,29 @@ pub enum ExecError {
     Cancelled,
 }
 
+/// Names of environment variables `dokku` (and every plugin it runs) must
+/// not inherit: the agent's own settings and secrets (`FLOTILLA_*`,
+/// `SENTRY_*`) and the variables its configuration names for secrets
+/// (`password_env`, …; registered with [`hide_from_children`]).
+fn hidden_env() -> Vec<std::ffi::OsString> {
+    let named = HIDDEN.get().map(Vec::as_slice).unwrap_or_default();
+    std::env::vars_os()
+        .map(|(k, _)| k)
+        .filter(|k| {
+            let k = k.to_string_lossy();
+            k.starts_with("FLOTILLA_") || k.starts_with("SENTRY_") || named.iter().any(|n| *n == *k)
+        })
+        .collect()
+}
+
+static HIDDEN: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+
+/// Keeps the variables `names` out of the environment of every `dokku` the
+/// agent runs (call once, at start; later calls are ignored).
+pub fn hide_from_children(names: Vec<String>) {
+    let _ = HIDDEN.set(names);
+}
+
 #[derive(Debug, Clone)]
 pub struct Dokku {
     /// The `dokku` executable.
@@ -101,6 +124,9 @@ impl Dokku {
     ) -> Result<Exit, ExecError> {
         let (reader, writer) = std::io::pipe()?;
         let mut command = Command::new(&self.bin);
+        for name in hidden_env() {
+            command.env_remove(name);
+        }
         command
             .args(args)
             .stdin(Stdio::null())

@@ -26,6 +26,8 @@ pub struct Queue {
     max_bytes: u64,
     /// Serialises every change, so the counters match the tree.
     state: Mutex<State>,
+    /// Entries dropped when the queue was opened with a smaller bound.
+    dropped_at_open: u64,
 }
 
 struct State {
@@ -71,9 +73,11 @@ impl Queue {
                 n_entries,
                 n_bytes,
             }),
+            dropped_at_open: 0,
         };
         // A smaller bound than last time applies at once.
-        queue.trim()?;
+        let mut queue = queue;
+        queue.dropped_at_open = queue.trim()?;
         Ok(queue)
     }
 
@@ -180,6 +184,12 @@ impl Queue {
             }
         }
         Ok(n)
+    }
+
+    /// Entries the bound dropped when the queue was opened (counted by the
+    /// shipper as overflow).
+    pub fn dropped_at_open(&self) -> u64 {
+        self.dropped_at_open
     }
 
     /// Entries queued.

@@ -28,9 +28,29 @@ pub const LOGS_QUEUE: &str = "telemetry/logs";
 const USER_AGENT: &str = concat!("flotilla-agent/", env!("CARGO_PKG_VERSION"));
 /// How much of a rejecting response body goes into the log.
 const MAX_LOGGED_BODY: usize = 512;
+/// At most `limit` bytes of a response body, as text (truncated with `…`).
+async fn read_prefix(mut response: reqwest::Response, limit: usize) -> String {
+    let mut bytes = Vec::new();
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                bytes.extend_from_slice(&chunk);
+                if bytes.len() > limit {
+                    break;
+                }
+            }
+            Ok(None) => break,
+            Err(e) => return format!("(body unreadable: {e})"),
+        }
+    }
+    truncate(&String::from_utf8_lossy(&bytes))
+}
+
 /// First retry delay; it doubles (with jitter) up to `BACKOFF_MAX`.
 const BACKOFF_BASE: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Longest wait a `Retry-After` can ask for.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 /// A batch stops growing at this many queued bytes (the encoded body is
 /// smaller), so one request stays well under receivers' size limits.
 const BATCH_MAX_BYTES: u64 = 1024 * 1024;
@@ -258,14 +278,20 @@ impl ShipStats {
     }
 
     /// Counts a finished batch and the queue after its deletion, as one change.
-    fn finished(&self, end: &BatchEnd, queue: &Queue) {
+    /// A batch of `n` readable entries ended; `deleted` is how many of the
+    /// batch's entries were still queued when it was deleted (the buffer
+    /// bound may have dropped, and counted, some meanwhile; unreadable ones
+    /// were counted when read), so nothing is counted twice.
+    fn finished(&self, end: &BatchEnd, deleted: u64, queue: &Queue) {
         match *end {
             BatchEnd::Sent(n) => {
-                self.sent_entries_total.fetch_add(n, Ordering::Relaxed);
+                self.sent_entries_total
+                    .fetch_add(n.min(deleted), Ordering::Relaxed);
                 self.sent_requests_total.fetch_add(1, Ordering::Relaxed);
             }
             BatchEnd::Dropped(reason, n) => {
-                self.counter(reason).fetch_add(n, Ordering::Relaxed);
+                self.counter(reason)
+                    .fetch_add(n.min(deleted), Ordering::Relaxed);
             }
             BatchEnd::Unreachable(_) | BatchEnd::Cancelled => {}
         }
@@ -450,6 +476,9 @@ impl<P: Pipeline> Shipper<P> {
                 source,
             })?;
         let stats = Arc::new(ShipStats::default());
+        stats
+            .dropped_overflow_total
+            .fetch_add(queue.dropped_at_open(), Ordering::Relaxed);
         stats.set_queue(&queue);
         Ok(Self {
             config,
@@ -557,10 +586,11 @@ impl<P: Pipeline> Shipper<P> {
                     backoff.reset();
                     // Delete first, then count: whoever sees the counters
                     // move also sees the queue without the batch.
-                    if let Err(e) = self.queue.ack(last) {
+                    let deleted = self.queue.ack(last).unwrap_or_else(|e| {
                         tracing::error!(pipeline = P::NAME, "delete sent telemetry: {e}");
-                    }
-                    self.stats.finished(&end, &self.queue);
+                        0
+                    });
+                    self.stats.finished(&end, deleted, &self.queue);
                 }
                 BatchEnd::Unreachable(delay) => {
                     if sleep_or_cancel(delay, &cancel).await {
@@ -651,8 +681,15 @@ impl<P: Pipeline> Shipper<P> {
                     body,
                 } => {
                     self.stats.set_error(format!("{status}: {body}"));
-                    let delay = retry_after.unwrap_or_else(|| backoff.next_delay());
-                    if started.elapsed() + delay > self.config.max_retry_time {
+                    // At least the backoff (a `Retry-After: 0` must not make a
+                    // busy loop), at most MAX_RETRY_AFTER (a huge one must not
+                    // park the pipeline); dropped only once the bound has
+                    // passed, so every batch gets at least one retry.
+                    let backoff_delay = backoff.next_delay();
+                    let delay = retry_after
+                        .map_or(backoff_delay, |ra| ra.max(backoff_delay))
+                        .min(MAX_RETRY_AFTER);
+                    if started.elapsed() >= self.config.max_retry_time {
                         tracing::warn!(
                             pipeline = P::NAME,
                             url = %self.url,
@@ -717,11 +754,17 @@ impl<P: Pipeline> Shipper<P> {
             }
             return Attempt::Success;
         }
-        // The body only matters for failures; a slow one counts as the answer.
-        let body = match response.bytes().await {
-            Ok(b) => truncate(&String::from_utf8_lossy(&b)),
-            Err(e) => format!("(body unreadable: {e})"),
-        };
+        // The body only matters for failures: its first bytes are enough.
+        let body = read_prefix(response, MAX_LOGGED_BODY).await;
+        // A gateway answering for a receiver that is down or restarting is an
+        // outage, like a refused connection: retried without the time bound
+        // (the buffer bound covers long outages).
+        if matches!(
+            status,
+            StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
+        ) {
+            return Attempt::Unreachable(format!("{status}: {body}"));
+        }
         if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
             Attempt::Retry {
                 status,

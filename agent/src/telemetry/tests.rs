@@ -479,6 +479,52 @@ async fn a_429_waits_for_retry_after() {
 }
 
 #[tokio::test]
+async fn retry_after_zero_still_backs_off_and_the_bound_still_allows_a_retry() {
+    // `Retry-After: 0` three times: the gaps are the backoff's (≥ 125 ms,
+    // growing), not a busy loop.
+    let zero = || Reply {
+        headers: vec![("Retry-After".into(), "0".into())],
+        ..reply(429)
+    };
+    let mut stub = Stub::start(vec![zero(), zero(), zero()]).await;
+    let mut cfg = config(stub.url("/api/v1/write"));
+    // A bound shorter than a Retry-After: the batch still gets its retry.
+    cfg.max_retry_time = Duration::from_millis(100);
+    let run = Running::<super::ship::Metrics>::start(cfg, METRICS_QUEUE);
+    run.shipper.push(&three()).unwrap();
+    let first = stub.next().await;
+    let second = stub.next().await;
+    assert!(
+        second.at - first.at >= Duration::from_millis(100),
+        "retried after {:?}",
+        second.at - first.at
+    );
+    // Past the bound after the second failure: dropped, not retried forever.
+    let s = run
+        .wait("retry exhausted", |s| s.dropped_retry_exhausted_total == 3)
+        .await;
+    assert_eq!(s.sent_entries_total, 0);
+    run.stop().await;
+}
+
+#[tokio::test]
+async fn gateway_errors_are_an_outage_retried_past_max_retry_time() {
+    let mut stub = Stub::start(vec![reply(503), reply(502), reply(504), reply(503)]).await;
+    let mut cfg = config(stub.url("/api/v1/write"));
+    cfg.max_retry_time = Duration::from_millis(1);
+    let run = Running::<super::ship::Metrics>::start(cfg, METRICS_QUEUE);
+    run.shipper.push(&three()).unwrap();
+    for _ in 0..5 {
+        let _ = stub.next().await;
+    }
+    // Four gateway errors, then the default 204: nothing dropped.
+    let s = run.wait("sent", |s| s.sent_entries_total == 3).await;
+    assert_eq!(s.dropped_retry_exhausted_total, 0);
+    assert!(s.retries_total >= 4, "{s:?}");
+    run.stop().await;
+}
+
+#[tokio::test]
 async fn a_400_drops_the_batch_without_retry_and_logs_the_body() {
     let (logs, _guard) = Logs::capture();
     let mut stub = Stub::start(vec![Reply {

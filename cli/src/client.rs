@@ -23,7 +23,7 @@ pub const RECONNECT_DELAY: Duration = Duration::from_secs(1);
 /// Cheap to clone: clones share one HTTP/2 connection.
 #[derive(Clone)]
 pub struct Client {
-    inner: FleetServiceClient<Channel>,
+    pub(crate) inner: FleetServiceClient<Channel>,
     auth: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
 }
 
@@ -102,7 +102,7 @@ impl Client {
         })
     }
 
-    fn req<T>(&self, msg: T) -> tonic::Request<T> {
+    pub(crate) fn req<T>(&self, msg: T) -> tonic::Request<T> {
         let mut req = tonic::Request::new(msg);
         req.metadata_mut()
             .insert("authorization", self.auth.clone());

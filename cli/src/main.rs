@@ -10,6 +10,7 @@ use anyhow::Context as _;
 use clap::{CommandFactory as _, Parser, Subcommand, ValueEnum};
 
 mod client;
+mod config;
 mod exit;
 mod github;
 mod hosts;
@@ -197,6 +198,9 @@ enum Cmd {
     /// Per-app settings (health-check URL).
     #[command(subcommand)]
     App(AppCmd),
+    /// App config and secrets per environment (set, unset, list, get, reseal).
+    #[command(subcommand)]
+    Config(config::ConfigCmd),
     /// The release history of an app in an environment.
     Releases {
         /// Release history of this app.
@@ -489,6 +493,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             };
             output::app_settings(out, &settings);
         }
+        Cmd::Config(cmd) => return config::run(&mut client, out, cmd).await,
         Cmd::Releases { app, env } => output::releases(out, &client.releases(&app, &env).await?),
         Cmd::Deployments { app, env, limit } => {
             output::deployments(out, &client.deployments(app, env, limit).await?);
@@ -572,6 +577,11 @@ fn check_before_connecting(args: &Args) {
         }) => {
             if let Err(e) = flotilla_shared::health::check_template(template.trim()) {
                 usage_error("app", e.to_string());
+            }
+        }
+        Cmd::Config(cmd) => {
+            if let Err(msg) = config::check(cmd) {
+                usage_error("config", msg);
             }
         }
         _ => {}

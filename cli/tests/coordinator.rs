@@ -283,6 +283,41 @@ impl FleetService for Fake {
         unimplemented()
     }
 
+    async fn set_config(
+        &self,
+        _: Request<pb::SetConfigRequest>,
+    ) -> Result<Response<pb::SetConfigResponse>, Status> {
+        unimplemented()
+    }
+
+    async fn unset_config(
+        &self,
+        _: Request<pb::UnsetConfigRequest>,
+    ) -> Result<Response<pb::UnsetConfigResponse>, Status> {
+        unimplemented()
+    }
+
+    async fn list_config(
+        &self,
+        _: Request<pb::ListConfigRequest>,
+    ) -> Result<Response<pb::ListConfigResponse>, Status> {
+        unimplemented()
+    }
+
+    async fn get_config(
+        &self,
+        _: Request<pb::GetConfigRequest>,
+    ) -> Result<Response<pb::ConfigEntry>, Status> {
+        unimplemented()
+    }
+
+    async fn reseal_config(
+        &self,
+        _: Request<pb::ResealConfigRequest>,
+    ) -> Result<Response<pb::ResealConfigResponse>, Status> {
+        unimplemented()
+    }
+
     async fn create_freeze(
         &self,
         _: Request<pb::CreateFreezeRequest>,

@@ -18,6 +18,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub mod api;
+pub mod appconfig;
 pub mod config;
 pub mod dev;
 pub mod fleet;
@@ -54,6 +55,11 @@ pub struct ServeConfig {
     pub config_file: Option<PathBuf>,
     /// Where to serve `/healthz`, `/readyz` and `/metrics` (plain HTTP); off when `None`.
     pub http_listen: Option<std::net::SocketAddr>,
+    /// The secrets key file (docs/secrets.md); `DATA_DIR/secrets.key` when `None`.
+    pub secrets_key_file: Option<PathBuf>,
+    /// The secrets keyring itself (`FLOTILLA_SECRETS_KEY`, the key file's format); wins over
+    /// the file.
+    pub secrets_key: Option<flotilla_shared::secret::Secret>,
 }
 
 impl ServeConfig {
@@ -68,6 +74,8 @@ impl ServeConfig {
             keepalive: Duration::from_secs(20),
             config_file: None,
             http_listen: None,
+            secrets_key_file: None,
+            secrets_key: None,
         }
     }
 }
@@ -87,6 +95,9 @@ pub struct Coordinator {
     pub key_update: flotilla_proto::v1::KeySetUpdate,
     /// The keys agents should trust: the signing key, then previous ones.
     pub verification_keys: Vec<ed25519_dalek::VerifyingKey>,
+    /// The keyring app secrets are sealed with (`appconfig`); `None` when no key was
+    /// created, and then secrets are refused while plain config works.
+    pub secrets: Option<Arc<flotilla_shared::sealed::Keyring>>,
 }
 
 /// Serves until `shutdown` completes, then stops in order: end agent sessions
@@ -119,6 +130,7 @@ pub async fn run(
         flotilla_shared::time::now_ms(),
         &signers,
     );
+    let secrets = load_secrets(&config)?;
     let settings = match &config.config_file {
         Some(path) => config::ServerSettings::load(path)?,
         None => config::ServerSettings::default(),
@@ -152,6 +164,7 @@ pub async fn run(
         ca,
         key_update,
         verification_keys,
+        secrets,
         tasks: tokio_util::task::TaskTracker::new(),
     });
 
@@ -251,6 +264,34 @@ pub async fn run(
     coordinator.store.flush().await.context("flush store")?;
     tracing::info!("coordinator stopped");
     served
+}
+
+/// The secrets keyring `run` serves with: from `secrets_key` if set, else the key file. No key
+/// at all is allowed (logged): secrets are then refused until one is created.
+fn load_secrets(
+    config: &ServeConfig,
+) -> anyhow::Result<Option<Arc<flotilla_shared::sealed::Keyring>>> {
+    let key_file = config
+        .secrets_key_file
+        .clone()
+        .unwrap_or_else(|| appconfig::default_key_file(config.data_dir.root()));
+    let value = config.secrets_key.clone();
+    let env = move |name: &str| {
+        (name == flotilla_shared::sealed::SECRETS_KEY_ENV)
+            .then(|| value.as_ref().map(|v| v.expose().to_owned()))
+            .flatten()
+    };
+    let keyring = appconfig::load_keyring(&key_file, &env).context("load the secrets key")?;
+    match &keyring {
+        Some(k) => {
+            tracing::info!(key_id = %k.current_key_id(), n_keys = k.key_ids().count(), "secrets key loaded")
+        }
+        None => tracing::warn!(
+            key_file = %key_file.display(),
+            "no secrets key: config secrets are refused until one is created (flotilla-server secrets generate-key)"
+        ),
+    }
+    Ok(keyring)
 }
 
 /// The rollout timer: ends pauses between batches on time and, every

@@ -28,8 +28,9 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Create a data directory: CA, server certificate, command-signing key and
-    /// an admin API token (DIR/admin.token, mode 0600). Refuses to overwrite.
+    /// Create a data directory: CA, server certificate, command-signing key,
+    /// the secrets key (DIR/secrets.key, mode 0600) and an admin API token
+    /// (DIR/admin.token, mode 0600). Refuses to overwrite.
     Init {
         /// Where the coordinator keeps its keys and state.
         #[arg(long, env = "FLOTILLA_DATA_DIR")]
@@ -77,7 +78,15 @@ enum Cmd {
         /// address, e.g. 127.0.0.1:9464. Off by default.
         #[arg(long, env = "FLOTILLA_HTTP_LISTEN")]
         http_listen: Option<SocketAddr>,
+        /// The key file app secrets are sealed with (mode 0600; docs/secrets.md).
+        /// Default: DIR/secrets.key. FLOTILLA_SECRETS_KEY (the file's contents)
+        /// wins over it. Without either, plain config works and secrets are refused.
+        #[arg(long, env = "FLOTILLA_SECRETS_KEY_FILE")]
+        secrets_key_file: Option<PathBuf>,
     },
+    /// The secrets key app config secrets are sealed with (docs/secrets.md).
+    #[command(subcommand)]
+    Secrets(SecretsCmd),
     /// Run a local dev fleet: a coordinator plus N agents on simulated Dokku
     /// hosts (fake-dokku) in a temporary directory. Prints how to point
     /// `flotilla` at it. Ctrl-C stops everything and removes the directory.
@@ -104,6 +113,27 @@ enum Cmd {
     },
 }
 
+#[derive(Subcommand)]
+enum SecretsCmd {
+    /// Create the secrets key file (mode 0600) with one fresh key, for a data
+    /// directory made before secrets existed. Refuses to overwrite a key file.
+    GenerateKey {
+        /// The data directory made by `init`; the key goes to DIR/secrets.key.
+        #[arg(long, env = "FLOTILLA_DATA_DIR")]
+        data_dir: PathBuf,
+        /// Create this file instead of DIR/secrets.key.
+        #[arg(long, env = "FLOTILLA_SECRETS_KEY_FILE")]
+        key_file: Option<PathBuf>,
+    },
+    /// Print a new key line (`<key-id> <base64>`) for a rotation: put it first
+    /// in the key file, restart, then run `flotilla config reseal`.
+    NewKey {
+        /// Its id: 1-64 letters, digits, '.', '_' or '-' (a date works well: 2026-09).
+        #[arg(long)]
+        key_id: String,
+    },
+}
+
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
     flotilla_shared::telemetry::exit_on_error(real_main(args))
@@ -125,6 +155,26 @@ fn real_main(args: Args) -> anyhow::Result<()> {
             println!("initialised {}", data_dir.display());
             println!("CA fingerprint (sha256): {}", out.ca_fingerprint);
             println!("admin API token: {}", out.admin_token_path.display());
+            println!(
+                "secrets key: {} (back it up apart from the data directory)",
+                DataDir::new(&data_dir).secrets_key().display()
+            );
+            Ok(())
+        }
+        Cmd::Secrets(SecretsCmd::GenerateKey { data_dir, key_file }) => {
+            let path = key_file.unwrap_or_else(|| DataDir::new(&data_dir).secrets_key());
+            let key_id = pki::generate_secrets_key(&path)?;
+            println!(
+                "created {} with key {key_id}; restart the coordinator to use it",
+                path.display()
+            );
+            Ok(())
+        }
+        Cmd::Secrets(SecretsCmd::NewKey { key_id }) => {
+            println!(
+                "{}",
+                flotilla_shared::sealed::Keyring::generate_line(&key_id)?
+            );
             Ok(())
         }
         Cmd::Serve {
@@ -136,6 +186,7 @@ fn real_main(args: Args) -> anyhow::Result<()> {
             keepalive,
             config: config_file,
             http_listen,
+            secrets_key_file,
         } => {
             let mut config = ServeConfig::new(DataDir::new(data_dir));
             config.keepalive = keepalive;
@@ -144,6 +195,10 @@ fn real_main(args: Args) -> anyhow::Result<()> {
             config.previous_signing_keys = previous_signing_keys;
             config.command_ttl = command_ttl;
             config.http_listen = http_listen;
+            config.secrets_key_file = secrets_key_file;
+            config.secrets_key = std::env::var(flotilla_shared::sealed::SECRETS_KEY_ENV)
+                .ok()
+                .map(flotilla_shared::secret::Secret::new);
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(async {
                 let listener = tokio::net::TcpListener::bind(listen)

@@ -56,6 +56,10 @@ impl DataDir {
     pub fn state(&self) -> PathBuf {
         self.0.join("state")
     }
+    /// The keyring app secrets are sealed with (docs/secrets.md); never in `state`.
+    pub fn secrets_key(&self) -> PathBuf {
+        crate::appconfig::default_key_file(&self.0)
+    }
 }
 
 /// Writes `contents` to a new file with `mode`; never overwrites.
@@ -106,14 +110,16 @@ pub struct InitOutput {
 }
 
 /// Creates a data directory: CA, server certificate (SANs: `server_names`,
-/// `localhost`, `127.0.0.1`, `::1`), command-signing key, admin token (hashed in the
-/// store, the secret in `admin.token`, mode 0600). Refuses an initialised directory.
+/// `localhost`, `127.0.0.1`, `::1`), command-signing key, secrets key (`secrets.key`, 0600),
+/// admin token (hashed in the store, the secret in `admin.token`, mode 0600). Refuses an
+/// initialised directory.
 pub fn init(dir: &DataDir, server_names: &[String]) -> anyhow::Result<InitOutput> {
     for existing in [
         dir.ca_cert(),
         dir.signing_key(),
         dir.admin_token(),
         dir.state(),
+        dir.secrets_key(),
     ] {
         if existing.exists() {
             bail!(
@@ -194,6 +200,7 @@ pub fn init(dir: &DataDir, server_names: &[String]) -> anyhow::Result<InitOutput
     write_public(&dir.server_cert(), chain.as_bytes())?;
     write_private(&dir.server_key(), server_key.serialize_pem().as_bytes())?;
     write_private(&dir.signing_key(), signer.to_pkcs8_pem()?.as_bytes())?;
+    generate_secrets_key(&dir.secrets_key())?;
 
     let store = Store::open(&dir.state()).context("create store")?;
     store.put_api_token(
@@ -215,6 +222,16 @@ pub fn init(dir: &DataDir, server_names: &[String]) -> anyhow::Result<InitOutput
         admin_token_path: dir.admin_token(),
         ca_fingerprint: flotilla_shared::tls::fingerprint(ca_cert.der()),
     })
+}
+
+/// Creates a secrets key file (mode 0600) with one fresh key named after the current month
+/// (`2026-08`); refuses to overwrite one. For `init` and `secrets generate-key`.
+pub fn generate_secrets_key(path: &Path) -> anyhow::Result<String> {
+    let now = time::OffsetDateTime::now_utc();
+    let key_id = format!("{}-{:02}", now.year(), u8::from(now.month()));
+    flotilla_shared::sealed::Keyring::generate_file(path, &key_id)
+        .with_context(|| format!("create secrets key {}", path.display()))?;
+    Ok(key_id)
 }
 
 /// The CA, loaded for issuing agent certificates.

@@ -16,6 +16,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::Coordinator;
+
+mod config;
 use crate::rollout::{NewDeployment, RolloutError};
 use crate::store::{
     ApiToken, AppSettings, AuditEntry, BatchSize, Deployment, DeploymentKind, Event,
@@ -436,6 +438,12 @@ impl FleetService for Api {
             let app = arg("app", AppName::parse(&r.app))?;
             let env = arg("environment", EnvName::parse(&r.env))?;
             caller.check_scope(&app, &env)?;
+            // The app spec's required config keys (recorded by `app apply`) must all have a value.
+            if let Some(refusal) =
+                crate::appconfig::deploy_refusal(&self.coordinator.store, &app, &env)?
+            {
+                return Err(Status::failed_precondition(refusal));
+            }
             let strategy = self.strategy(&app, &env, r.strategy)?;
             if r.override_freeze && caller.role < Role::Admin {
                 return Err(Status::permission_denied(format!(
@@ -968,6 +976,41 @@ impl FleetService for Api {
             // Credentials in a template are write-only.
             health_url: flotilla_shared::health::redact_url(&settings.health_url),
         }))
+    }
+
+    async fn set_config(
+        &self,
+        req: Request<pb::SetConfigRequest>,
+    ) -> Result<Response<pb::SetConfigResponse>, Status> {
+        self.config_set(req).await
+    }
+
+    async fn unset_config(
+        &self,
+        req: Request<pb::UnsetConfigRequest>,
+    ) -> Result<Response<pb::UnsetConfigResponse>, Status> {
+        self.config_unset(req).await
+    }
+
+    async fn list_config(
+        &self,
+        req: Request<pb::ListConfigRequest>,
+    ) -> Result<Response<pb::ListConfigResponse>, Status> {
+        self.config_list(req).await
+    }
+
+    async fn get_config(
+        &self,
+        req: Request<pb::GetConfigRequest>,
+    ) -> Result<Response<pb::ConfigEntry>, Status> {
+        self.config_get(req).await
+    }
+
+    async fn reseal_config(
+        &self,
+        req: Request<pb::ResealConfigRequest>,
+    ) -> Result<Response<pb::ResealConfigResponse>, Status> {
+        self.config_reseal(req).await
     }
 
     async fn create_freeze(

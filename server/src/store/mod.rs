@@ -9,7 +9,8 @@
 //! re-sent line is stored once), `audit`, `events`
 //! (each deployment's state changes), `queue` (deployments waiting for their
 //! app+env), `host_apps` (the image each host last reported per app),
-//! `app_settings` (per app+env settings such as the health-check URL).
+//! `app_settings` (per app+env settings such as the health-check URL);
+//! `app_config` and `app_required_keys` (app config and secrets, see `config.rs`).
 
 use std::path::Path;
 
@@ -18,6 +19,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 
+pub mod config;
 mod gates;
 pub mod notify;
 #[cfg(test)]

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use flotilla_proto::v1 as pb;
 use flotilla_proto::v1::agent_service_client::AgentServiceClient;
+use flotilla_shared::backoff::Backoff;
 use flotilla_shared::signing::{self, Action, TrustedKeys, VerifiedCommand, VerifyPolicy};
 use flotilla_shared::time::now_ms;
 use flotilla_shared::{AppName, ImageRef};
@@ -75,40 +76,6 @@ impl Ctx {
     pub fn with_metrics(mut self, metrics: std::sync::Arc<crate::metrics::Metrics>) -> Self {
         self.metrics = metrics;
         self
-    }
-}
-
-/// Exponential backoff with jitter: each delay is uniform in [d/2, d], d doubling up to `max`.
-struct Backoff {
-    next: Duration,
-    base: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    fn new(base: Duration, max: Duration) -> Self {
-        Self {
-            next: base,
-            base,
-            max,
-        }
-    }
-
-    fn reset(&mut self) {
-        self.next = self.base;
-    }
-
-    fn next_delay(&mut self) -> Duration {
-        use ring::rand::SecureRandom as _;
-        let d = self.next;
-        self.next = (self.next * 2).min(self.max);
-        let mut b = [0u8; 4];
-        let r = ring::rand::SystemRandom::new()
-            .fill(&mut b)
-            .map(|()| u32::from_le_bytes(b))
-            .unwrap_or(u32::MAX / 2);
-        let frac = f64::from(r) / f64::from(u32::MAX);
-        d.mul_f64(0.5 + 0.5 * frac)
     }
 }
 

@@ -4,6 +4,7 @@
 //! Nothing here talks to the network or to sled; those belong to `server` and `agent`.
 
 pub mod appspec;
+pub mod backoff;
 pub mod health;
 pub mod names;
 pub mod ops;

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use flotilla_shared::backoff::Backoff;
 use flotilla_shared::secret::Secret;
 use prost::Message as _;
 use reqwest::StatusCode;
@@ -555,7 +556,7 @@ impl<P: Pipeline> Shipper<P> {
     /// `cancel`; then flushes the queue. An in-flight request is abandoned on
     /// cancel (its entries stay queued and are sent after a restart).
     pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
-        let mut backoff = Backoff::new();
+        let mut backoff = Backoff::new(BACKOFF_BASE, BACKOFF_MAX);
         // Bounded by `cancel`: every branch either finishes a batch, waits
         // for an event, or waits out a backoff delay.
         while !cancel.is_cancelled() {
@@ -741,8 +742,7 @@ impl<P: Pipeline> Shipper<P> {
             .headers()
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+            .and_then(flotilla_shared::backoff::parse_retry_after);
         if status.is_success() {
             if P::suspicious_success(status) {
                 tracing::warn!(
@@ -830,42 +830,4 @@ fn percent_decode(s: &str) -> String {
         }
     }
     String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Exponential backoff with jitter: each delay is uniform in [d/2, d], d
-/// doubling from `BACKOFF_BASE` up to `BACKOFF_MAX`.
-struct Backoff {
-    next: Duration,
-    n_failures: u64,
-}
-
-impl Backoff {
-    fn new() -> Self {
-        Self {
-            next: BACKOFF_BASE,
-            n_failures: 0,
-        }
-    }
-
-    fn reset(&mut self) {
-        *self = Self::new();
-    }
-
-    fn next_delay(&mut self) -> Duration {
-        use ring::rand::SecureRandom as _;
-        let d = self.next;
-        self.next = (self.next * 2).min(BACKOFF_MAX);
-        self.n_failures += 1;
-        let mut b = [0u8; 4];
-        let r = ring::rand::SystemRandom::new()
-            .fill(&mut b)
-            .map(|()| u32::from_le_bytes(b))
-            .unwrap_or(u32::MAX / 2);
-        d.mul_f64(0.5 + 0.5 * f64::from(r) / f64::from(u32::MAX))
-    }
-
-    /// Log the 1st, 2nd, 4th, 8th… failure of a run of failures, not every one.
-    fn should_log(&self) -> bool {
-        self.n_failures.is_power_of_two()
-    }
 }

@@ -72,8 +72,8 @@ pub async fn from_response(response: reqwest::Response) -> Outcome {
         .headers()
         .get(reqwest::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(|s| Duration::from_secs(s).min(MAX_RETRY_AFTER));
+        .and_then(flotilla_shared::backoff::parse_retry_after)
+        .map(|d| d.min(MAX_RETRY_AFTER));
     // A short excerpt of the body: Slack explains refusals there
     // (`invalid_payload`, `channel_not_found`).
     let body = match tokio::time::timeout(Duration::from_secs(2), response.text()).await {

@@ -545,7 +545,8 @@ pub(super) struct SecretFields {
     pub(super) inline: Option<&'static str>,
 }
 
-/// At most one of the sources, read and trimmed; `None` if none is set.
+/// At most one of the sources, read and trimmed; `None` if none is set
+/// (`flotilla_shared::secret::read_one`, with errors naming the channel's field).
 pub(super) fn load_secret(
     channel: &str,
     fields: SecretFields,
@@ -554,40 +555,35 @@ pub(super) fn load_secret(
     inline: Option<Secret>,
     env: &impl Fn(&str) -> Option<String>,
 ) -> Result<Option<Secret>, ConfigError> {
-    let err = |field: &'static str, reason: String| ConfigError::Channel {
-        channel: channel.to_owned(),
-        field,
-        reason,
-    };
-    let set = usize::from(env_name.is_some())
-        + usize::from(file.is_some())
-        + usize::from(inline.is_some());
-    if set > 1 {
-        let names = [Some(fields.env), Some(fields.file), fields.inline]
-            .into_iter()
-            .flatten()
-            .collect::<Vec<_>>()
-            .join(", ");
-        return Err(err(fields.env, format!("set only one of {names}")));
-    }
-    let (field, value) = if let Some(var) = env_name {
-        let value = env(&var)
-            .ok_or_else(|| err(fields.env, format!("environment variable {var} is not set")))?;
-        (fields.env, value)
-    } else if let Some(path) = file {
-        let value = std::fs::read_to_string(&path)
-            .map_err(|e| err(fields.file, format!("cannot read {}: {e}", path.display())))?;
-        (fields.file, value)
-    } else if let Some(secret) = inline {
-        (fields.inline.unwrap_or(fields.env), secret.into_inner())
+    use flotilla_shared::secret::SecretError;
+    let names = [Some(fields.env), Some(fields.file), fields.inline]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>()
+        .join(", ");
+    let field = if env_name.is_some() {
+        fields.env
+    } else if file.is_some() {
+        fields.file
     } else {
-        return Ok(None);
+        fields.inline.unwrap_or(fields.env)
     };
-    let value = value.trim();
-    if value.is_empty() {
-        return Err(err(field, "the secret is empty".into()));
-    }
-    Ok(Some(Secret::new(value)))
+    flotilla_shared::secret::read_one(
+        &names,
+        env_name.as_deref(),
+        file.as_deref(),
+        inline.map(Secret::into_inner),
+        env,
+    )
+    .map_err(|e| ConfigError::Channel {
+        channel: channel.to_owned(),
+        field: if matches!(e, SecretError::Conflict(_)) {
+            fields.env
+        } else {
+            field
+        },
+        reason: e.to_string(),
+    })
 }
 
 /// An absolute http(s) URL; with `secure`, plain http only to a loopback

@@ -67,6 +67,19 @@ pub struct AgentFile {
     pub loki: Option<PushSection>,
     #[serde(default)]
     pub http: HttpSection,
+    #[serde(default)]
+    pub certs: CertsSection,
+}
+
+/// `[certs]`: the certificate checks `flotilla doctor` reports.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertsSection {
+    /// How often (`certs:report` and a TLS handshake per domain).
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub check_interval: Option<Duration>,
+    /// Where the local proxy serves HTTPS.
+    pub probe_addr: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -126,18 +139,23 @@ pub struct AgentSettings {
     /// Variables the file names for secrets (`*_env`): kept out of dokku's
     /// environment like the `FLOTILLA_*` ones.
     pub secret_env_names: Vec<String>,
+    pub cert_check_interval: Duration,
+    pub tls_probe_addr: String,
 }
 
 /// Values from flags and the environment, which win over the file.
 #[derive(Debug, Default, Clone)]
 pub struct Overrides {
     pub metrics_interval: Option<Duration>,
+    pub cert_check_interval: Option<Duration>,
+    pub tls_probe_addr: Option<String>,
     pub http_listen: Option<SocketAddr>,
     pub remote_write_url: Option<String>,
     pub loki_url: Option<String>,
 }
 
 pub const DEFAULT_METRICS_INTERVAL: Duration = Duration::from_secs(10);
+pub const DEFAULT_CERT_CHECK_INTERVAL: Duration = Duration::from_secs(3600);
 
 impl AgentSettings {
     /// Reads `path` (when given, it must exist; otherwise `DEFAULT_PATH` if
@@ -175,6 +193,28 @@ impl AgentSettings {
         if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&metrics_interval) {
             return Err(invalid("metrics.interval", "must be between 1s and 1h"));
         }
+        let cert_check_interval = overrides
+            .cert_check_interval
+            .or(file.certs.check_interval)
+            .unwrap_or(DEFAULT_CERT_CHECK_INTERVAL);
+        if !(Duration::from_secs(1)..=Duration::from_secs(7 * 24 * 3600))
+            .contains(&cert_check_interval)
+        {
+            return Err(invalid(
+                "certs.check_interval",
+                "must be between 1s and 7 days",
+            ));
+        }
+        let tls_probe_addr = overrides
+            .tls_probe_addr
+            .or(file.certs.probe_addr)
+            .unwrap_or_else(|| "127.0.0.1:443".to_owned());
+        if tls_probe_addr.parse::<SocketAddr>().is_err() {
+            return Err(invalid(
+                "certs.probe_addr",
+                "must be an address with a port, e.g. 127.0.0.1:443",
+            ));
+        }
         let remote_write = push_target(
             "remote_write",
             "FLOTILLA_REMOTE_WRITE",
@@ -197,6 +237,8 @@ impl AgentSettings {
             loki,
             http_listen: overrides.http_listen.or(file.http.listen),
             secret_env_names,
+            cert_check_interval,
+            tls_probe_addr,
         })
     }
 }

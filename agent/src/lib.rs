@@ -18,6 +18,7 @@ use flotilla_shared::signing::VerifiedCommand;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+pub mod certs;
 pub mod config;
 pub mod exec;
 pub mod identity;
@@ -57,6 +58,11 @@ pub struct RunConfig {
     pub remote_write: Option<telemetry::ship::ShipConfig>,
     /// Where deploy output and the agent's warnings go (Loki), if anywhere.
     pub loki: Option<telemetry::ship::ShipConfig>,
+    /// How often to check the apps' certificates (`certs:report` and a TLS
+    /// handshake per domain through `tls_probe_addr`); `None`: never.
+    pub cert_check_interval: Option<Duration>,
+    /// Where the local proxy serves HTTPS.
+    pub tls_probe_addr: String,
     /// Where to serve `/healthz`, `/readyz` and `/metrics` (plain HTTP); off when `None`.
     pub http_listen: Option<std::net::SocketAddr>,
 }
@@ -74,6 +80,8 @@ impl RunConfig {
             metrics_interval: None,
             remote_write: None,
             loki: None,
+            cert_check_interval: None,
+            tls_probe_addr: "127.0.0.1:443".into(),
             http_listen: None,
         }
     }
@@ -173,7 +181,25 @@ pub async fn run(
 
     // 4. The worker (runs dokku) and the link (talks to the coordinator);
     //    the host metrics sampler.
-    let mut agent = Agent::start(Arc::clone(&ctx), dokku, &Stops::default());
+    let mut agent = Agent::start(Arc::clone(&ctx), dokku.clone(), &Stops::default());
+    let cert_facts = certs::CertFacts::default();
+    let cert_checker = config.cert_check_interval.map(|interval| {
+        let apps_ctx = Arc::clone(&ctx);
+        tokio::spawn(certs::run(
+            dokku.clone(),
+            config.tls_probe_addr.clone(),
+            interval,
+            move || {
+                apps_ctx
+                    .spool
+                    .releases()
+                    .map(|r| r.into_keys().collect())
+                    .unwrap_or_default()
+            },
+            Arc::clone(&cert_facts),
+            telemetry.clone(),
+        ))
+    });
     let sampler = config.metrics_interval.map(|interval| {
         let apps_ctx = Arc::clone(&ctx);
         let mut last_at = i64::MIN;
@@ -186,6 +212,7 @@ pub async fn run(
                     Default::default()
                 })
             },
+            Arc::clone(&cert_facts),
             move |sample, previous| {
                 let Some(shipper) = &metrics_shipper else {
                     return;
@@ -217,6 +244,10 @@ pub async fn run(
     //    the spool for the next run); the spool last.
     stop_all(vec![agent], config.shutdown_grace).await;
     telemetry.cancel();
+    if let Some(checker) = cert_checker {
+        // Its dokku children are killed with it (kill_on_drop).
+        checker.abort();
+    }
     if let Some(mut sampler) = sampler
         && tokio::time::timeout(Duration::from_secs(5), &mut sampler)
             .await

@@ -91,6 +91,14 @@ enum Cmd {
         /// How often to sample the host's metrics (default 10s, or [metrics] interval).
         #[arg(long, env = "FLOTILLA_METRICS_INTERVAL", value_parser = humantime::parse_duration)]
         metrics_interval: Option<Duration>,
+        /// How often to check the deployed apps' certificates for `flotilla
+        /// doctor` (default 1h, or [certs] check_interval).
+        #[arg(long, env = "FLOTILLA_CERT_CHECK_INTERVAL", value_parser = humantime::parse_duration)]
+        cert_check_interval: Option<Duration>,
+        /// Where the local proxy serves HTTPS, for the TLS check of each
+        /// app domain (default 127.0.0.1:443, or [certs] probe_addr).
+        #[arg(long, env = "FLOTILLA_TLS_PROBE_ADDR")]
+        tls_probe_addr: Option<String>,
         /// Prometheus remote-write endpoint for host metrics (or [remote_write] url).
         #[arg(long, env = "FLOTILLA_REMOTE_WRITE_URL")]
         remote_write_url: Option<String>,
@@ -221,6 +229,8 @@ fn main_command(command: Cmd, runtime: &tokio::runtime::Runtime) -> anyhow::Resu
             keepalive,
             config: config_path,
             metrics_interval,
+            cert_check_interval,
+            tls_probe_addr,
             remote_write_url,
             loki_url,
             http_listen,
@@ -229,6 +239,8 @@ fn main_command(command: Cmd, runtime: &tokio::runtime::Runtime) -> anyhow::Resu
                 config_path.as_deref(),
                 Overrides {
                     metrics_interval,
+                    cert_check_interval,
+                    tls_probe_addr,
                     http_listen,
                     remote_write_url,
                     loki_url,
@@ -239,6 +251,8 @@ fn main_command(command: Cmd, runtime: &tokio::runtime::Runtime) -> anyhow::Resu
             let mut config = RunConfig::new(AgentDir::new(data_dir));
             config.metrics_interval = Some(settings.metrics_interval);
             config.remote_write = settings.remote_write;
+            config.cert_check_interval = Some(settings.cert_check_interval);
+            config.tls_probe_addr = settings.tls_probe_addr;
             config.loki = settings.loki;
             config.keepalive = keepalive;
             config.dokku_bin = dokku_bin;

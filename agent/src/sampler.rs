@@ -39,6 +39,7 @@ pub const HOST_METRIC_NAMES: &[&str] = &[
     "flotilla_host_processes",
     "flotilla_host_apps_deployed",
     "flotilla_host_app_release_info",
+    "flotilla_host_app_cert_expiry_timestamp_seconds",
 ];
 
 use crate::telemetry::remote_write::{STALE_NAN_BITS as STALE_NAN, Series};
@@ -147,6 +148,7 @@ impl Sampler {
                 .map(|(app, image)| pb::AppRelease {
                     app: app.clone(),
                     image: image.clone(),
+                    ..Default::default()
                 })
                 .collect(),
         }
@@ -162,6 +164,7 @@ pub async fn run(
     interval: std::time::Duration,
     latest: tokio::sync::watch::Sender<Option<pb::HostMetrics>>,
     apps: impl Fn() -> BTreeMap<String, String> + Send + Sync + 'static,
+    certs: crate::certs::CertFacts,
     mut sink: impl FnMut(&pb::HostMetrics, Option<&pb::HostMetrics>) + Send,
     cancel: tokio_util::sync::CancellationToken,
 ) {
@@ -210,6 +213,16 @@ pub async fn run(
                 return;
             }
         };
+        let mut sample = sample;
+        if let Ok(certs) = certs.lock() {
+            for app in &mut sample.apps {
+                if let Some(facts) = certs.get(&app.app) {
+                    app.cert_expires_at_ms = facts.cert_expires_at_ms;
+                    app.tls.clone_from(&facts.tls);
+                    app.checked_at_ms = facts.checked_at_ms;
+                }
+            }
+        }
         sink(&sample, previous.as_ref());
         latest.send_replace(Some(sample.clone()));
         previous = Some(sample);
@@ -375,10 +388,18 @@ pub fn points(sample: &pb::HostMetrics, previous: Option<&pb::HostMetrics>) -> V
     };
     for a in &sample.apps {
         out.push(release(a, 1.0));
+        if a.cert_expires_at_ms > 0 {
+            out.push(Point {
+                name: "flotilla_host_app_cert_expiry_timestamp_seconds",
+                labels: vec![("app", a.app.clone())],
+                value: a.cert_expires_at_ms as f64 / 1000.0,
+            });
+        }
     }
     if let Some(previous) = previous {
         for old in &previous.apps {
-            if !sample.apps.contains(old) {
+            let same = |a: &pb::AppRelease| a.app == old.app && a.image == old.image;
+            if !sample.apps.iter().any(same) {
                 out.push(release(old, f64::from_bits(STALE_NAN)));
             }
         }
@@ -452,6 +473,8 @@ mod tests {
                 .map(|(a, i)| pb::AppRelease {
                     app: (*a).into(),
                     image: (*i).into(),
+                    cert_expires_at_ms: 1_800_000_000_000,
+                    ..Default::default()
                 })
                 .collect(),
             ..Default::default()

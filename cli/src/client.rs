@@ -203,6 +203,18 @@ impl Client {
             .into_inner())
     }
 
+    pub async fn doctor(
+        &mut self,
+        env: Option<String>,
+        cert_days: u32,
+    ) -> anyhow::Result<pb::DoctorResponse> {
+        let req = self.req(pb::DoctorRequest {
+            env: env.unwrap_or_default(),
+            cert_days,
+        });
+        Ok(self.inner.doctor(req).await.map_err(explain)?.into_inner())
+    }
+
     pub async fn ping(
         &mut self,
         env: &str,

@@ -107,6 +107,20 @@ enum Cmd {
         #[command(subcommand)]
         view: Option<HostsView>,
     },
+    /// What is wrong with the fleet now: agents offline, certificates that
+    /// expire soon (or that the hosts' proxies fail to serve), outside
+    /// services (Flagsmith, Grafana, Sentry) the coordinator cannot reach.
+    ///
+    /// Exits 0 when nothing is wrong, 3 when something is (each problem on
+    /// its own line), so it can run from cron or CI.
+    Doctor {
+        /// Only hosts of this environment.
+        #[arg(long)]
+        env: Option<String>,
+        /// Report certificates that expire within this many days.
+        #[arg(long, default_value_t = 14)]
+        cert_days: u32,
+    },
     /// Revoke a host: its agent is disconnected and refused from now on (admin).
     Revoke {
         /// The host id, as `flotilla hosts` lists it.
@@ -466,6 +480,13 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 return wait::wait(&client, out, d, false).await;
             }
             changed(out, "promoted", &d);
+        }
+        Cmd::Doctor { env, cert_days } => {
+            let answer = client.doctor(env, cert_days).await?;
+            output::doctor(out, &answer);
+            if !answer.findings.is_empty() {
+                return Ok(exit::code(exit::FAILED));
+            }
         }
         Cmd::Ping {
             env,

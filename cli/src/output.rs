@@ -310,6 +310,37 @@ fn or_dash(s: &str) -> String {
     if s.is_empty() { "-".into() } else { clean(s) }
 }
 
+pub fn doctor(out: Output, d: &pb::DoctorResponse) {
+    if out == Output::Json {
+        let findings: Vec<Value> = d
+            .findings
+            .iter()
+            .map(|f| json!({ "check": f.check, "subject": f.subject, "message": f.message }))
+            .collect();
+        return print_json(&json!({
+            "ok": d.findings.is_empty(),
+            "checked": d.checked,
+            "findings": findings,
+        }));
+    }
+    for line in &d.checked {
+        outln!("checked {}", clean(line));
+    }
+    if d.findings.is_empty() {
+        outln!("no problems found");
+        return;
+    }
+    outln!("{} problems:", d.findings.len());
+    for f in &d.findings {
+        outln!(
+            "  [{}] {}: {}",
+            clean(&f.check),
+            clean(&f.subject),
+            clean(&f.message)
+        );
+    }
+}
+
 pub fn status(out: Output, d: &pb::Deployment) {
     if out == Output::Json {
         return print_json(&deployment_json(d));

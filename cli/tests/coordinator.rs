@@ -86,6 +86,13 @@ fn unimplemented<T>() -> Result<Response<T>, Status> {
 
 #[tonic::async_trait]
 impl FleetService for Fake {
+    async fn doctor(
+        &self,
+        _: Request<pb::DoctorRequest>,
+    ) -> Result<Response<pb::DoctorResponse>, Status> {
+        unimplemented()
+    }
+
     type StreamLogsStream = Stream<pb::DeploymentLogLine>;
     type WatchDeploymentStream = Stream<pb::DeploymentEvent>;
 

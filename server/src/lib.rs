@@ -21,6 +21,7 @@ pub mod api;
 pub mod appconfig;
 pub mod config;
 pub mod dev;
+pub mod doctor;
 pub mod fleet;
 pub mod gates;
 pub mod metrics;
@@ -98,6 +99,39 @@ pub struct Coordinator {
     /// The keyring app secrets are sealed with (`appconfig`); `None` when no key was
     /// created, and then secrets are refused while plain config works.
     pub secrets: Option<Arc<flotilla_shared::sealed::Keyring>>,
+    /// Outside services `flotilla doctor` probes (Flagsmith, Grafana, Sentry).
+    pub doctor_endpoints: Vec<doctor::Endpoint>,
+}
+
+/// The outside services this coordinator talks to, for `flotilla doctor`.
+fn doctor_endpoints(settings: &config::ServerSettings) -> Vec<doctor::Endpoint> {
+    let mut out = Vec::new();
+    if let Some(url) = settings.gates.as_ref().and_then(|g| g.flagsmith_url()) {
+        out.push(doctor::Endpoint {
+            name: "flagsmith".into(),
+            url: url.to_string(),
+        });
+    }
+    for channel in settings.notifications.iter().flat_map(|n| &n.channels) {
+        match &channel.target {
+            notify::config::Target::Grafana(g) => out.push(doctor::Endpoint {
+                name: "grafana".into(),
+                url: format!("{}/api/health", g.url),
+            }),
+            notify::config::Target::SentryReleases(s) => out.push(doctor::Endpoint {
+                name: "sentry-releases".into(),
+                url: format!("{}/api/0/", s.url),
+            }),
+            _ => {}
+        }
+    }
+    if let Some(url) = flotilla_shared::sentry::ingest_url() {
+        out.push(doctor::Endpoint {
+            name: "sentry".into(),
+            url,
+        });
+    }
+    out
 }
 
 /// Serves until `shutdown` completes, then stops in order: end agent sessions
@@ -141,6 +175,7 @@ pub async fn run(
     };
     let store = Store::open(&dir.state())
         .with_context(|| format!("open store {}", dir.state().display()))?;
+    let doctor_endpoints = doctor_endpoints(&settings);
     let gates = settings
         .gates
         .map(|g| Arc::new(gates::Gates::new(store.clone(), g)));
@@ -165,6 +200,7 @@ pub async fn run(
         key_update,
         verification_keys,
         secrets,
+        doctor_endpoints,
         tasks: tokio_util::task::TaskTracker::new(),
     });
 

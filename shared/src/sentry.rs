@@ -171,6 +171,14 @@ fn scrub_json(value: &mut serde_json::Value) -> bool {
     }
 }
 
+/// The base URL of the Sentry ingest this process reports to (no key in
+/// it), when Sentry is on; `flotilla doctor` checks it answers.
+pub fn ingest_url() -> Option<String> {
+    let client = sentry::Hub::current().client()?;
+    let dsn = client.dsn()?;
+    Some(format!("{}://{}:{}/", dsn.scheme(), dsn.host(), dsn.port()))
+}
+
 /// The tracing layers for Sentry (installed by `telemetry::init` when
 /// [`is_enabled`]): deploy spans → transactions, `ERROR` events → Sentry
 /// events with their spans' tags.

@@ -361,6 +361,31 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<pb::DeploymentEvent, Status>
 
 #[tonic::async_trait]
 impl FleetService for Api {
+    async fn doctor(
+        &self,
+        req: Request<pb::DoctorRequest>,
+    ) -> Result<Response<pb::DoctorResponse>, Status> {
+        let caller = self.authorize(&req, Role::Viewer, "read")?;
+        let r = req.into_inner();
+        let env = if r.env.is_empty() {
+            None
+        } else {
+            Some(arg("environment", EnvName::parse(&r.env))?)
+        };
+        let days = if r.cert_days == 0 {
+            14
+        } else {
+            r.cert_days.min(3650)
+        };
+        let window = std::time::Duration::from_secs(u64::from(days) * 86_400);
+        let scope = &caller.token.envs;
+        let visible = |e: &EnvName| {
+            env.as_ref().is_none_or(|want| want == e) && (scope.is_empty() || scope.contains(e))
+        };
+        let answer = crate::doctor::run(&self.coordinator, visible, window).await?;
+        Ok(Response::new(answer))
+    }
+
     async fn list_hosts(
         &self,
         req: Request<pb::ListHostsRequest>,

@@ -184,6 +184,11 @@ impl ResolvedGates {
     pub fn flagsmith_envs(&self) -> impl Iterator<Item = &EnvName> {
         self.flagsmith.iter().flat_map(|f| f.environments.keys())
     }
+
+    /// The Flagsmith API base URL, when a gate uses Flagsmith (`flotilla doctor`).
+    pub fn flagsmith_url(&self) -> Option<&Url> {
+        self.flagsmith.as_ref().map(|f| &f.api_url)
+    }
 }
 
 #[derive(Debug, Clone)]

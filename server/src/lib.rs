@@ -146,6 +146,9 @@ pub async fn run(
             config.command_ttl,
         )
         .with(gates, notifier.clone()),
+        // TODO(merge): chain `.with_keyring(keyring.clone())` with the keyring the
+        // config & secrets store loads (`Coordinator::keyring`): converge commands
+        // that carry secret values are sealed in the outbox with it (and refused without it).
         notifier: notifier.clone(),
         store,
         sessions,

@@ -16,6 +16,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::Coordinator;
+
+mod apps;
 use crate::rollout::{NewDeployment, RolloutError};
 use crate::store::{
     ApiToken, AppSettings, AuditEntry, BatchSize, Deployment, DeploymentKind, Event,
@@ -91,6 +93,8 @@ impl From<RolloutError> for Status {
             | RolloutError::UnknownRelease { .. } => Status::not_found(err.to_string()),
             RolloutError::Store(e) => internal(e),
             RolloutError::Random(e) => internal(e),
+            RolloutError::NoKeyring => Status::failed_precondition(err.to_string()),
+            RolloutError::Seal(e) => internal(e),
         }
     }
 }
@@ -196,6 +200,7 @@ pub fn deployment_to_proto(d: &Deployment) -> pb::Deployment {
                 started_at_ms: h.started_at_ms,
                 finished_at_ms: h.finished_at_ms,
                 rollback_command_id: h.rollback_command_id.clone().unwrap_or_default(),
+                changes: h.changes.clone(),
             })
             .collect(),
         error: d.error.clone(),
@@ -359,6 +364,13 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<pb::DeploymentEvent, Status>
 
 #[tonic::async_trait]
 impl FleetService for Api {
+    async fn apply_app(
+        &self,
+        req: Request<pb::ApplyAppRequest>,
+    ) -> Result<Response<pb::Deployment>, Status> {
+        apps::apply_app(self, req).await
+    }
+
     async fn list_hosts(
         &self,
         req: Request<pb::ListHostsRequest>,

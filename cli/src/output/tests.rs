@@ -64,6 +64,7 @@ fn deployment() -> pb::Deployment {
             started_at_ms: 1_798_000_001_000,
             finished_at_ms: 1_798_000_005_100,
             rollback_command_id: "c2".into(),
+            changes: Vec::new(),
         }],
         ..Default::default()
     }

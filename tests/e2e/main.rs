@@ -6,6 +6,7 @@
 // The whole binary is test code: helpers panic on setup failures, like tests do.
 #![allow(clippy::unwrap_used)]
 
+mod apps;
 mod crash;
 mod dashboard;
 mod deploy;

@@ -75,8 +75,12 @@ fn app_json(s: &Server, args: &[&str]) -> (i32, serde_json::Value) {
     all.extend(args);
     all.extend(["--output", "json"]);
     let out = s.cli(&all).unwrap();
-    let v = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("flotilla app {args:?} printed no JSON ({e}): {}", text(&out)));
+    let v = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "flotilla app {args:?} printed no JSON ({e}): {}",
+            text(&out)
+        )
+    });
     (out.status.code().unwrap_or(-1), v)
 }
 
@@ -121,16 +125,19 @@ fn invalid_specs_fail_locally_with_line_and_column_and_send_nothing() {
             .unwrap();
         assert_eq!(out.status.code(), Some(2), "{sub}: {}", text(&out));
         let stderr = String::from_utf8_lossy(&out.stderr);
-        let located: Vec<&str> = stderr
-            .lines()
-            .filter(|l| l.contains("bad.toml:"))
-            .collect();
+        let located: Vec<&str> = stderr.lines().filter(|l| l.contains("bad.toml:")).collect();
         assert!(
             located.len() >= 2,
             "{sub}: every error with its position: {stderr}"
         );
-        assert!(stderr.contains("bad.toml:5:"), "services = 3 is line 5: {stderr}");
-        assert!(stderr.contains("bad.toml:8:"), "the bad key is line 8: {stderr}");
+        assert!(
+            stderr.contains("bad.toml:5:"),
+            "services = 3 is line 5: {stderr}"
+        );
+        assert!(
+            stderr.contains("bad.toml:8:"),
+            "the bad key is line 8: {stderr}"
+        );
         assert!(stderr.contains("nothing was sent"), "{stderr}");
     }
     // An environment the spec does not have is refused the same way.
@@ -139,12 +146,20 @@ fn invalid_specs_fail_locally_with_line_and_column_and_send_nothing() {
         .cli(&["app", "apply", good.to_str().unwrap(), "--env", "staging"])
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    assert!(text(&out).contains("no environment \"staging\""), "{}", text(&out));
+    assert!(
+        text(&out).contains("no environment \"staging\""),
+        "{}",
+        text(&out)
+    );
 
     let deployments = s.json(&["deployments"]).unwrap();
     assert_eq!(deployments.as_array().unwrap().len(), 0, "{deployments}");
     for probe in ["apps:exists", "config:export", "domains:report"] {
-        assert_eq!(f.hosts[0].invocations(&[probe]).unwrap(), 0, "no dokku {probe} ran");
+        assert_eq!(
+            f.hosts[0].invocations(&[probe]).unwrap(),
+            0,
+            "no dokku {probe} ran"
+        );
     }
 }
 
@@ -157,13 +172,16 @@ fn apply_converges_every_host_then_changes_nothing_and_repairs_drift_on_one_host
     assert!(ok, "{v}");
     let spec = write_spec(&f, "web.toml", SPEC);
 
+    let deployed: Vec<usize> = f.hosts.iter().map(mutations).collect();
     let (code, before) = diff(s, &spec);
     assert_eq!(code, 0, "{before}");
     assert_eq!(before["kind"], "diff");
     assert!(changes(&before, 0).contains(&"add domain acme.example.com".to_owned()));
-    for host in &f.hosts {
-        assert_eq!(mutations(host), 0, "a diff changes nothing");
-    }
+    assert_eq!(
+        f.hosts.iter().map(mutations).collect::<Vec<_>>(),
+        deployed,
+        "a diff changes nothing"
+    );
 
     let (code, applied) = apply(s, &spec);
     assert_eq!(code, 0, "{applied}");
@@ -172,7 +190,8 @@ fn apply_converges_every_host_then_changes_nothing_and_repairs_drift_on_one_host
     for (i, host) in f.hosts.iter().enumerate() {
         let made = changes(&applied, i);
         assert!(
-            made.iter().any(|c| c.starts_with("link postgres service web-db")),
+            made.iter()
+                .any(|c| c.starts_with("link postgres service web-db")),
             "{made:?}"
         );
         let vhosts = dokku_out(host, &["domains:report", "web", "--domains-app-vhosts"]);
@@ -184,10 +203,30 @@ fn apply_converges_every_host_then_changes_nothing_and_repairs_drift_on_one_host
             "{}",
             host.host_id
         );
-        assert!(host.dokku(&["postgres:exists", "web-db"]).unwrap().status.success());
-        assert!(host.dokku(&["redis:exists", "web-cache"]).unwrap().status.success());
-        assert!(host.dokku(&["postgres:linked", "web-db", "web"]).unwrap().status.success());
-        assert!(host.dokku(&["redis:linked", "web-cache", "web"]).unwrap().status.success());
+        assert!(
+            host.dokku(&["postgres:exists", "web-db"])
+                .unwrap()
+                .status
+                .success()
+        );
+        assert!(
+            host.dokku(&["redis:exists", "web-cache"])
+                .unwrap()
+                .status
+                .success()
+        );
+        assert!(
+            host.dokku(&["postgres:linked", "web-db", "web"])
+                .unwrap()
+                .status
+                .success()
+        );
+        assert!(
+            host.dokku(&["redis:linked", "web-cache", "web"])
+                .unwrap()
+                .status
+                .success()
+        );
         let config: serde_json::Value = serde_json::from_str(&dokku_out(
             host,
             &["config:export", "web", "--format", "json"],
@@ -195,8 +234,18 @@ fn apply_converges_every_host_then_changes_nothing_and_repairs_drift_on_one_host
         .unwrap();
         assert_eq!(config["RAILS_ENV"], "production");
         assert_eq!(config["LOG_LEVEL"], "info");
-        assert!(config["DATABASE_URL"].as_str().unwrap().starts_with("postgres://"));
-        assert!(config["REDIS_URL"].as_str().unwrap().starts_with("redis://"));
+        assert!(
+            config["DATABASE_URL"]
+                .as_str()
+                .unwrap()
+                .starts_with("postgres://")
+        );
+        assert!(
+            config["REDIS_URL"]
+                .as_str()
+                .unwrap()
+                .starts_with("redis://")
+        );
         assert_eq!(dokku_out(host, &["letsencrypt:active", "web"]), "true");
         assert_eq!(
             dokku_out(host, &["letsencrypt:report", "web", "--letsencrypt-email"]),
@@ -232,12 +281,23 @@ fn apply_converges_every_host_then_changes_nothing_and_repairs_drift_on_one_host
     // Drift by hand on web-2 only: diff shows it there, apply repairs it.
     let web2 = &f.hosts[1];
     assert!(
-        web2.dokku(&["config:set", "--no-restart", "web", "LOG_LEVEL=debug", "STRAY=1"])
+        web2.dokku(&[
+            "config:set",
+            "--no-restart",
+            "web",
+            "LOG_LEVEL=debug",
+            "STRAY=1"
+        ])
+        .unwrap()
+        .status
+        .success()
+    );
+    assert!(
+        web2.dokku(&["domains:add", "web", "old.example.com"])
             .unwrap()
             .status
             .success()
     );
-    assert!(web2.dokku(&["domains:add", "web", "old.example.com"]).unwrap().status.success());
     let out = s
         .cli(&["app", "diff", spec.to_str().unwrap(), "--env", "prod"])
         .unwrap();
@@ -260,14 +320,20 @@ fn apply_converges_every_host_then_changes_nothing_and_repairs_drift_on_one_host
     assert_eq!(code, 0, "{repaired}");
     assert!(changes(&repaired, 0).is_empty(), "{repaired}");
     assert_eq!(changes(&repaired, 1).len(), 4, "{repaired}");
-    assert_eq!(
-        dokku_out(web2, &["config:get", "web", "LOG_LEVEL"]),
-        "info"
+    assert_eq!(dokku_out(web2, &["config:get", "web", "LOG_LEVEL"]), "info");
+    assert!(
+        !web2
+            .dokku(&["config:get", "web", "STRAY"])
+            .unwrap()
+            .status
+            .success()
     );
-    assert!(!web2.dokku(&["config:get", "web", "STRAY"]).unwrap().status.success());
     let (code, after) = diff(s, &spec);
     assert_eq!(code, 0, "{after}");
-    assert!(changes(&after, 0).is_empty() && changes(&after, 1).is_empty(), "{after}");
+    assert!(
+        changes(&after, 0).is_empty() && changes(&after, 1).is_empty(),
+        "{after}"
+    );
     // Still never a config:set that restarts by itself.
     for host in &f.hosts {
         assert_eq!(
@@ -401,20 +467,31 @@ fn secret_values_never_reach_reports_agent_logs_or_the_spool() {
             _ => {}
         }
     };
-    assert_eq!(result.outcome, i32::from(pb::Outcome::Succeeded), "{result:?}");
+    assert_eq!(
+        result.outcome,
+        i32::from(pb::Outcome::Succeeded),
+        "{result:?}"
+    );
     let host = &f.hosts[0];
     // It really was set, through argv, with --no-restart.
     assert_eq!(dokku_out(host, &["config:get", "web", "API_KEY"]), SECRET);
     assert_eq!(
-        host.invocations(&["config:set", "--no-restart", "web"]).unwrap(),
+        host.invocations(&["config:set", "--no-restart", "web"])
+            .unwrap(),
         2,
         "API_KEY and MODE"
     );
     assert!(
-        lines.iter().any(|l| l.contains("API_KEY") && l.contains("***")),
+        lines
+            .iter()
+            .any(|l| l.contains("API_KEY") && l.contains("***")),
         "dokku's `API_KEY: value` line arrives redacted: {lines:#?}"
     );
-    assert!(result.changes.contains(&"set API_KEY=*** (secret)".to_owned()));
+    assert!(
+        result
+            .changes
+            .contains(&"set API_KEY=*** (secret)".to_owned())
+    );
     for line in lines
         .iter()
         .chain(&result.changes)
@@ -425,7 +502,10 @@ fn secret_values_never_reach_reports_agent_logs_or_the_spool() {
     // The agent's own log (stderr) and every file of its data dir (the spool).
     f.agents[0].terminate().unwrap();
     assert!(f.agents[0].log.len() > 0);
-    assert!(!f.agents[0].log.contains(SECRET), "the agent logged the secret");
+    assert!(
+        !f.agents[0].log.contains(SECRET),
+        "the agent logged the secret"
+    );
     let mut files = vec![host.agent_dir.clone()];
     while let Some(path) = files.pop() {
         if path.is_dir() {

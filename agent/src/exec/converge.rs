@@ -134,7 +134,10 @@ impl Dokku {
             }
             sink.line(
                 pb::Stream::Agent,
-                format!("{} change(s) found (dry run: nothing changed)", listed.len()),
+                format!(
+                    "{} change(s) found (dry run: nothing changed)",
+                    listed.len()
+                ),
             );
             return with_changes(super::succeeded(None), listed);
         }
@@ -162,7 +165,9 @@ impl Dokku {
                     return with_changes(failed(exit.code, error), listed);
                 }
                 Err(ExecError::Cancelled) => return with_changes(interrupted(), listed),
-                Err(e) => return with_changes(failed(None, redactor.redact(&e.to_string())), listed),
+                Err(e) => {
+                    return with_changes(failed(None, redactor.redact(&e.to_string())), listed);
+                }
             }
         }
         sink.line(
@@ -190,13 +195,19 @@ impl Dokku {
         for s in &desired.services {
             let plugin = s.kind.plugin();
             let (exists, _) = self
-                .query(&[format!("{plugin}:exists").as_str(), s.name.as_str()], cancel)
+                .query(
+                    &[format!("{plugin}:exists").as_str(), s.name.as_str()],
+                    cancel,
+                )
                 .await?;
             let exists = exists.code == Some(0);
             let linked = exists
                 && current.app_exists
                 && self
-                    .query(&[format!("{plugin}:linked").as_str(), s.name.as_str(), app], cancel)
+                    .query(
+                        &[format!("{plugin}:linked").as_str(), s.name.as_str(), app],
+                        cancel,
+                    )
                     .await?
                     .0
                     .code

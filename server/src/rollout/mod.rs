@@ -18,11 +18,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flotilla_proto::v1 as pb;
-use flotilla_shared::signing::{Action, CommandSigner, RefusalReason};
-use flotilla_shared::time::{format_ms, now_ms};
 use flotilla_shared::appspec::DesiredState;
 use flotilla_shared::sealed::{Keyring, Sealed};
 use flotilla_shared::secret::Secret;
+use flotilla_shared::signing::{Action, CommandSigner, RefusalReason};
+use flotilla_shared::time::{format_ms, now_ms};
 use flotilla_shared::{AppName, ConfigKey, EnvName, HostId, ImageRef};
 use prost::Message as _;
 use tokio::sync::{Mutex, Notify, oneshot, watch};
@@ -324,9 +324,10 @@ impl Engine {
             }
         };
         let desired = match &converge {
-            Some(c) => Some(serde_json::to_string(&c.desired).map_err(|e| {
-                RolloutError::Store(StoreError::Encode(e))
-            })?),
+            Some(c) => Some(
+                serde_json::to_string(&c.desired)
+                    .map_err(|e| RolloutError::Store(StoreError::Encode(e)))?,
+            ),
             None => None,
         };
         let _guard = self.lock.lock().await;

@@ -944,7 +944,11 @@ impl Fleet {
                         }
                         .into(),
                         exit_code: Some(i32::from(!ok)),
-                        error: if ok { String::new() } else { "restart failed".into() },
+                        error: if ok {
+                            String::new()
+                        } else {
+                            "restart failed".into()
+                        },
                         changes: changes.iter().map(|c| (*c).to_owned()).collect(),
                         ..Default::default()
                     })),
@@ -997,9 +1001,14 @@ async fn converge_goes_to_every_host_at_once_and_records_changes_not_releases() 
         "a converge is no release"
     );
     let events = f.store.events_after(&d.id, 0, 1000).unwrap();
-    assert!(events.iter().any(|e| e.kind == "host_finished"
-        && e.message == "changed 1: add domain shop.example.com"));
-    assert!(events.iter().any(|e| e.kind == "host_finished" && e.message == "in sync"));
+    assert!(events.iter().any(
+        |e| e.kind == "host_finished" && e.message == "changed 1: add domain shop.example.com"
+    ));
+    assert!(
+        events
+            .iter()
+            .any(|e| e.kind == "host_finished" && e.message == "in sync")
+    );
 }
 
 #[tokio::test]
@@ -1016,7 +1025,11 @@ async fn a_failed_host_fails_the_converge_while_the_others_still_converge() {
     assert_eq!(d.error, "converge failed on h1");
     assert_eq!(
         d.hosts.iter().map(|h| h.state).collect::<Vec<_>>(),
-        [HostState::Failed, HostState::Succeeded, HostState::Succeeded],
+        [
+            HostState::Failed,
+            HostState::Succeeded,
+            HostState::Succeeded
+        ],
         "nothing rolled back"
     );
 }
@@ -1055,7 +1068,10 @@ async fn secret_values_are_sealed_in_the_outbox_and_never_reach_sled_in_the_clea
         .unwrap();
     let (stored, action) = f.outbox_action("h1");
     assert!(stored.starts_with(SEALED_OUTBOX));
-    assert_eq!(action.secrets.get("API_KEY").map(String::as_str), Some(SECRET));
+    assert_eq!(
+        action.secrets.get("API_KEY").map(String::as_str),
+        Some(SECRET)
+    );
     f.store.flush().await.unwrap();
     // Every file of the sled database, byte for byte.
     let mut files = vec![f._dir.path().to_path_buf()];
@@ -1087,5 +1103,10 @@ async fn secret_values_without_a_keyring_are_refused_before_anything_starts() {
         .await
         .unwrap_err();
     assert!(matches!(err, RolloutError::NoKeyring), "{err}");
-    assert!(f.store.outbox(&HostId::parse("h1").unwrap()).unwrap().is_empty());
+    assert!(
+        f.store
+            .outbox(&HostId::parse("h1").unwrap())
+            .unwrap()
+            .is_empty()
+    );
 }

@@ -368,7 +368,9 @@ fn converge_refuses_bad_desired_states_and_stray_secrets() {
             a.desired = serde_json::to_vec(&converge_desired("other")).unwrap();
         }),
         ("desired not JSON", |a| a.desired = b"{nope".to_vec()),
-        ("desired too big", |a| a.desired = vec![b' '; MAX_DESIRED_BYTES + 1]),
+        ("desired too big", |a| {
+            a.desired = vec![b' '; MAX_DESIRED_BYTES + 1]
+        }),
         ("secret for a key not declared secret", |a| {
             a.secrets.insert("OTHER".into(), "hunter2-value".into());
         }),
@@ -384,7 +386,14 @@ fn converge_refuses_bad_desired_states_and_stray_secrets() {
         let mut action = good();
         mutate(&mut action);
         let refusal = verify_converge(action).unwrap_err();
-        assert_eq!(refusal.reason, RefusalReason::Malformed, "{name}: {refusal}");
-        assert!(!refusal.detail.contains("hunter2-value"), "{name}: {refusal}");
+        assert_eq!(
+            refusal.reason,
+            RefusalReason::Malformed,
+            "{name}: {refusal}"
+        );
+        assert!(
+            !refusal.detail.contains("hunter2-value"),
+            "{name}: {refusal}"
+        );
     }
 }

@@ -5,7 +5,7 @@
 //! no restart), drift on one host, the `config:set` trap (always
 //! `--no-restart`, a failed final restart fails the host).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use flotilla_tests::{Host, Server, text};
 
@@ -84,14 +84,14 @@ fn app_json(s: &Server, args: &[&str]) -> (i32, serde_json::Value) {
     (out.status.code().unwrap_or(-1), v)
 }
 
-fn apply(s: &Server, spec: &PathBuf) -> (i32, serde_json::Value) {
+fn apply(s: &Server, spec: &Path) -> (i32, serde_json::Value) {
     app_json(
         s,
         &["apply", spec.to_str().unwrap(), "--env", "prod", "--wait"],
     )
 }
 
-fn diff(s: &Server, spec: &PathBuf) -> (i32, serde_json::Value) {
+fn diff(s: &Server, spec: &Path) -> (i32, serde_json::Value) {
     app_json(s, &["diff", spec.to_str().unwrap(), "--env", "prod"])
 }
 
@@ -501,7 +501,7 @@ fn secret_values_never_reach_reports_agent_logs_or_the_spool() {
     }
     // The agent's own log (stderr) and every file of its data dir (the spool).
     f.agents[0].terminate().unwrap();
-    assert!(f.agents[0].log.len() > 0);
+    assert!(!f.agents[0].log.is_empty());
     assert!(
         !f.agents[0].log.contains(SECRET),
         "the agent logged the secret"

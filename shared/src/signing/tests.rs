@@ -362,7 +362,8 @@ fn converge_refuses_bad_desired_states_and_stray_secrets() {
         dry_run: false,
     };
     assert!(verify_converge(good()).is_ok());
-    let cases: [(&str, fn(&mut pb::ConvergeAction)); 7] = [
+    type Mutate = fn(&mut pb::ConvergeAction);
+    let cases: [(&str, Mutate); 7] = [
         ("bad app", |a| a.app = "web;ls".into()),
         ("desired for another app", |a| {
             a.desired = serde_json::to_vec(&converge_desired("other")).unwrap();

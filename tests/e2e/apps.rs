@@ -522,3 +522,32 @@ fn secret_values_never_reach_reports_agent_logs_or_the_spool() {
     server.abort();
     rt.shutdown_timeout(std::time::Duration::from_secs(5));
 }
+
+/// Plugins before 0.25 ask Let's Encrypt on every `letsencrypt:enable`
+/// (rate limits): the agent only enables when `letsencrypt:active` says no.
+#[test]
+fn lets_encrypt_before_plugin_0_25_is_enabled_once() {
+    let f = fleet(1);
+    let s = &f.server;
+    let host = &f.hosts[0];
+    let standin = host.dokku_root.join(".standin");
+    std::fs::create_dir_all(&standin).unwrap();
+    std::fs::write(standin.join("letsencrypt-version"), "0.24.0\n").unwrap();
+    let (ok, v) = deploy_wait(s, "web", "registry.example.com/web:1");
+    assert!(ok, "{v}");
+    let path = write_spec(
+        &f,
+        "web.toml",
+        "app = \"web\"\n[env.prod]\ndomains = [\"web.example.com\"]\n[env.prod.letsencrypt]\nemail = \"ops@example.com\"\nauto_renew = false\n",
+    );
+    for round in 0..2 {
+        let (code, v) = apply(s, &path);
+        assert_eq!(code, 0, "round {round}: {v}");
+        assert_eq!(
+            host.invocations(&["letsencrypt:enable"]).unwrap(),
+            1,
+            "round {round}"
+        );
+        assert_eq!(dokku_out(host, &["letsencrypt:active", "web"]), "true");
+    }
+}

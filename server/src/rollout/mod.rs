@@ -507,8 +507,10 @@ impl Engine {
     ) -> Result<bool, RolloutError> {
         // A deployment a gate refused before any host changed says nothing.
         let last = self.store.recent_deployments(1, |d| {
+            // A converge changes no image: it says nothing about releases.
             &d.app == app
                 && &d.env == env
+                && !d.kind.is_converge()
                 && (d.state != State::Blocked || d.hosts.iter().any(changed))
         })?;
         Ok(last.first().is_some_and(|d| {
@@ -1245,7 +1247,7 @@ impl Engine {
         let rollback = match stop {
             Stop::Cancelled { rollback, .. } => rollback,
             Stop::Failures => d.strategy.auto_rollback,
-        };
+        } && !d.kind.is_converge(); // a converge changes no image to return from
         let (state, cause) = match &stop {
             Stop::Cancelled { .. } => (State::Cancelled, cause),
             Stop::Failures if rollback => (State::RolledBack, cause),
@@ -1521,11 +1523,10 @@ impl Engine {
             } else {
                 "host_dispatched"
             };
-            let message = format!(
-                "{} {}",
-                action.kind(),
-                action.image().map_or("", ImageRef::as_str)
-            );
+            let message = match action.image() {
+                Some(image) => format!("{} {image}", action.kind()),
+                None => action.kind().to_owned(),
+            };
             d.event(kind, Some(i), message);
             let mut stored = signed.encode_to_vec();
             if !action.secret_values().is_empty() {

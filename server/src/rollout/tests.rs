@@ -1110,3 +1110,18 @@ async fn secret_values_without_a_keyring_are_refused_before_anything_starts() {
             .is_empty()
     );
 }
+
+#[tokio::test]
+async fn cancelling_a_converge_with_rollback_rolls_no_image_back() {
+    let f = fleet_of(2);
+    let d = f.converge(DeploymentKind::Converge, &[]).await.unwrap();
+    f.engine
+        .cancel(&d.id, "test".into(), true, false)
+        .await
+        .unwrap();
+    f.converge_result(&d.id, "h1", true, &[]).await;
+    f.converge_result(&d.id, "h2", true, &[]).await;
+    let d = f.get(&d.id);
+    assert_eq!(d.state, State::Cancelled, "{}", d.error);
+    assert!(d.hosts.iter().all(|h| h.rollback_command_id.is_none()));
+}

@@ -195,7 +195,7 @@ enum Cmd {
         #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = strategy::parse_positive_duration)]
         timeout: Duration,
     },
-    /// Per-app settings (health-check URL).
+    /// Apps: converge hosts to an app spec (diff, apply) and per-app settings (health-check URL).
     #[command(subcommand)]
     App(AppCmd),
     /// The release history of an app in an environment.

@@ -518,4 +518,26 @@ impl Client {
         });
         Ok(self.inner.watch_deployment(req).await?.into_inner())
     }
+
+    /// `ApplyApp`: converge (or with `dry_run`, diff) every host of `env` to a spec.
+    pub async fn apply_app(
+        &mut self,
+        file_name: &str,
+        spec_toml: &str,
+        env: &str,
+        dry_run: bool,
+    ) -> anyhow::Result<pb::Deployment> {
+        let req = self.req(pb::ApplyAppRequest {
+            spec_toml: spec_toml.into(),
+            env: env.into(),
+            dry_run,
+            file_name: file_name.into(),
+        });
+        Ok(self
+            .inner
+            .apply_app(req)
+            .await
+            .map_err(explain)?
+            .into_inner())
+    }
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{CommandFactory as _, Parser, Subcommand, ValueEnum};
 
+mod apps;
 mod client;
 mod config;
 mod exit;
@@ -209,7 +210,7 @@ enum Cmd {
         #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = strategy::parse_positive_duration)]
         timeout: Duration,
     },
-    /// Per-app settings (health-check URL).
+    /// Apps: converge hosts to an app spec (diff, apply) and per-app settings (health-check URL).
     #[command(subcommand)]
     App(AppCmd),
     /// App config and secrets per environment (set, unset, list, get, reseal).
@@ -366,7 +367,56 @@ enum AppCmd {
         /// The new template; without it, the current one is shown.
         template: Option<String>,
     },
+    /// Show, per host of an environment, what `app apply` would change (drift).
+    ///
+    /// The spec is checked first, here: every error prints as
+    /// `file:line:col: key.path: message` and the exit code is 2, with nothing
+    /// sent. Then each host's agent reads the app's current state (domains,
+    /// Let's Encrypt, postgres/redis services and links, config) and reports
+    /// the changes without making them. Prints `HOST: CHANGE` per change,
+    /// `HOST: in sync`, or `HOST: FAILED: why` (secret values show as `***`);
+    /// --output json prints the diff deployment with each host's `changes`.
+    ///
+    /// Exit codes: 0 every host answered (in sync or not), 1 the CLI could not
+    /// do it, 2 the spec is invalid, 3 a host failed to read its state,
+    /// 6 refused (no host, another deployment of the app is active).
+    #[command(after_long_help = APP_SPEC_HELP)]
+    Diff {
+        /// The app spec (TOML; see docs/apps.md).
+        file: PathBuf,
+        /// Environment of the spec whose hosts to compare.
+        #[arg(long)]
+        env: String,
+    },
+    /// Converge every host of an environment to an app spec.
+    ///
+    /// The spec is checked first, here (errors as `file:line:col: …`, exit 2,
+    /// nothing sent), then again by the coordinator, which keeps it and sends
+    /// one signed converge command to every host of the environment at once.
+    /// Each agent changes only what differs — app, services and links, config
+    /// (always `--no-restart`), domains, Let's Encrypt — then restarts the app
+    /// once if config or links changed, checking that the restart worked.
+    /// Applying the same spec again changes nothing. Prints the deployment id
+    /// (kind `converge`); --wait follows it like `deploy --wait`.
+    #[command(after_long_help = EXIT_CODES)]
+    Apply {
+        /// The app spec (TOML; see docs/apps.md).
+        file: PathBuf,
+        /// Environment of the spec to converge.
+        #[arg(long)]
+        env: String,
+        /// Follow the converge to its end; exit 3 if any host failed.
+        #[arg(long)]
+        wait: bool,
+    },
 }
+
+const APP_SPEC_HELP: &str = "\
+Example:
+  flotilla app diff web.toml --env staging
+  web-1: add domain acme.staging.example.com
+  web-1: set API_KEY=*** (secret)
+  web-2: in sync";
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -515,6 +565,21 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             output::app_settings(out, &settings);
         }
         Cmd::Config(cmd) => return config::run(&mut client, out, cmd).await,
+        Cmd::App(AppCmd::Diff { file, env }) => {
+            let spec = apps::check_or_exit(&file, &env);
+            return apps::diff(&mut client, out, &spec, &env).await;
+        }
+        Cmd::App(AppCmd::Apply { file, env, wait }) => {
+            let spec = apps::check_or_exit(&file, &env);
+            let d = client
+                .apply_app(&spec.file_name, &spec.text, &env, false)
+                .await?;
+            if !wait {
+                wait::print_started(out, &d);
+                return Ok(exit::code(exit::SUCCESS));
+            }
+            return wait::wait(&client, out, d, false).await;
+        }
         Cmd::Releases { app, env } => output::releases(out, &client.releases(&app, &env).await?),
         Cmd::Deployments { app, env, limit } => {
             output::deployments(out, &client.deployments(app, env, limit).await?);
@@ -604,6 +669,9 @@ fn check_before_connecting(args: &Args) {
             if let Err(msg) = config::check(cmd) {
                 usage_error("config", msg);
             }
+        }
+        Cmd::App(AppCmd::Diff { file, env } | AppCmd::Apply { file, env, .. }) => {
+            apps::check_or_exit(file, env);
         }
         _ => {}
     }

@@ -131,6 +131,8 @@ fn host_json(h: &pb::HostDeployment) -> Value {
         "state": h.state,
         "image_before": h.image_before,
         "image": h.image,
+        // converge/diff: the changes made (or that would be made); secrets show `***`.
+        "changes": h.changes,
         "exit_code": h.exit_code,
         "started_at": ts(h.started_at_ms),
         "finished_at": ts(h.finished_at_ms),

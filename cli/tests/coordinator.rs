@@ -352,6 +352,13 @@ impl FleetService for Fake {
     ) -> Result<Response<pb::TestNotificationResponse>, Status> {
         unimplemented()
     }
+
+    async fn apply_app(
+        &self,
+        _: Request<pb::ApplyAppRequest>,
+    ) -> Result<Response<pb::Deployment>, Status> {
+        unimplemented()
+    }
 }
 
 /// A stand-in coordinator on 127.0.0.1 with a throwaway certificate.

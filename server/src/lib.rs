@@ -192,7 +192,10 @@ pub async fn run(
             Arc::clone(&sessions),
             config.command_ttl,
         )
-        .with(gates, notifier.clone()),
+        .with(gates, notifier.clone())
+        // Converge commands carrying secret values are sealed in the outbox
+        // with the secrets key (and refused without one).
+        .with_keyring(secrets.clone()),
         notifier: notifier.clone(),
         store,
         sessions,

@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod config;
+mod apps;
 mod crash;
 mod dashboard;
 mod deploy;

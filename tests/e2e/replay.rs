@@ -14,9 +14,9 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::fleet;
 
 /// Sends `commands` at the start of every session and forwards every report.
-struct StandIn {
-    commands: Vec<pb::SignedCommand>,
-    reports: mpsc::Sender<pb::Report>,
+pub(crate) struct StandIn {
+    pub(crate) commands: Vec<pb::SignedCommand>,
+    pub(crate) reports: mpsc::Sender<pb::Report>,
 }
 
 #[tonic::async_trait]

@@ -960,3 +960,23 @@ fn answer(state: &HealthState, mut stream: std::net::TcpStream) -> std::io::Resu
     )?;
     stream.flush()
 }
+
+/// The files under `dir` (recursively) whose bytes contain `needle`: a secret
+/// that must not be at rest anywhere. Panics if `dir` cannot be read.
+pub fn files_containing(dir: &Path, needle: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(path) = todo.pop() {
+        if path.is_dir() {
+            let entries = std::fs::read_dir(&path)
+                .unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+            todo.extend(entries.filter_map(Result::ok).map(|e| e.path()));
+        } else if let Ok(bytes) = std::fs::read(&path)
+            && bytes.windows(needle.len()).any(|w| w == needle.as_bytes())
+        {
+            found.push(path);
+        }
+    }
+    found.sort();
+    found
+}

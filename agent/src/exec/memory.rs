@@ -83,6 +83,19 @@ impl MemoryDokku {
         sink: &mut (dyn LineSink + Send),
         cancel: &CancellationToken,
     ) -> pb::CommandResult {
+        if let Action::Converge { app, .. } = action {
+            // Simulated hosts run deploys only: a converge would need a model
+            // of domains, services, certificates and config (docs/apps.md).
+            sink.line(
+                pb::Stream::Agent,
+                format!("converge of {app} is not simulated"),
+            );
+            return failed(
+                None,
+                "converge is not simulated: `flotilla-agent simulate` runs deploys and rollbacks only"
+                    .into(),
+            );
+        }
         let Some((app, image, health)) = action.install() else {
             return succeeded(None);
         };

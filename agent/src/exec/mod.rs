@@ -16,6 +16,7 @@ use tokio::io::AsyncBufReadExt as _;
 use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 
+pub mod converge;
 pub mod health;
 pub mod memory;
 #[cfg(test)]
@@ -265,6 +266,17 @@ impl Dokku {
         sink: &mut (dyn LineSink + Send),
         cancel: &CancellationToken,
     ) -> pb::CommandResult {
+        if let Action::Converge {
+            desired,
+            secrets,
+            dry_run,
+            ..
+        } = action
+        {
+            return self
+                .converge(desired, secrets, *dry_run, sink, cancel)
+                .await;
+        }
         // A ping is answered by the link, never queued; kept harmless here.
         let Some((app, image, health)) = action.install() else {
             return succeeded(None);

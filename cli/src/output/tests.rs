@@ -64,6 +64,7 @@ fn deployment() -> pb::Deployment {
             started_at_ms: 1_798_000_001_000,
             finished_at_ms: 1_798_000_005_100,
             rollback_command_id: "c2".into(),
+            changes: Vec::new(),
         }],
         ..Default::default()
     }
@@ -138,6 +139,7 @@ fn status_json_has_every_documented_field() {
             "error",
             "command_id",
             "rollback_command_id",
+            "changes",
         ],
     );
 }
@@ -166,7 +168,7 @@ fn status_json_values_are_the_servers_with_defaults_resolved() {
         v["hosts"][0],
         json!({
             "host_id": "web-1", "batch": 0, "state": "rolled_back",
-            "image_before": "acme/shop:2", "image": "acme/shop:2", "exit_code": 0,
+            "image_before": "acme/shop:2", "image": "acme/shop:2", "changes": [], "exit_code": 0,
             "started_at": "2026-12-23T04:26:41Z", "finished_at": "2026-12-23T04:26:45Z",
             "started_at_ms": 1_798_000_001_000_i64, "finished_at_ms": 1_798_000_005_100_i64,
             "duration_ms": 4100, "error": "", "command_id": "c1", "rollback_command_id": "c2",

@@ -18,6 +18,7 @@ use tonic::{Request, Response, Status};
 use crate::Coordinator;
 
 mod config;
+mod apps;
 use crate::rollout::{NewDeployment, RolloutError};
 use crate::store::{
     ApiToken, AppSettings, AuditEntry, BatchSize, Deployment, DeploymentKind, Event,
@@ -93,6 +94,8 @@ impl From<RolloutError> for Status {
             | RolloutError::UnknownRelease { .. } => Status::not_found(err.to_string()),
             RolloutError::Store(e) => internal(e),
             RolloutError::Random(e) => internal(e),
+            RolloutError::NoKeyring => Status::failed_precondition(err.to_string()),
+            RolloutError::Seal(e) => internal(e),
         }
     }
 }
@@ -198,6 +201,7 @@ pub fn deployment_to_proto(d: &Deployment) -> pb::Deployment {
                 started_at_ms: h.started_at_ms,
                 finished_at_ms: h.finished_at_ms,
                 rollback_command_id: h.rollback_command_id.clone().unwrap_or_default(),
+                changes: h.changes.clone(),
             })
             .collect(),
         error: d.error.clone(),
@@ -384,6 +388,13 @@ impl FleetService for Api {
         };
         let answer = crate::doctor::run(&self.coordinator, visible, window).await?;
         Ok(Response::new(answer))
+    }
+
+    async fn apply_app(
+        &self,
+        req: Request<pb::ApplyAppRequest>,
+    ) -> Result<Response<pb::Deployment>, Status> {
+        apps::apply_app(self, req).await
     }
 
     async fn list_hosts(

@@ -8,7 +8,6 @@ use flotilla_proto::v1 as pb;
 use flotilla_proto::v1::agent_service_server::AgentService;
 use flotilla_shared::time::{format_ms, now_ms};
 use flotilla_shared::{EnvName, HostId, Labels};
-use prost::Message as _;
 use tokio_stream::Stream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
@@ -213,7 +212,7 @@ impl AgentService for AgentApi {
             },
         );
         for entry in c.store.outbox(&host_id).map_err(internal)? {
-            match pb::SignedCommand::decode(entry.signed.as_slice()) {
+            match c.rollout.outbox_command(&entry) {
                 Ok(signed) => {
                     let sent = c.sessions.send(
                         &host_id,

@@ -13,14 +13,17 @@
 //! re-sending what an agent accepted. Reports from agents drive it; a timer
 //! (`tick`) ends pauses between batches.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flotilla_proto::v1 as pb;
+use flotilla_shared::appspec::DesiredState;
+use flotilla_shared::sealed::{Keyring, Sealed};
+use flotilla_shared::secret::Secret;
 use flotilla_shared::signing::{Action, CommandSigner, RefusalReason};
 use flotilla_shared::time::{format_ms, now_ms};
-use flotilla_shared::{AppName, EnvName, HostId, ImageRef};
+use flotilla_shared::{AppName, ConfigKey, EnvName, HostId, ImageRef};
 use prost::Message as _;
 use tokio::sync::{Mutex, Notify, oneshot, watch};
 
@@ -79,6 +82,32 @@ pub enum RolloutError {
     Store(#[from] StoreError),
     #[error("cannot sign command: {0}")]
     Random(#[from] flotilla_shared::token::TokenError),
+    #[error(
+        "the spec has secret values to send but the coordinator has no secrets keyring to keep them sealed in its outbox (docs/secrets.md)"
+    )]
+    NoKeyring,
+    #[error("cannot seal a command for the outbox: {0}")]
+    Seal(String),
+}
+
+/// What a converge (or diff) deployment carries besides `NewDeployment`.
+pub struct Converge {
+    /// The environment's desired state (secret keys only).
+    pub desired: DesiredState,
+    /// The values of `desired.secret_keys`. Kept in memory only while the
+    /// commands are signed; in the outbox each command is sealed.
+    pub secrets: BTreeMap<ConfigKey, Secret>,
+}
+
+/// Outbox values that start with this are a `Sealed` signed command (a
+/// converge command carrying secret values), opened with the keyring before
+/// sending. A protobuf `SignedCommand` never starts with it (0x46 would be
+/// field 8 with the invalid wire type 6).
+const SEALED_OUTBOX: &[u8] = b"FLTSEAL1";
+
+/// The AAD a sealed outbox entry is bound to: its command id.
+fn outbox_aad(command_id: &str) -> Vec<u8> {
+    format!("flotilla/outbox/{command_id}").into_bytes()
 }
 
 /// What `start` needs.
@@ -128,6 +157,26 @@ pub struct Engine {
     /// Deploy gates (Flagsmith); freeze windows are in the store.
     gates: Option<Arc<crate::gates::Gates>>,
     notifier: Option<Arc<crate::notify::Notifier>>,
+    /// Seals converge commands that carry secret values before they go into
+    /// the outbox (sled) and opens them to send.
+    keyring: Option<Arc<Keyring>>,
+    /// Secret values of converge deployments being started, by deployment
+    /// id; only while `start_inner` runs (it dispatches every host at once).
+    converge_secrets: std::sync::Mutex<HashMap<String, BTreeMap<ConfigKey, Secret>>>,
+}
+
+/// Removes a deployment's secret values from the engine when dropped.
+struct ForgetSecrets<'a> {
+    map: &'a std::sync::Mutex<HashMap<String, BTreeMap<ConfigKey, Secret>>>,
+    id: String,
+}
+
+impl Drop for ForgetSecrets<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut map) = self.map.lock() {
+            map.remove(&self.id);
+        }
+    }
 }
 
 /// Why dispatching stopped.
@@ -154,7 +203,66 @@ impl Engine {
             pings: std::sync::Mutex::new(HashMap::new()),
             gates: None,
             notifier: None,
+            keyring: None,
+            converge_secrets: std::sync::Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Adds the secrets keyring (converge commands with secret values are
+    /// sealed in the outbox; without it they are refused).
+    pub fn with_keyring(mut self, keyring: Option<Arc<Keyring>>) -> Self {
+        self.keyring = keyring;
+        self
+    }
+
+    /// The signed command of an outbox entry, opening it when it is sealed.
+    pub fn outbox_command(
+        &self,
+        entry: &crate::store::OutboxEntry,
+    ) -> Result<pb::SignedCommand, String> {
+        let bytes = match entry.signed.strip_prefix(SEALED_OUTBOX) {
+            Some(sealed) => {
+                let keyring = self
+                    .keyring
+                    .as_ref()
+                    .ok_or("sealed outbox entry but no secrets keyring")?;
+                let sealed = Sealed::from_bytes(sealed).map_err(|e| e.to_string())?;
+                keyring
+                    .open(&sealed, &outbox_aad(&entry.command_id))
+                    .map_err(|e| e.to_string())?
+            }
+            None => entry.signed.clone(),
+        };
+        pb::SignedCommand::decode(bytes.as_slice()).map_err(|e| e.to_string())
+    }
+
+    /// Starts a converge (`DeploymentKind::Converge`) or a diff (`Diff`):
+    /// one signed converge command to every host of the environment at once,
+    /// every host run whatever the others do, no release, no rollback.
+    pub async fn converge(
+        &self,
+        mut new: NewDeployment,
+        converge: Converge,
+    ) -> Result<Deployment, RolloutError> {
+        use tracing::Instrument as _;
+        if !converge.secrets.is_empty() && self.keyring.is_none() {
+            return Err(RolloutError::NoKeyring);
+        }
+        new.strategy = Strategy {
+            batch: crate::store::BatchSize::Percent(100),
+            canary: 0,
+            canary_manual: false,
+            pause_ms: 0,
+            max_failures: u32::MAX,
+            hosts: new.strategy.hosts,
+            auto_rollback: false,
+            health: None,
+        };
+        // Never queued: the secrets are not kept for later.
+        new.queue = false;
+        let span = tracing::info_span!("deployment", tags.app = %new.app, tags.env = %new.env,
+            tags.kind = new.kind.as_str(), tags.deployment = tracing::field::Empty);
+        self.start_inner(new, Some(converge)).instrument(span).await
     }
 
     /// Adds the deploy gates and the notifier (both optional).
@@ -189,12 +297,17 @@ impl Engine {
         let span = tracing::info_span!("deployment", tags.app = %new.app, tags.env = %new.env,
             tags.tenant = new.team.as_deref().unwrap_or_default(), tags.kind = new.kind.as_str(),
             tags.deployment = tracing::field::Empty);
-        self.start_inner(new).instrument(span).await
+        self.start_inner(new, None).instrument(span).await
     }
 
-    async fn start_inner(&self, new: NewDeployment) -> Result<Deployment, RolloutError> {
+    async fn start_inner(
+        &self,
+        new: NewDeployment,
+        converge: Option<Converge>,
+    ) -> Result<Deployment, RolloutError> {
         // Gates before the start, outside the lock (Flagsmith is a network
         // call). Rollbacks are never gated: they are how you get out of trouble.
+        // Converges are not gated either (docs/apps.md).
         let decisions = match new.kind {
             DeploymentKind::Deploy => {
                 self.check_gates(
@@ -206,7 +319,16 @@ impl Engine {
                 )
                 .await?
             }
-            DeploymentKind::Rollback => Vec::new(),
+            DeploymentKind::Rollback | DeploymentKind::Converge | DeploymentKind::Diff => {
+                Vec::new()
+            }
+        };
+        let desired = match &converge {
+            Some(c) => Some(
+                serde_json::to_string(&c.desired)
+                    .map_err(|e| RolloutError::Store(StoreError::Encode(e)))?,
+            ),
+            None => None,
         };
         let _guard = self.lock.lock().await;
         let hosts = plan::select_hosts(self.store.hosts()?, &new.env, &new.strategy);
@@ -247,6 +369,7 @@ impl Engine {
                     accepted: false,
                     started_at_ms: 0,
                     finished_at_ms: 0,
+                    changes: Vec::new(),
                 })
                 .collect(),
             error: String::new(),
@@ -265,7 +388,17 @@ impl Engine {
             override_freeze: new.override_freeze,
             team: new.team,
             gate_pending: false,
+            desired,
         };
+        let _forget = converge.map(|c| {
+            if let Ok(mut map) = self.converge_secrets.lock() {
+                map.insert(d.id.clone(), c.secrets);
+            }
+            ForgetSecrets {
+                map: &self.converge_secrets,
+                id: d.id.clone(),
+            }
+        });
         let summary = format!(
             "{} {} to {} host(s) of {} in {} batch(es)",
             d.kind.as_str(),
@@ -374,8 +507,10 @@ impl Engine {
     ) -> Result<bool, RolloutError> {
         // A deployment a gate refused before any host changed says nothing.
         let last = self.store.recent_deployments(1, |d| {
+            // A converge changes no image: it says nothing about releases.
             &d.app == app
                 && &d.env == env
+                && !d.kind.is_converge()
                 && (d.state != State::Blocked || d.hosts.iter().any(changed))
         })?;
         Ok(last.first().is_some_and(|d| {
@@ -511,7 +646,9 @@ impl Engine {
                     self.check_gates(&d.app, &d.env, d.team.as_deref(), d.override_freeze, batch)
                         .await?
                 }
-                DeploymentKind::Rollback => Vec::new(),
+                DeploymentKind::Rollback | DeploymentKind::Converge | DeploymentKind::Diff => {
+                    Vec::new()
+                }
             };
             let _guard = self.lock.lock().await;
             // It may have changed while the gates were asked (cancelled, …).
@@ -928,6 +1065,7 @@ impl Engine {
         if let Ok(before) = ImageRef::parse(&result.previous_image) {
             entry.image_before = Some(before);
         }
+        entry.changes = result.changes;
         match outcome {
             pb::Outcome::Succeeded => entry.state = HostState::Succeeded,
             pb::Outcome::Interrupted => {
@@ -946,7 +1084,9 @@ impl Engine {
         let entry = &d.hosts[i];
         tracing::info!(deployment = %d.id, host = %entry.host_id, state = entry.state.as_str(),
             exit_code = ?entry.exit_code, "host finished");
-        let message = if entry.state == HostState::Succeeded {
+        let message = if entry.state == HostState::Succeeded && d.kind.is_converge() {
+            converge_summary(d.kind, &entry.changes)
+        } else if entry.state == HostState::Succeeded {
             format!(
                 "now at {}",
                 entry.image.as_ref().map_or("?", ImageRef::as_str)
@@ -1107,7 +1247,7 @@ impl Engine {
         let rollback = match stop {
             Stop::Cancelled { rollback, .. } => rollback,
             Stop::Failures => d.strategy.auto_rollback,
-        };
+        } && !d.kind.is_converge(); // a converge changes no image to return from
         let (state, cause) = match &stop {
             Stop::Cancelled { .. } => (State::Cancelled, cause),
             Stop::Failures if rollback => (State::RolledBack, cause),
@@ -1172,6 +1312,20 @@ impl Engine {
     /// The deployment succeeded: record the release (unless the image is
     /// already the current one) and finish.
     async fn succeed(&self, d: &mut Deployment) -> Result<(), RolloutError> {
+        if d.kind.is_converge() {
+            // Every host ran (no failure budget); any failure fails it. No release.
+            let failed: Vec<String> = d
+                .hosts
+                .iter()
+                .filter(|h| h.state != HostState::Succeeded)
+                .map(|h| h.host_id.to_string())
+                .collect();
+            if failed.is_empty() {
+                return self.finish(d, State::Succeeded, String::new(), None).await;
+            }
+            let cause = format!("{} failed on {}", d.kind.as_str(), failed.join(", "));
+            return self.finish(d, State::Failed, cause, None).await;
+        }
         let releases = self.store.releases(&d.app, &d.env)?;
         let current = releases.last();
         let note = if d.failures > 0 {
@@ -1325,6 +1479,18 @@ impl Engine {
                         image: d.image.clone(),
                         release: d.target_release,
                     },
+                    DeploymentKind::Converge | DeploymentKind::Diff => {
+                        match self.converge_action(d) {
+                            Ok(action) => action,
+                            Err(error) => {
+                                d.hosts[i].state = HostState::Failed;
+                                d.hosts[i].error.clone_from(&error);
+                                d.failures += 1;
+                                d.event("host_finished", Some(i), error);
+                                continue;
+                            }
+                        }
+                    }
                 }
             };
             let command_id = uuid::Uuid::now_v7().to_string();
@@ -1357,16 +1523,26 @@ impl Engine {
             } else {
                 "host_dispatched"
             };
-            let message = format!(
-                "{} {}",
-                action.kind(),
-                action.image().map_or("", ImageRef::as_str)
-            );
+            let message = match action.image() {
+                Some(image) => format!("{} {image}", action.kind()),
+                None => action.kind().to_owned(),
+            };
             d.event(kind, Some(i), message);
+            let mut stored = signed.encode_to_vec();
+            if !action.secret_values().is_empty() {
+                // Secret values never go into sled in the clear.
+                let Some(keyring) = &self.keyring else {
+                    return Err(RolloutError::NoKeyring);
+                };
+                let sealed = keyring
+                    .seal(&stored, &outbox_aad(&command_id))
+                    .map_err(|e| RolloutError::Seal(e.to_string()))?;
+                stored = [SEALED_OUTBOX, sealed.to_bytes().as_slice()].concat();
+            }
             dispatches.push(Dispatch {
                 host_index: u32::try_from(i).unwrap_or(u32::MAX),
                 command_id: command_id.clone(),
-                signed: signed.encode_to_vec(),
+                signed: stored,
                 rollback,
             });
             messages.push((host_id, command_id, signed));
@@ -1392,6 +1568,28 @@ impl Engine {
             return Box::pin(self.advance(d)).await;
         }
         Ok(())
+    }
+
+    /// The converge action of `d` (a converge or diff deployment): its desired
+    /// state and the secret values held while it is being started.
+    fn converge_action(&self, d: &Deployment) -> Result<Action, String> {
+        let desired: DesiredState = d
+            .desired
+            .as_deref()
+            .and_then(|json| serde_json::from_str(json).ok())
+            .ok_or("the deployment has no readable desired state")?;
+        let secrets = self
+            .converge_secrets
+            .lock()
+            .ok()
+            .and_then(|map| map.get(&d.id).cloned())
+            .unwrap_or_default();
+        Ok(Action::Converge {
+            app: d.app.clone(),
+            desired: Box::new(desired),
+            secrets,
+            dry_run: d.kind == DeploymentKind::Diff,
+        })
     }
 
     /// Sends a signed no-op to every connected host of `env` matching
@@ -1523,6 +1721,19 @@ impl Drop for PingRegistrations<'_> {
 /// counts as changed once the agent took the command.
 /// The span whose `tags.*` fields tag Sentry events about `d` (see
 /// `flotilla_shared::sentry`); `host` is the host the event is about.
+/// How a converged host's event reads: in sync, or its changes.
+fn converge_summary(kind: DeploymentKind, changes: &[String]) -> String {
+    if changes.is_empty() {
+        return "in sync".to_owned();
+    }
+    let verb = if kind == DeploymentKind::Diff {
+        "would change"
+    } else {
+        "changed"
+    };
+    format!("{verb} {}: {}", changes.len(), changes.join("; "))
+}
+
 fn deployment_span(d: &Deployment, host: Option<&str>) -> tracing::Span {
     tracing::info_span!("deployment", tags.app = %d.app, tags.env = %d.env,
         tags.deployment = %d.id, tags.kind = d.kind.as_str(),

@@ -165,6 +165,7 @@ impl Fleet {
                 health: None,
             },
             pb::action::Kind::Ping(_) => Action::Ping,
+            pb::action::Kind::Converge(_) => panic!("a converge command in a deploy test"),
         }
     }
 
@@ -202,6 +203,7 @@ impl Fleet {
                         },
                         deployed_image: image(after),
                         previous_image: image(before),
+                        changes: Vec::new(),
                     })),
                 },
             )
@@ -864,4 +866,262 @@ async fn cancel_force_stops_waiting_for_a_host_that_never_answers() {
             .unwrap()
             .is_empty()
     );
+}
+
+// ----- converge (app apply / diff) -----
+
+const SPEC: &str = r#"
+app = "shop"
+
+[env.prod]
+domains = ["shop.example.com"]
+secret_keys = ["API_KEY"]
+
+[env.prod.config]
+MODE = "live"
+"#;
+
+fn desired() -> DesiredState {
+    flotilla_shared::appspec::AppSpec::parse("shop.toml", SPEC)
+        .unwrap()
+        .desired(&env())
+        .unwrap()
+}
+
+fn keyring() -> Arc<Keyring> {
+    let line = Keyring::generate_line("k1").unwrap();
+    Arc::new(Keyring::parse(&line, "test").unwrap())
+}
+
+const SECRET: &str = "sup3r-s3cret-converge-value";
+
+impl Fleet {
+    async fn converge(
+        &self,
+        kind: DeploymentKind,
+        secrets: &[(&str, &str)],
+    ) -> Result<Deployment, RolloutError> {
+        self.engine
+            .converge(
+                NewDeployment {
+                    app: app(),
+                    env: env(),
+                    kind,
+                    image: ImageRef::parse("app-spec:0123456789ab").unwrap(),
+                    created_by: "test".into(),
+                    target_release: 0,
+                    strategy: Strategy::default(),
+                    queue: true,
+                    override_freeze: false,
+                    team: None,
+                },
+                Converge {
+                    desired: desired(),
+                    secrets: secrets
+                        .iter()
+                        .map(|(k, v)| (ConfigKey::parse(*k).unwrap(), Secret::new(*v)))
+                        .collect(),
+                },
+            )
+            .await
+    }
+
+    /// `host` reports its converge result.
+    async fn converge_result(&self, id: &str, host: &str, ok: bool, changes: &[&str]) {
+        let d = self.get(id);
+        let h = d.hosts.iter().find(|h| h.host_id.as_str() == host).unwrap();
+        self.engine
+            .on_report(
+                &h.host_id,
+                pb::Report {
+                    spool_seq: 0,
+                    command_id: h.command_id.clone().unwrap(),
+                    body: Some(pb::report::Body::Result(pb::CommandResult {
+                        outcome: if ok {
+                            pb::Outcome::Succeeded
+                        } else {
+                            pb::Outcome::Failed
+                        }
+                        .into(),
+                        exit_code: Some(i32::from(!ok)),
+                        error: if ok {
+                            String::new()
+                        } else {
+                            "restart failed".into()
+                        },
+                        changes: changes.iter().map(|c| (*c).to_owned()).collect(),
+                        ..Default::default()
+                    })),
+                },
+            )
+            .await
+            .unwrap();
+    }
+
+    /// The signed command queued for `host`, opened by the engine.
+    fn outbox_action(&self, host: &str) -> (Vec<u8>, pb::ConvergeAction) {
+        let entry = self
+            .store
+            .outbox(&HostId::parse(host).unwrap())
+            .unwrap()
+            .pop()
+            .expect("a queued command");
+        let signed = self.engine.outbox_command(&entry).unwrap();
+        let envelope = pb::CommandEnvelope::decode(signed.envelope.as_slice()).unwrap();
+        match envelope.action.and_then(|a| a.kind).unwrap() {
+            pb::action::Kind::Converge(c) => (entry.signed, c),
+            other => panic!("not a converge: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn converge_goes_to_every_host_at_once_and_records_changes_not_releases() {
+    let f = fleet_of(3);
+    let d = f.converge(DeploymentKind::Converge, &[]).await.unwrap();
+    assert_eq!(f.running(&d.id), ["h1", "h2", "h3"], "all hosts at once");
+    let (_, action) = f.outbox_action("h2");
+    assert_eq!(action.app, "shop");
+    assert!(!action.dry_run);
+    assert!(action.secrets.is_empty());
+    let carried: DesiredState = serde_json::from_slice(&action.desired).unwrap();
+    assert_eq!(carried, desired());
+
+    f.converge_result(&d.id, "h1", true, &["add domain shop.example.com"])
+        .await;
+    f.converge_result(&d.id, "h2", true, &[]).await;
+    f.converge_result(&d.id, "h3", true, &[]).await;
+    let d = f.get(&d.id);
+    assert_eq!(d.state, State::Succeeded, "{}", d.error);
+    assert_eq!(d.kind.as_str(), "converge");
+    assert_eq!(d.hosts[0].changes, ["add domain shop.example.com"]);
+    assert!(d.hosts[1].changes.is_empty());
+    assert!(
+        f.store.releases(&app(), &env()).unwrap().is_empty(),
+        "a converge is no release"
+    );
+    let events = f.store.events_after(&d.id, 0, 1000).unwrap();
+    assert!(events.iter().any(
+        |e| e.kind == "host_finished" && e.message == "changed 1: add domain shop.example.com"
+    ));
+    assert!(
+        events
+            .iter()
+            .any(|e| e.kind == "host_finished" && e.message == "in sync")
+    );
+}
+
+#[tokio::test]
+async fn a_failed_host_fails_the_converge_while_the_others_still_converge() {
+    let f = fleet_of(3);
+    let d = f.converge(DeploymentKind::Converge, &[]).await.unwrap();
+    f.converge_result(&d.id, "h1", false, &["set MODE=\"live\""])
+        .await;
+    assert_eq!(f.running(&d.id), ["h2", "h3"], "no failure budget stops it");
+    f.converge_result(&d.id, "h2", true, &[]).await;
+    f.converge_result(&d.id, "h3", true, &[]).await;
+    let d = f.get(&d.id);
+    assert_eq!(d.state, State::Failed);
+    assert_eq!(d.error, "converge failed on h1");
+    assert_eq!(
+        d.hosts.iter().map(|h| h.state).collect::<Vec<_>>(),
+        [
+            HostState::Failed,
+            HostState::Succeeded,
+            HostState::Succeeded
+        ],
+        "nothing rolled back"
+    );
+}
+
+#[tokio::test]
+async fn a_diff_is_a_dry_run_converge() {
+    let f = fleet_of(1);
+    let d = f.converge(DeploymentKind::Diff, &[]).await.unwrap();
+    let (_, action) = f.outbox_action("h1");
+    assert!(action.dry_run);
+    f.converge_result(&d.id, "h1", true, &["add domain shop.example.com"])
+        .await;
+    let d = f.get(&d.id);
+    assert_eq!((d.state, d.kind.as_str()), (State::Succeeded, "diff"));
+    let events = f.store.events_after(&d.id, 0, 1000).unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e.message == "would change 1: add domain shop.example.com")
+    );
+}
+
+#[tokio::test]
+async fn secret_values_are_sealed_in_the_outbox_and_never_reach_sled_in_the_clear() {
+    let mut f = fleet_of(2);
+    f.engine = Engine::new(
+        f.store.clone(),
+        CommandSigner::generate().unwrap(),
+        Arc::new(Sessions::default()),
+        Duration::from_secs(600),
+    )
+    .with_keyring(Some(keyring()));
+    let d = f
+        .converge(DeploymentKind::Converge, &[("API_KEY", SECRET)])
+        .await
+        .unwrap();
+    let (stored, action) = f.outbox_action("h1");
+    assert!(stored.starts_with(SEALED_OUTBOX));
+    assert_eq!(
+        action.secrets.get("API_KEY").map(String::as_str),
+        Some(SECRET)
+    );
+    f.store.flush().await.unwrap();
+    // Every file of the sled database, byte for byte.
+    let mut files = vec![f._dir.path().to_path_buf()];
+    let mut scanned = 0;
+    while let Some(path) = files.pop() {
+        if path.is_dir() {
+            files.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+            continue;
+        }
+        let bytes = std::fs::read(&path).unwrap();
+        scanned += bytes.len();
+        assert!(
+            !bytes.windows(SECRET.len()).any(|w| w == SECRET.as_bytes()),
+            "{} holds the secret in the clear",
+            path.display()
+        );
+    }
+    assert!(scanned > 0);
+    // The engine forgot the values once the commands were signed.
+    assert!(f.engine.converge_secrets.lock().unwrap().is_empty());
+    assert!(f.get(&d.id).desired.is_some_and(|j| !j.contains(SECRET)));
+}
+
+#[tokio::test]
+async fn secret_values_without_a_keyring_are_refused_before_anything_starts() {
+    let f = fleet_of(1);
+    let err = f
+        .converge(DeploymentKind::Converge, &[("API_KEY", SECRET)])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RolloutError::NoKeyring), "{err}");
+    assert!(
+        f.store
+            .outbox(&HostId::parse("h1").unwrap())
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn cancelling_a_converge_with_rollback_rolls_no_image_back() {
+    let f = fleet_of(2);
+    let d = f.converge(DeploymentKind::Converge, &[]).await.unwrap();
+    f.engine
+        .cancel(&d.id, "test".into(), true, false)
+        .await
+        .unwrap();
+    f.converge_result(&d.id, "h1", true, &[]).await;
+    f.converge_result(&d.id, "h2", true, &[]).await;
+    let d = f.get(&d.id);
+    assert_eq!(d.state, State::Cancelled, "{}", d.error);
+    assert!(d.hosts.iter().all(|h| h.rollback_command_id.is_none()));
 }

@@ -20,6 +20,8 @@ use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 
 pub mod config;
+mod apps;
+pub use apps::AppSpecRecord;
 mod gates;
 pub mod notify;
 #[cfg(test)]
@@ -233,6 +235,10 @@ impl HostState {
 pub enum DeploymentKind {
     Deploy,
     Rollback,
+    /// `flotilla app apply`: one signed converge command per host.
+    Converge,
+    /// `flotilla app diff`: a converge dry run (changes nothing).
+    Diff,
 }
 
 impl DeploymentKind {
@@ -240,7 +246,14 @@ impl DeploymentKind {
         match self {
             Self::Deploy => "deploy",
             Self::Rollback => "rollback",
+            Self::Converge => "converge",
+            Self::Diff => "diff",
         }
+    }
+
+    /// A converge or its dry run: no image, no release, no rollback.
+    pub fn is_converge(self) -> bool {
+        matches!(self, Self::Converge | Self::Diff)
     }
 }
 
@@ -348,6 +361,10 @@ pub struct HostDeployment {
     pub started_at_ms: i64,
     #[serde(default)]
     pub finished_at_ms: i64,
+    /// Converge and diff: the changes the agent made (or would make), as
+    /// `Change` displays them (never a secret value).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changes: Vec<String>,
 }
 
 /// A cancellation asked for by an operator.
@@ -433,6 +450,10 @@ pub struct Deployment {
     /// runs it outside the engine lock).
     #[serde(default)]
     pub gate_pending: bool,
+    /// Converge and diff: the JSON of the `DesiredState` (secret keys only,
+    /// never values) each host's command carries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired: Option<String>,
     /// Events not yet saved; `save_deployment` writes them with the record.
     #[serde(skip)]
     pub new_events: Vec<Event>,
@@ -536,6 +557,8 @@ pub struct Store {
     gate_cache: sled::Tree,
     /// Deploy freeze windows (see `gates.rs`).
     freezes: sled::Tree,
+    /// The last applied app spec per app (see `apps.rs`).
+    app_specs: sled::Tree,
 }
 
 fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
@@ -648,6 +671,7 @@ impl Store {
             notify_outbox: db.open_tree("notify_outbox")?,
             gate_cache: db.open_tree("gate_cache")?,
             freezes: db.open_tree("freezes")?,
+            app_specs: db.open_tree("app_specs")?,
 
             db,
         })

@@ -52,6 +52,7 @@ fn deployment(id: &str, state: State) -> Deployment {
         override_freeze: false,
         team: None,
         gate_pending: false,
+        desired: None,
     }
 }
 

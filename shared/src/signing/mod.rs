@@ -14,14 +14,24 @@ use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use flotilla_proto::v1 as pb;
 use prost::Message;
 
+use crate::appspec::DesiredState;
 use crate::health::HealthCheck;
-use crate::names::{AppName, HostId, ImageRef, NameError};
+use crate::names::{AppName, ConfigKey, HostId, ImageRef, NameError};
+use crate::secret::Secret;
 
 #[cfg(test)]
 mod tests;
 
-/// Largest envelope an agent accepts. Real envelopes are a few hundred bytes.
-pub const MAX_ENVELOPE_BYTES: usize = 16 * 1024;
+/// Largest envelope an agent accepts. Deploys are a few hundred bytes; a
+/// converge command carries a desired state and secret values (bounded below).
+pub const MAX_ENVELOPE_BYTES: usize = 64 * 1024;
+
+/// Largest serialised desired state in a converge command.
+pub const MAX_DESIRED_BYTES: usize = 32 * 1024;
+/// Most secret values in one converge command.
+pub const MAX_SECRETS: usize = 256;
+/// Largest secret value (a PEM key fits).
+pub const MAX_SECRET_BYTES: usize = 8 * 1024;
 
 /// Identifies a verification key: hex of the first 8 bytes of SHA-256(public key).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -173,22 +183,33 @@ pub enum Action {
     },
     /// A no-op the agent answers at once (round-trip measurement).
     Ping,
+    /// Converge `app` to `desired` (docs/apps.md). `secrets` holds the
+    /// values of `desired.secret_keys` (only those keys; `Debug` prints
+    /// `***`); with `dry_run` nothing is changed, only reported.
+    Converge {
+        app: AppName,
+        desired: Box<DesiredState>,
+        secrets: BTreeMap<ConfigKey, Secret>,
+        dry_run: bool,
+    },
 }
 
 impl Action {
     /// The app a deploy or rollback is about; `None` for a ping.
     pub fn app(&self) -> Option<&AppName> {
         match self {
-            Self::Deploy { app, .. } | Self::Rollback { app, .. } => Some(app),
+            Self::Deploy { app, .. } | Self::Rollback { app, .. } | Self::Converge { app, .. } => {
+                Some(app)
+            }
             Self::Ping => None,
         }
     }
 
-    /// The image a deploy or rollback installs; `None` for a ping.
+    /// The image a deploy or rollback installs; `None` for a ping or converge.
     pub fn image(&self) -> Option<&ImageRef> {
         match self {
             Self::Deploy { image, .. } | Self::Rollback { image, .. } => Some(image),
-            Self::Ping => None,
+            Self::Ping | Self::Converge { .. } => None,
         }
     }
 
@@ -198,7 +219,7 @@ impl Action {
         match self {
             Self::Deploy { app, image, health } => Some((app, image, health.as_ref())),
             Self::Rollback { app, image, .. } => Some((app, image, None)),
-            Self::Ping => None,
+            Self::Ping | Self::Converge { .. } => None,
         }
     }
 
@@ -207,6 +228,17 @@ impl Action {
             Self::Deploy { .. } => "deploy",
             Self::Rollback { .. } => "rollback",
             Self::Ping => "ping",
+            Self::Converge { dry_run: false, .. } => "converge",
+            Self::Converge { dry_run: true, .. } => "diff",
+        }
+    }
+
+    /// The secret values this command carries (converge only): what the
+    /// agent redacts from every line it reports.
+    pub fn secret_values(&self) -> Vec<&str> {
+        match self {
+            Self::Converge { secrets, .. } => secrets.values().map(Secret::expose).collect(),
+            _ => Vec::new(),
         }
     }
 
@@ -227,6 +259,21 @@ impl Action {
                 release: *release,
             }),
             Self::Ping => pb::action::Kind::Ping(pb::PingAction {}),
+            Self::Converge {
+                app,
+                desired,
+                secrets,
+                dry_run,
+            } => pb::action::Kind::Converge(pb::ConvergeAction {
+                app: app.to_string(),
+                // Plain data with string keys: serialising cannot fail.
+                desired: serde_json::to_vec(desired).unwrap_or_default(),
+                secrets: secrets
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.expose().to_owned()))
+                    .collect(),
+                dry_run: *dry_run,
+            }),
         };
         pb::Action { kind: Some(kind) }
     }
@@ -244,9 +291,75 @@ impl Action {
                 release: r.release,
             }),
             Some(pb::action::Kind::Ping(_)) => Ok(Self::Ping),
+            Some(pb::action::Kind::Converge(c)) => converge_from_proto(c),
             None => Err(NameError::Empty { kind: "action" }),
         }
     }
+}
+
+/// Checks a converge action: the app name, a desired state that parses and is
+/// for that app, bounded sizes, secrets only for the desired state's secret
+/// keys. Errors never quote a secret value.
+fn converge_from_proto(c: pb::ConvergeAction) -> Result<Action, NameError> {
+    let invalid = |kind: &'static str, value: String, rule: &'static str| NameError::Invalid {
+        kind,
+        value,
+        rule,
+    };
+    let app = AppName::parse(c.app)?;
+    if c.desired.len() > MAX_DESIRED_BYTES {
+        return Err(invalid(
+            "converge desired state",
+            format!("{} bytes", c.desired.len()),
+            "must be at most 32 KiB",
+        ));
+    }
+    let desired: DesiredState = serde_json::from_slice(&c.desired).map_err(|_| {
+        invalid(
+            "converge desired state",
+            format!("{} bytes", c.desired.len()),
+            "must be the JSON of a desired state",
+        )
+    })?;
+    if desired.app != app {
+        return Err(invalid(
+            "converge desired state",
+            desired.app.to_string(),
+            "must be for the command's app",
+        ));
+    }
+    if c.secrets.len() > MAX_SECRETS {
+        return Err(invalid(
+            "converge secrets",
+            format!("{} values", c.secrets.len()),
+            "at most 256 per command",
+        ));
+    }
+    let mut secrets = BTreeMap::new();
+    for (key, value) in c.secrets {
+        let key = ConfigKey::parse(key)?;
+        if !desired.secret_keys.contains(&key) {
+            return Err(invalid(
+                "converge secret",
+                key.to_string(),
+                "is not a secret key of the desired state",
+            ));
+        }
+        if value.len() > MAX_SECRET_BYTES || value.contains('\0') {
+            return Err(invalid(
+                "converge secret",
+                key.to_string(),
+                "value must be at most 8 KiB, without NUL",
+            ));
+        }
+        secrets.insert(key, Secret::new(value));
+    }
+    Ok(Action::Converge {
+        app,
+        desired: Box::new(desired),
+        secrets,
+        dry_run: c.dry_run,
+    })
 }
 
 /// A command whose signature, target, lifetime and arguments have been checked.

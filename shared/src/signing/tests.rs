@@ -299,3 +299,102 @@ fn key_sets_need_a_signature_from_a_trusted_key() {
     update.key_set.push(0);
     assert!(verify_key_set(&update, &trusted).is_err());
 }
+
+fn converge_desired(app: &str) -> crate::appspec::DesiredState {
+    let spec = format!(
+        "app = \"{app}\"\n[env.prod]\ndomains = [\"{app}.example.com\"]\nsecret_keys = [\"API_KEY\"]\n"
+    );
+    crate::appspec::AppSpec::parse("t.toml", &spec)
+        .unwrap()
+        .desired(&crate::EnvName::parse("prod").unwrap())
+        .unwrap()
+}
+
+fn verify_converge(action: pb::ConvergeAction) -> Result<VerifiedCommand, Refusal> {
+    let signer = CommandSigner::generate().unwrap();
+    let mut keys = TrustedKeys::default();
+    keys.insert(signer.verifying_key());
+    let mut envelope = valid_envelope();
+    envelope.action = Some(pb::Action {
+        kind: Some(pb::action::Kind::Converge(action)),
+    });
+    let signed = signer.sign(&envelope);
+    verify(
+        &signed,
+        &keys,
+        &HostId::parse("web-1").unwrap(),
+        NOW,
+        VerifyPolicy::default(),
+        &|_| false,
+    )
+}
+
+#[test]
+fn converge_round_trips_and_never_debug_prints_a_secret() {
+    let action = Action::Converge {
+        app: AppName::parse("web").unwrap(),
+        desired: Box::new(converge_desired("web")),
+        secrets: [(
+            crate::ConfigKey::parse("API_KEY").unwrap(),
+            Secret::new("hunter2-value"),
+        )]
+        .into(),
+        dry_run: true,
+    };
+    let pb::action::Kind::Converge(wire) = action.to_proto().kind.unwrap() else {
+        panic!("not a converge");
+    };
+    let cmd = verify_converge(wire).unwrap();
+    assert_eq!(cmd.action, action);
+    assert_eq!(cmd.action.kind(), "diff");
+    assert_eq!(cmd.action.secret_values(), ["hunter2-value"]);
+    assert!(cmd.action.image().is_none() && cmd.action.install().is_none());
+    let debug = format!("{cmd:?}");
+    assert!(!debug.contains("hunter2-value"), "{debug}");
+}
+
+#[test]
+fn converge_refuses_bad_desired_states_and_stray_secrets() {
+    let good = || pb::ConvergeAction {
+        app: "web".into(),
+        desired: serde_json::to_vec(&converge_desired("web")).unwrap(),
+        secrets: [("API_KEY".to_owned(), "hunter2-value".to_owned())].into(),
+        dry_run: false,
+    };
+    assert!(verify_converge(good()).is_ok());
+    type Mutate = fn(&mut pb::ConvergeAction);
+    let cases: [(&str, Mutate); 7] = [
+        ("bad app", |a| a.app = "web;ls".into()),
+        ("desired for another app", |a| {
+            a.desired = serde_json::to_vec(&converge_desired("other")).unwrap();
+        }),
+        ("desired not JSON", |a| a.desired = b"{nope".to_vec()),
+        ("desired too big", |a| {
+            a.desired = vec![b' '; MAX_DESIRED_BYTES + 1]
+        }),
+        ("secret for a key not declared secret", |a| {
+            a.secrets.insert("OTHER".into(), "hunter2-value".into());
+        }),
+        ("secret key invalid", |a| {
+            a.secrets.insert("1BAD KEY".into(), "x".into());
+        }),
+        ("secret value too big", |a| {
+            a.secrets
+                .insert("API_KEY".into(), "x".repeat(MAX_SECRET_BYTES + 1));
+        }),
+    ];
+    for (name, mutate) in cases {
+        let mut action = good();
+        mutate(&mut action);
+        let refusal = verify_converge(action).unwrap_err();
+        assert_eq!(
+            refusal.reason,
+            RefusalReason::Malformed,
+            "{name}: {refusal}"
+        );
+        assert!(
+            !refusal.detail.contains("hunter2-value"),
+            "{name}: {refusal}"
+        );
+    }
+}

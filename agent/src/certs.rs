@@ -1,7 +1,8 @@
 //! Certificate facts per app, for `flotilla doctor`: what Dokku says
 //! (`certs:report APP --ssl-expires-at`) and what the proxy really serves (a
 //! TLS handshake to each of the app's domains through the local proxy, SNI =
-//! the domain, nothing trusted: only the leaf's expiry is read). Gathered
+//! the domain, nothing trusted: only the leaf's expiry is read), and whether
+//! the services the last applied spec links exist and are linked. Gathered
 //! every `--cert-check-interval` for the apps the agent deployed, and sent
 //! with the host metrics sample.
 
@@ -22,14 +23,15 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// App → its newest certificate facts (shared with the sampler).
 pub type CertFacts = Arc<Mutex<BTreeMap<String, pb::AppRelease>>>;
 
-/// Checks every app in `apps()` now and every `interval` until `cancel`.
+/// Checks every app in `apps()` (app → services its spec links) now and
+/// every `interval` until `cancel`.
 /// `probe_addr` is where the proxy listens for HTTPS (127.0.0.1:443 on a
 /// Dokku host).
 pub async fn run(
     dokku: Dokku,
     probe_addr: String,
     interval: Duration,
-    apps: impl Fn() -> Vec<String> + Send,
+    apps: impl Fn() -> BTreeMap<String, Vec<(String, String)>> + Send,
     facts: CertFacts,
     cancel: CancellationToken,
 ) {
@@ -40,10 +42,10 @@ pub async fn run(
             () = cancel.cancelled() => return,
             _ = ticker.tick() => {}
         }
-        for app in apps() {
+        for (app, services) in apps() {
             let checked = tokio::select! {
                 () = cancel.cancelled() => return,
-                checked = check_app(&dokku, &probe_addr, &app, &cancel) => checked,
+                checked = check_app(&dokku, &probe_addr, &app, &services, &cancel) => checked,
             };
             if let Ok(mut facts) = facts.lock() {
                 facts.insert(app, checked);
@@ -70,12 +72,32 @@ async fn report(dokku: &Dokku, args: &[&str], cancel: &CancellationToken) -> Opt
     }
 }
 
+/// Whether `dokku ARGS` exits 0.
+async fn succeeds(dokku: &Dokku, args: &[&str], cancel: &CancellationToken) -> bool {
+    let mut lines = Lines::default();
+    matches!(dokku.run(args, &mut lines, cancel).await, Ok(exit) if exit.code == Some(0))
+}
+
 async fn check_app(
     dokku: &Dokku,
     probe_addr: &str,
     app: &str,
+    services: &[(String, String)],
     cancel: &CancellationToken,
 ) -> pb::AppRelease {
+    let mut states = Vec::new();
+    for (kind, name) in services {
+        // `<plugin>:exists` and `<plugin>:linked` exit 0 for yes (dokku.md §8).
+        let exists = succeeds(dokku, &[&format!("{kind}:exists"), name], cancel).await;
+        let linked =
+            exists && succeeds(dokku, &[&format!("{kind}:linked"), name, app], cancel).await;
+        states.push(pb::ServiceState {
+            kind: kind.clone(),
+            name: name.clone(),
+            exists,
+            linked,
+        });
+    }
     let expires = report(dokku, &["certs:report", app, "--ssl-expires-at"], cancel)
         .await
         .and_then(|text| parse_openssl_date(&text))
@@ -118,6 +140,7 @@ async fn check_app(
         cert_expires_at_ms: expires,
         tls,
         checked_at_ms: flotilla_shared::time::now_ms(),
+        services: states,
         ..Default::default()
     }
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use flotilla_proto::v1 as pb;
 use flotilla_shared::AppName;
-use flotilla_shared::signing::VerifiedCommand;
+use flotilla_shared::signing::{Action, VerifiedCommand};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -190,11 +190,12 @@ pub async fn run(
             config.tls_probe_addr.clone(),
             interval,
             move || {
-                apps_ctx
-                    .spool
-                    .releases()
-                    .map(|r| r.into_keys().collect())
-                    .unwrap_or_default()
+                let mut apps: std::collections::BTreeMap<String, Vec<(String, String)>> =
+                    apps_ctx.spool.services().unwrap_or_default();
+                for app in apps_ctx.spool.releases().unwrap_or_default().into_keys() {
+                    apps.entry(app).or_default();
+                }
+                apps
             },
             Arc::clone(&cert_facts),
             telemetry.clone(),
@@ -489,6 +490,23 @@ async fn work<E: Executor>(
             && let Err(e) = ctx.spool.set_release(app.as_str(), &result.deployed_image)
         {
             tracing::warn!(command = %id, "cannot record the deployed release: {e}");
+        }
+        if outcome == pb::Outcome::Succeeded
+            && let Action::Converge {
+                app,
+                desired,
+                dry_run: false,
+                ..
+            } = &cmd.action
+        {
+            let services: Vec<(String, String)> = desired
+                .services
+                .iter()
+                .map(|s| (s.kind.plugin().to_owned(), s.name.as_str().to_owned()))
+                .collect();
+            if let Err(e) = ctx.spool.set_services(app.as_str(), &services) {
+                tracing::warn!(command = %id, "cannot record the app's services: {e}");
+            }
         }
         span.in_scope(|| {
             if outcome == pb::Outcome::Failed {

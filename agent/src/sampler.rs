@@ -220,6 +220,13 @@ pub async fn run(
                     app.cert_expires_at_ms = facts.cert_expires_at_ms;
                     app.tls.clone_from(&facts.tls);
                     app.checked_at_ms = facts.checked_at_ms;
+                    app.services.clone_from(&facts.services);
+                }
+            }
+            // Apps set up by a spec but never deployed have facts, no image.
+            for (name, facts) in certs.iter() {
+                if !sample.apps.iter().any(|a| &a.app == name) {
+                    sample.apps.push(facts.clone());
                 }
             }
         }
@@ -329,7 +336,10 @@ pub fn points(sample: &pb::HostMetrics, previous: Option<&pb::HostMetrics>) -> V
         ),
         plain("flotilla_host_uptime_seconds", sample.uptime_seconds as f64),
         plain("flotilla_host_processes", sample.processes as f64),
-        plain("flotilla_host_apps_deployed", sample.apps.len() as f64),
+        plain(
+            "flotilla_host_apps_deployed",
+            sample.apps.iter().filter(|a| !a.image.is_empty()).count() as f64,
+        ),
     ];
     for (i, usage) in sample.cpu_core_usage_ratio.iter().enumerate() {
         out.push(Point {
@@ -387,7 +397,9 @@ pub fn points(sample: &pb::HostMetrics, previous: Option<&pb::HostMetrics>) -> V
         value,
     };
     for a in &sample.apps {
-        out.push(release(a, 1.0));
+        if !a.image.is_empty() {
+            out.push(release(a, 1.0));
+        }
         if a.cert_expires_at_ms > 0 {
             out.push(Point {
                 name: "flotilla_host_app_cert_expiry_timestamp_seconds",
@@ -399,7 +411,7 @@ pub fn points(sample: &pb::HostMetrics, previous: Option<&pb::HostMetrics>) -> V
     if let Some(previous) = previous {
         for old in &previous.apps {
             let same = |a: &pb::AppRelease| a.app == old.app && a.image == old.image;
-            if !sample.apps.iter().any(same) {
+            if !old.image.is_empty() && !sample.apps.iter().any(same) {
                 out.push(release(old, f64::from_bits(STALE_NAN)));
             }
         }

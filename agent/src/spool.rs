@@ -148,6 +148,8 @@ pub struct Spool {
     outgoing: sled::Tree,
     /// App name → the image the agent last deployed to it successfully.
     releases: sled::Tree,
+    /// App name → the services (`kind name` lines) the last applied spec links to it.
+    services: sled::Tree,
     /// Tree-name prefix of this spool (`<host_id>/` in a shared database).
     prefix: String,
     /// Makes "allocate sequence number + insert" atomic, so reports are
@@ -181,6 +183,7 @@ impl Spool {
             commands: db.db.open_tree(format!("{prefix}commands"))?,
             outgoing: db.db.open_tree(format!("{prefix}outgoing"))?,
             releases: db.db.open_tree(format!("{prefix}releases"))?,
+            services: db.db.open_tree(format!("{prefix}services"))?,
             prefix: prefix.to_owned(),
             db,
             append: Mutex::new(()),
@@ -355,6 +358,34 @@ impl Spool {
     pub fn set_release(&self, app: &str, image: &str) -> Result<(), SpoolError> {
         self.releases.insert(app.as_bytes(), image.as_bytes())?;
         Ok(())
+    }
+
+    /// Records the services (kind, name) a successfully applied spec links to
+    /// `app`, for the periodic checks `flotilla doctor` reports.
+    pub fn set_services(&self, app: &str, services: &[(String, String)]) -> Result<(), SpoolError> {
+        let text: String = services
+            .iter()
+            .map(|(kind, name)| format!("{kind} {name}\n"))
+            .collect();
+        self.services.insert(app.as_bytes(), text.as_bytes())?;
+        Ok(())
+    }
+
+    /// App → the services (kind, name) its last applied spec links.
+    pub fn services(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, Vec<(String, String)>>, SpoolError> {
+        let mut out = std::collections::BTreeMap::new();
+        for item in self.services.iter() {
+            let (k, v) = item?;
+            let list = String::from_utf8_lossy(&v)
+                .lines()
+                .filter_map(|l| l.split_once(' '))
+                .map(|(kind, name)| (kind.to_owned(), name.to_owned()))
+                .collect();
+            out.insert(String::from_utf8_lossy(&k).into_owned(), list);
+        }
+        Ok(out)
     }
 
     /// App → image, for every app this agent deployed.

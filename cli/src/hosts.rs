@@ -253,8 +253,38 @@ fn metrics_json(m: &pb::HostMetrics) -> Value {
         })).collect::<Vec<_>>(),
         "uptime_seconds": m.uptime_seconds,
         "processes": m.processes,
-        "apps": m.apps.iter().map(|a| json!({ "app": a.app, "image": a.image })).collect::<Vec<_>>(),
+        "apps": m.apps.iter().map(app_json).collect::<Vec<_>>(),
     })
+}
+
+/// An app on a host: its release, and (once checked) certificate and services.
+fn app_json(a: &pb::AppRelease) -> Value {
+    let mut v = json!({ "app": a.app, "image": a.image });
+    if a.checked_at_ms > 0 {
+        v["checked_at"] = json!(format_ms(a.checked_at_ms));
+        v["cert_expires_at"] = if a.cert_expires_at_ms > 0 {
+            json!(format_ms(a.cert_expires_at_ms))
+        } else {
+            Value::Null
+        };
+        v["tls"] = a
+            .tls
+            .iter()
+            .map(|t| {
+                json!({
+                    "domain": t.domain,
+                    "expires_at": if t.expires_at_ms > 0 { json!(format_ms(t.expires_at_ms)) } else { Value::Null },
+                    "error": t.error,
+                })
+            })
+            .collect();
+        v["services"] = a
+            .services
+            .iter()
+            .map(|s| json!({ "kind": s.kind, "name": s.name, "exists": s.exists, "linked": s.linked }))
+            .collect();
+    }
+    v
 }
 
 #[cfg(test)]

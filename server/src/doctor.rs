@@ -5,6 +5,8 @@
 //!   certificate (`certs:report`) or a certificate the local proxy serves
 //!   (TLS handshake per domain) that expires within the window, or a
 //!   handshake that fails for an app that has a certificate;
+//! - **services**: a Postgres or Redis service the last applied spec links
+//!   to an app that, on a host, does not exist or is not linked;
 //! - **endpoints**: the outside services the coordinator talks to (Flagsmith,
 //!   Grafana, Sentry) answer HTTP at all (any status counts as reachable).
 
@@ -83,6 +85,25 @@ pub async fn run(
             }
             apps_checked += 1;
             let subject = format!("{} on {}", app.app, h.host_id);
+            for service in &app.services {
+                let problem = if !service.exists {
+                    Some("does not exist")
+                } else if !service.linked {
+                    Some("is not linked")
+                } else {
+                    None
+                };
+                if let Some(problem) = problem {
+                    findings.push(finding(
+                        "services",
+                        subject.clone(),
+                        format!(
+                            "the {} service {} {problem}, but the applied spec links it (`flotilla app apply` repairs it)",
+                            service.kind, service.name
+                        ),
+                    ));
+                }
+            }
             if app.cert_expires_at_ms > 0 && app.cert_expires_at_ms <= horizon {
                 findings.push(finding(
                     "certificates",
@@ -120,7 +141,7 @@ pub async fn run(
     }
     checked.push(format!("agents: {} hosts, {offline} offline", hosts.len()));
     checked.push(format!(
-        "certificates: {apps_checked} apps on connected hosts, window {} days",
+        "certificates and services: {apps_checked} apps on connected hosts, window {} days",
         window.as_secs() / 86_400
     ));
 

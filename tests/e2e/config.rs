@@ -47,7 +47,6 @@ fn cli_stdin(s: &Server, token: &str, args: &[&str], stdin: &str) -> Output {
     rx.recv_timeout(flotilla_tests::WAIT).unwrap().unwrap()
 }
 
-
 /// Every output must be free of every secret.
 fn assert_clean(what: &str, output: &str) {
     for secret in [SECRET, STDIN_SECRET, STAGING_SECRET] {

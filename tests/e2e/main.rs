@@ -6,12 +6,13 @@
 // The whole binary is test code: helpers panic on setup failures, like tests do.
 #![allow(clippy::unwrap_used)]
 
-mod config;
 mod apps;
+mod config;
 mod crash;
 mod dashboard;
 mod deploy;
 mod dev;
+mod doctor;
 mod gates;
 mod grafana;
 mod hosts;

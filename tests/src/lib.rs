@@ -968,8 +968,8 @@ pub fn files_containing(dir: &Path, needle: &str) -> Vec<PathBuf> {
     let mut todo = vec![dir.to_path_buf()];
     while let Some(path) = todo.pop() {
         if path.is_dir() {
-            let entries = std::fs::read_dir(&path)
-                .unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+            let entries =
+                std::fs::read_dir(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
             todo.extend(entries.filter_map(Result::ok).map(|e| e.path()));
         } else if let Ok(bytes) = std::fs::read(&path)
             && bytes.windows(needle.len()).any(|w| w == needle.as_bytes())

@@ -3,7 +3,6 @@
 //! builds the environment's desired state and starts a converge (or diff)
 //! deployment: one signed converge command per host.
 
-
 use flotilla_proto::v1 as pb;
 use flotilla_shared::appspec::AppSpec;
 use flotilla_shared::signing::MAX_DESIRED_BYTES;

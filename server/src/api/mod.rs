@@ -17,8 +17,8 @@ use tonic::{Request, Response, Status};
 
 use crate::Coordinator;
 
-mod config;
 mod apps;
+mod config;
 use crate::rollout::{NewDeployment, RolloutError};
 use crate::store::{
     ApiToken, AppSettings, AuditEntry, BatchSize, Deployment, DeploymentKind, Event,

@@ -19,8 +19,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 
-pub mod config;
 mod apps;
+pub mod config;
 pub use apps::AppSpecRecord;
 mod gates;
 pub mod notify;

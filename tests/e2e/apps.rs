@@ -545,18 +545,29 @@ fn lets_encrypt_before_plugin_0_25_is_enabled_once() {
 /// reaches the app through `app apply`, the required-keys gate holds a deploy
 /// until every required key is set, and neither secret appears in any output
 /// of the run: CLI answers (JSON and text), the coordinator's and the agent's
-/// logs, what the agent sent to Loki, or any file either daemon keeps.
+/// logs, what the agent sent to Loki, the Sentry events of a failed converge,
+/// or any file either daemon keeps.
 #[test]
 fn a_stored_secret_reaches_the_app_and_no_output_of_the_run() {
     const SECRET: &str = "k8-Sup3r-s3cret-api-key-4471";
     const SECRET2: &str = "db-pw-77-never-printed-XQ";
     let loki = flotilla_tests::loki::LokiReceiver::start().unwrap();
+    let ingest = flotilla_tests::HttpStub::start().unwrap();
+    ingest.respond(
+        "/api/42/envelope/",
+        200,
+        r#"{"id":"00000000000000000000000000000000"}"#,
+    );
+    let dsn = format!("http://publickey@127.0.0.1:{}/42", ingest.port);
     let root = tempfile::tempdir().unwrap();
     let data_dir = Server::init(root.path()).unwrap();
     let listen = format!("127.0.0.1:{}", flotilla_tests::free_port().unwrap());
-    let mut server = Server::start(&data_dir, &listen, &[]).unwrap();
+    let mut server =
+        Server::start_with_env(&data_dir, &listen, &[], &[("SENTRY_DSN", dsn.as_str())]).unwrap();
     let host = Host::join(root.path(), &server, "web-1", "prod").unwrap();
-    let mut agent = host.start_with(&["--loki-url", &loki.push_url()]).unwrap();
+    let mut agent = host
+        .start_with(&["--loki-url", &loki.push_url(), "--sentry-dsn", &dsn])
+        .unwrap();
     let mut outputs: Vec<String> = Vec::new();
     let mut cli = |args: &[&str]| {
         let out = server.cli(args).unwrap();
@@ -565,7 +576,15 @@ fn a_stored_secret_reaches_the_app_and_no_output_of_the_run() {
         (out.status.code().unwrap_or(-1), all)
     };
 
-    let (code, out) = cli(&["config", "set", "web", "--env", "prod", "--secret", &format!("API_KEY={SECRET}")]);
+    let (code, out) = cli(&[
+        "config",
+        "set",
+        "web",
+        "--env",
+        "prod",
+        "--secret",
+        &format!("API_KEY={SECRET}"),
+    ]);
     assert_eq!(code, 0, "{out}");
     let spec = root.path().join("web.toml");
     std::fs::write(
@@ -574,22 +593,66 @@ fn a_stored_secret_reaches_the_app_and_no_output_of_the_run() {
     )
     .unwrap();
     let spec = spec.to_str().unwrap();
-    let (code, out) = cli(&["app", "apply", spec, "--env", "prod", "--wait", "--output", "json"]);
+    let (code, out) = cli(&[
+        "app", "apply", spec, "--env", "prod", "--wait", "--output", "json",
+    ]);
     assert_eq!(code, 0, "{out}");
     // It reached the app.
     assert_eq!(dokku_out(&host, &["config:get", "web", "API_KEY"]), SECRET);
 
     // The gate: DB_PASSWORD is required and not stored yet.
-    let (code, out) = cli(&["deploy", "web", "--image", "registry.example.com/web:1", "--env", "prod", "--wait"]);
+    let (code, out) = cli(&[
+        "deploy",
+        "web",
+        "--image",
+        "registry.example.com/web:1",
+        "--env",
+        "prod",
+        "--wait",
+    ]);
     assert_eq!(code, 6, "{out}");
-    assert!(out.contains("required config keys missing: DB_PASSWORD"), "{out}");
-    let (code, out) = cli(&["config", "set", "web", "--env", "prod", "--secret", &format!("DB_PASSWORD={SECRET2}")]);
+    assert!(
+        out.contains("required config keys missing: DB_PASSWORD"),
+        "{out}"
+    );
+    let (code, out) = cli(&[
+        "config",
+        "set",
+        "web",
+        "--env",
+        "prod",
+        "--secret",
+        &format!("DB_PASSWORD={SECRET2}"),
+    ]);
     assert_eq!(code, 0, "{out}");
     let (code, out) = cli(&["app", "apply", spec, "--env", "prod", "--wait"]);
     assert_eq!(code, 0, "{out}");
-    assert_eq!(dokku_out(&host, &["config:get", "web", "DB_PASSWORD"]), SECRET2);
-    let (code, out) = cli(&["deploy", "web", "--image", "registry.example.com/web:1", "--env", "prod", "--wait", "--output", "json"]);
+    assert_eq!(
+        dokku_out(&host, &["config:get", "web", "DB_PASSWORD"]),
+        SECRET2
+    );
+    let (code, out) = cli(&[
+        "deploy",
+        "web",
+        "--image",
+        "registry.example.com/web:1",
+        "--env",
+        "prod",
+        "--wait",
+        "--output",
+        "json",
+    ]);
     assert_eq!(code, 0, "{out}");
+
+    // A converge that fails (its final restart does): error events go to
+    // Sentry from both daemons, with the secrets in play.
+    host.fail_restarts(&["web"]).unwrap();
+    let maintenance = std::fs::read_to_string(spec)
+        .unwrap()
+        .replace("live", "maintenance");
+    std::fs::write(spec, maintenance).unwrap();
+    let (code, out) = cli(&["app", "apply", spec, "--env", "prod", "--wait"]);
+    assert_eq!(code, 3, "{out}");
 
     // Everything a person or a pipeline reads.
     let deployments = server.json(&["deployments", "--app", "web"]).unwrap();
@@ -610,22 +673,43 @@ fn a_stored_secret_reaches_the_app_and_no_output_of_the_run() {
         cli(args);
     }
     // Positive control: an admin's reveal shows it (so the scans can find it).
-    let (code, out) = cli(&["config", "get", "web", "--env", "prod", "API_KEY", "--reveal"]);
+    let (code, out) = cli(&[
+        "config", "get", "web", "--env", "prod", "API_KEY", "--reveal",
+    ]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains(SECRET), "{out}");
     outputs.pop();
 
     server.proc.terminate().unwrap();
     agent.terminate().unwrap();
+    // Both daemons reported the failure (flushed at exit at the latest).
+    let envelopes: Vec<String> = ingest.requests().into_iter().map(|r| r.body).collect();
+    assert!(
+        envelopes.iter().any(|b| b.contains("command failed"))
+            && envelopes.iter().any(|b| b.contains("deployment failed")),
+        "no error events from both daemons: {envelopes:?}"
+    );
     let loki_records = serde_json::to_string(&loki.requests().unwrap()).unwrap();
-    assert!(loki_records.contains("config:set"), "Loki got the deploy output: {loki_records}");
+    assert!(
+        loki_records.contains("config:set"),
+        "Loki got the deploy output: {loki_records}"
+    );
     for secret in [SECRET, SECRET2] {
         for (i, out) in outputs.iter().enumerate() {
-            assert!(!out.contains(secret), "CLI output {i} shows a secret: {out}");
+            assert!(
+                !out.contains(secret),
+                "CLI output {i} shows a secret: {out}"
+            );
         }
-        assert!(!server.proc.log.contains(secret), "the coordinator logged a secret");
+        assert!(
+            !server.proc.log.contains(secret),
+            "the coordinator logged a secret"
+        );
         assert!(!agent.log.contains(secret), "the agent logged a secret");
         assert!(!loki_records.contains(secret), "Loki got a secret");
+        for body in &envelopes {
+            assert!(!body.contains(secret), "Sentry got a secret: {body}");
+        }
         for dir in [&data_dir, &host.agent_dir] {
             let found = flotilla_tests::files_containing(dir, secret);
             assert!(found.is_empty(), "{found:?} hold a secret");

@@ -122,92 +122,110 @@ impl std::fmt::Debug for PipelineCollector {
     }
 }
 
+impl PipelineCollector {
+    /// One metric family with a sample per pipeline (and per extra label).
+    fn family(
+        &self,
+        encoder: &mut prometheus_client::encoding::DescriptorEncoder,
+        (name, help, kind): (&str, &str, prometheus_client::metrics::MetricType),
+        values: impl Fn(&crate::telemetry::ship::ShipStats) -> Vec<(Option<&'static str>, u64)>,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric as _;
+        use prometheus_client::metrics::MetricType;
+        use prometheus_client::metrics::counter::ConstCounter;
+        use prometheus_client::metrics::gauge::ConstGauge;
+
+        let mut family = encoder.encode_descriptor(name, help, None, kind.clone())?;
+        for (pipeline, stats) in &self.pipelines {
+            for (reason, value) in values(stats) {
+                let with_reason = [("pipeline", *pipeline), ("reason", reason.unwrap_or(""))];
+                let labels: &[(&str, &str)] = if reason.is_some() {
+                    &with_reason
+                } else {
+                    &with_reason[..1]
+                };
+                let encoder = family.encode_family(&labels)?;
+                if matches!(kind, MetricType::Counter) {
+                    ConstCounter::new(value).encode(encoder)?;
+                } else {
+                    ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX)).encode(encoder)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 impl prometheus_client::collector::Collector for PipelineCollector {
     fn encode(
         &self,
         mut encoder: prometheus_client::encoding::DescriptorEncoder,
     ) -> Result<(), std::fmt::Error> {
         use prometheus_client::encoding::EncodeMetric as _;
-        use prometheus_client::metrics::MetricType;
+        use prometheus_client::metrics::MetricType::{Counter, Gauge};
         use prometheus_client::metrics::counter::ConstCounter;
-        use prometheus_client::metrics::gauge::ConstGauge;
         use std::sync::atomic::Ordering::Relaxed;
 
-        let gauge = |v: u64| ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX));
-        {
-            let mut family = encoder.encode_descriptor(
+        let one = |v: &std::sync::atomic::AtomicU64| vec![(None, v.load(Relaxed))];
+        self.family(
+            &mut encoder,
+            (
                 "flotilla_agent_telemetry_queue_entries",
                 "Entries waiting in the pipeline's on-disk buffer",
-                None,
-                MetricType::Gauge,
-            )?;
-            for (name, stats) in &self.pipelines {
-                let labels = [("pipeline", *name)];
-                gauge(stats.queued_entries.load(Relaxed)).encode(family.encode_family(&labels)?)?;
-            }
-        }
-        {
-            let mut family = encoder.encode_descriptor(
+                Gauge,
+            ),
+            |s| one(&s.queued_entries),
+        )?;
+        self.family(
+            &mut encoder,
+            (
                 "flotilla_agent_telemetry_queue_bytes",
                 "Bytes the pipeline's on-disk buffer holds",
-                None,
-                MetricType::Gauge,
-            )?;
-            for (name, stats) in &self.pipelines {
-                let labels = [("pipeline", *name)];
-                gauge(stats.queued_bytes.load(Relaxed)).encode(family.encode_family(&labels)?)?;
-            }
-        }
-        {
-            let mut family = encoder.encode_descriptor(
+                Gauge,
+            ),
+            |s| one(&s.queued_bytes),
+        )?;
+        self.family(
+            &mut encoder,
+            (
                 "flotilla_agent_telemetry_sent",
                 "Entries the receiver accepted (2xx)",
-                None,
-                MetricType::Counter,
-            )?;
-            for (name, stats) in &self.pipelines {
-                let labels = [("pipeline", *name)];
-                ConstCounter::new(stats.sent_entries_total.load(Relaxed))
-                    .encode(family.encode_family(&labels)?)?;
-            }
-        }
-        {
-            let mut family = encoder.encode_descriptor(
+                Counter,
+            ),
+            |s| one(&s.sent_entries_total),
+        )?;
+        self.family(
+            &mut encoder,
+            (
                 "flotilla_agent_telemetry_retries",
                 "Requests retried (5xx, 429, network errors)",
-                None,
-                MetricType::Counter,
-            )?;
-            for (name, stats) in &self.pipelines {
-                let labels = [("pipeline", *name)];
-                ConstCounter::new(stats.retries_total.load(Relaxed))
-                    .encode(family.encode_family(&labels)?)?;
-            }
-        }
-        {
-            let mut family = encoder.encode_descriptor(
+                Counter,
+            ),
+            |s| one(&s.retries_total),
+        )?;
+        self.family(
+            &mut encoder,
+            (
                 "flotilla_agent_telemetry_dropped",
                 "Entries dropped, by reason (overflow, rejected, retry_exhausted)",
-                None,
-                MetricType::Counter,
-            )?;
-            for (name, stats) in &self.pipelines {
-                for (reason, value) in [
-                    ("overflow", &stats.dropped_overflow_total),
-                    ("rejected", &stats.dropped_rejected_total),
-                    ("retry_exhausted", &stats.dropped_retry_exhausted_total),
-                ] {
-                    let labels = [("pipeline", *name), ("reason", reason)];
-                    ConstCounter::new(value.load(Relaxed))
-                        .encode(family.encode_family(&labels)?)?;
-                }
-            }
-        }
+                Counter,
+            ),
+            |s| {
+                vec![
+                    (Some("overflow"), s.dropped_overflow_total.load(Relaxed)),
+                    (Some("rejected"), s.dropped_rejected_total.load(Relaxed)),
+                    (
+                        Some("retry_exhausted"),
+                        s.dropped_retry_exhausted_total.load(Relaxed),
+                    ),
+                ]
+            },
+        )?;
         let metric = encoder.encode_descriptor(
             "flotilla_agent_log_warnings_dropped",
             "Agent warnings not queued for Loki (hand-over channel full)",
             None,
-            MetricType::Counter,
+            Counter,
         )?;
         ConstCounter::new(crate::logs::warnings_dropped()).encode(metric)?;
         Ok(())
@@ -218,6 +236,42 @@ impl prometheus_client::collector::Collector for PipelineCollector {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn pipeline_figures_are_read_at_every_scrape() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let stats = std::sync::Arc::new(crate::telemetry::ship::ShipStats::default());
+        let mut registry = Registry::default();
+        register_pipelines(
+            &mut registry,
+            vec![("remote_write", std::sync::Arc::clone(&stats))],
+        );
+        stats.queued_entries.store(7, Relaxed);
+        stats.sent_entries_total.store(40, Relaxed);
+        stats.dropped_overflow_total.store(3, Relaxed);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        for line in [
+            "flotilla_agent_telemetry_queue_entries{pipeline=\"remote_write\"} 7",
+            "flotilla_agent_telemetry_queue_bytes{pipeline=\"remote_write\"} 0",
+            "flotilla_agent_telemetry_sent_total{pipeline=\"remote_write\"} 40",
+            "flotilla_agent_telemetry_retries_total{pipeline=\"remote_write\"} 0",
+            "flotilla_agent_telemetry_dropped_total{pipeline=\"remote_write\",reason=\"overflow\"} 3",
+            "flotilla_agent_telemetry_dropped_total{pipeline=\"remote_write\",reason=\"rejected\"} 0",
+            "flotilla_agent_log_warnings_dropped_total 0",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing from:\n{text}"
+            );
+        }
+        stats.queued_entries.store(0, Relaxed);
+        let mut again = String::new();
+        prometheus_client::encoding::text::encode(&mut again, &registry).unwrap();
+        assert!(
+            again.contains("flotilla_agent_telemetry_queue_entries{pipeline=\"remote_write\"} 0")
+        );
+    }
 
     #[test]
     fn names_and_labels() {

@@ -135,7 +135,7 @@ impl PipelineCollector {
         use prometheus_client::metrics::counter::ConstCounter;
         use prometheus_client::metrics::gauge::ConstGauge;
 
-        let mut family = encoder.encode_descriptor(name, help, None, kind.clone())?;
+        let mut family = encoder.encode_descriptor(name, help, None, kind)?;
         for (pipeline, stats) in &self.pipelines {
             for (reason, value) in values(stats) {
                 let with_reason = [("pipeline", *pipeline), ("reason", reason.unwrap_or(""))];

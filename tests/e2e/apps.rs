@@ -589,7 +589,7 @@ fn a_stored_secret_reaches_the_app_and_no_output_of_the_run() {
     let spec = root.path().join("web.toml");
     std::fs::write(
         &spec,
-        "app = \"web\"\n[env.prod]\nsecret_keys = [\"API_KEY\", \"DB_PASSWORD\"]\nrequired_keys = [\"API_KEY\", \"DB_PASSWORD\"]\n[env.prod.config]\nMODE = \"live\"\n",
+        "app = \"web\"\n[env.prod]\nsecret_keys = [\"API_KEY\", \"DB_PASSWORD\"]\nrequired_keys = [\"API_KEY\", \"DB_PASSWORD\"]\n[[env.prod.services]]\nkind = \"postgres\"\nname = \"web-db\"\n[env.prod.config]\nMODE = \"live\"\n",
     )
     .unwrap();
     let spec = spec.to_str().unwrap();
@@ -599,6 +599,19 @@ fn a_stored_secret_reaches_the_app_and_no_output_of_the_run() {
     assert_eq!(code, 0, "{out}");
     // It reached the app.
     assert_eq!(dokku_out(&host, &["config:get", "web", "API_KEY"]), SECRET);
+    // The database link's password (the plugin prints the URL) is a secret too.
+    let url = dokku_out(&host, &["config:get", "web", "DATABASE_URL"]);
+    let db_password = url
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split_once('@'))
+        .and_then(|(auth, _)| auth.split_once(':'))
+        .map(|(_, pw)| pw.to_owned())
+        .unwrap_or_else(|| panic!("no password in {url}"));
+    assert!(db_password.len() >= 6, "{url}");
+    // A forgotten --secret cannot turn a secret plain.
+    let (code, out) = cli(&["config", "set", "web", "--env", "prod", "API_KEY=plain-now"]);
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("API_KEY is a secret"), "{out}");
 
     // The gate: DB_PASSWORD is required and not stored yet.
     let (code, out) = cli(&[
@@ -694,7 +707,7 @@ fn a_stored_secret_reaches_the_app_and_no_output_of_the_run() {
         loki_records.contains("config:set"),
         "Loki got the deploy output: {loki_records}"
     );
-    for secret in [SECRET, SECRET2] {
+    for secret in [SECRET, SECRET2, db_password.as_str()] {
         for (i, out) in outputs.iter().enumerate() {
             assert!(
                 !out.contains(secret),

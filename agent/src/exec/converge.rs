@@ -33,7 +33,20 @@ impl Redactor {
         let mut values: Vec<String> = values
             .into_iter()
             .filter(|v| !v.is_empty())
-            .map(str::to_owned)
+            // A multi-line value (a PEM key) reaches a sink line by line:
+            // each line of it is a value too (short ones would mangle text).
+            .flat_map(|v| {
+                let mut parts = vec![v.to_owned()];
+                if v.contains(['\n', '\r']) {
+                    parts.extend(
+                        v.split(['\n', '\r'])
+                            .map(str::trim)
+                            .filter(|p| p.len() >= 6)
+                            .map(str::to_owned),
+                    );
+                }
+                parts
+            })
             .collect();
         values.sort_by_key(|v| std::cmp::Reverse(v.len()));
         values.dedup();
@@ -47,8 +60,36 @@ impl Redactor {
                 out = out.replace(value.as_str(), "***");
             }
         }
-        out
+        redact_url_passwords(&out)
     }
+}
+
+/// `scheme://user:password@host` → `scheme://user:***@host`: service links
+/// (`DATABASE_URL=postgres://postgres:PASSWORD@dokku-postgres-…`) carry
+/// passwords the command itself does not know.
+fn redact_url_passwords(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("://") {
+        let (head, tail) = rest.split_at(i + 3);
+        out.push_str(head);
+        // The authority ends at the first `/`, whitespace or quote.
+        let end = tail
+            .find(|c: char| c == '/' || c.is_whitespace() || c == '"' || c == '\'')
+            .unwrap_or(tail.len());
+        let authority = &tail[..end];
+        match (authority.rfind('@'), authority.find(':')) {
+            (Some(at), Some(colon)) if colon < at => {
+                out.push_str(&authority[..=colon]);
+                out.push_str("***");
+                out.push_str(&authority[at..]);
+            }
+            _ => out.push_str(authority),
+        }
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// A sink that redacts every line before passing it on (to numbering,
@@ -142,13 +183,33 @@ impl Dokku {
             return with_changes(super::succeeded(None), listed);
         }
         let mut last_code = None;
+        let mut applied: Vec<&Change> = Vec::new();
         for change in &changes {
             sink.line(pb::Stream::Agent, change.to_string());
             match self.apply(app, change, &mut sink, cancel).await {
-                Ok(code) => last_code = code,
+                Ok(code) => {
+                    last_code = code;
+                    applied.push(change);
+                }
                 Err(Stop::Cancelled) => return with_changes(interrupted(), listed),
                 Err(Stop::Failed { code, error }) => {
-                    let error = redactor.redact(&error);
+                    let mut error = redactor.redact(&error);
+                    // Config or links already changed: restart anyway, or
+                    // the app would keep running with the old environment
+                    // while the host looks converged to the next diff.
+                    if applied.iter().any(|c| c.requires_restart()) {
+                        let restarted = self
+                            .logged(&["ps:restart", app.as_str()], &mut sink, cancel)
+                            .await;
+                        let outcome = match restarted {
+                            Ok(exit) if exit.code == Some(0) => {
+                                "the app was restarted with the changes made so far".to_owned()
+                            }
+                            Ok(exit) => redactor.redact(&describe("ps:restart", &exit)),
+                            Err(e) => redactor.redact(&e.to_string()),
+                        };
+                        error = format!("{error} ({outcome})");
+                    }
                     return with_changes(failed(code, error), listed);
                 }
             }
@@ -369,12 +430,42 @@ impl Dokku {
             Change::AddLetsEncryptCron => vec!["letsencrypt:cron-job".into(), "--add".into()],
         };
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let exit = self.logged(&args, sink, cancel).await?;
+        // `config:set` and service links print the values they set (links:
+        // the service's password in its URL): their output is not forwarded
+        // (the change line above says what happened); a failure still shows
+        // dokku's error line, redacted by the caller.
+        let prints_values = matches!(
+            change,
+            Change::SetConfig { .. } | Change::LinkService { .. }
+        ) || args.first() == Some(&"config:set");
+        let exit = if prints_values {
+            sink.line(
+                pb::Stream::Agent,
+                format!(
+                    "$ dokku {} (output not shown: it prints values)",
+                    shown(&args)
+                ),
+            );
+            self.query(&args, cancel).await?.0
+        } else {
+            self.logged(&args, sink, cancel).await?
+        };
         if exit.code != Some(0) {
             return Err(failure(args[0], &exit));
         }
         Ok(exit.code)
     }
+}
+
+/// A command line for the log with `KEY=value` arguments as `KEY=***`.
+fn shown(args: &[&str]) -> String {
+    args.iter()
+        .map(|a| match a.split_once('=') {
+            Some((k, _)) if !k.starts_with('-') => format!("{k}=***"),
+            _ => (*a).to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn first(lines: &[String]) -> Option<String> {
@@ -400,6 +491,29 @@ fn with_changes(mut result: pb::CommandResult, changes: Vec<String>) -> pb::Comm
 #[cfg(test)]
 mod tests {
     use super::Redactor;
+
+    #[test]
+    fn redacts_url_passwords_and_every_line_of_multi_line_secrets() {
+        let r = Redactor::new(["-----BEGIN KEY-----\nAAAAbbbbCCCCdddd\nEEEE\n-----END KEY-----"]);
+        assert_eq!(
+            r.redact("       API_KEY:  AAAAbbbbCCCCdddd"),
+            "       API_KEY:  ***"
+        );
+        // "EEEE" is too short to be redacted alone (it would mangle text).
+        assert_eq!(r.redact("EEEE"), "EEEE");
+        assert_eq!(
+            r.redact("DATABASE_URL: postgres://postgres:pw9x@dokku-postgres-db:5432/db and redis://:rpw@dokku-redis-c:6379"),
+            "DATABASE_URL: postgres://postgres:***@dokku-postgres-db:5432/db and redis://:***@dokku-redis-c:6379"
+        );
+        assert_eq!(
+            r.redact("see https://example.com/x"),
+            "see https://example.com/x"
+        );
+        assert_eq!(
+            super::shown(&["config:set", "--no-restart", "web", "K=v"]),
+            "config:set --no-restart web K=***"
+        );
+    }
 
     #[test]
     fn redacts_every_value_longest_first() {

@@ -68,7 +68,12 @@ pub(super) async fn apply_app(
             .resolve_config(&spec.app, &env)
             .map_err(|e| Status::failed_precondition(e.to_string()))?;
         for (key, value) in plain {
-            desired.secret_keys.remove(&key);
+            if desired.secret_keys.contains(&key) {
+                return Err(Status::failed_precondition(format!(
+                    "{key} is a secret in {file_name} but its stored value is plain; set it again with `flotilla config set {} --env {env} --secret {key}`",
+                    spec.app
+                )));
+            }
             desired.config.insert(key, value);
         }
         for key in secrets.keys() {

@@ -124,6 +124,29 @@ impl Api {
                     )));
                 }
                 appconfig::check_value(&key, &v.value).map_err(Status::invalid_argument)?;
+                // A secret never becomes plain by a forgotten --secret: its
+                // value would then be stored, listed and logged in clear.
+                if !v.secret {
+                    let sealed = matches!(
+                        self.coordinator.store.config_entry(&app, &env, &key)?,
+                        Some(ConfigEntry { value: StoredValue::Sealed(_), .. })
+                    );
+                    let declared = self
+                        .coordinator
+                        .store
+                        .app_spec(&app)?
+                        .and_then(|record| {
+                            flotilla_shared::appspec::AppSpec::parse("spec", &record.spec_toml).ok()
+                        })
+                        .and_then(|spec| spec.envs.get(&env).map(|e| e.secret_keys.contains(&key)))
+                        .unwrap_or(false);
+                    if sealed || declared {
+                        return Err(Status::invalid_argument(format!(
+                            "{key} is a secret{}: set it with --secret (or unset it first to make it plain)",
+                            if declared { " in the applied spec" } else { "" }
+                        )));
+                    }
+                }
                 checked.push((key, v));
             }
             let keyring = self.coordinator.secrets.as_deref();

@@ -179,9 +179,16 @@ impl fmt::Display for Change {
 /// `postgres://…@dokku-postgres-…` or `redis://…@dokku-redis-…` URL), including links the spec
 /// does not name.
 fn unmanaged(key: &str, value: &str) -> bool {
-    crate::names::reserved_config_key(key).is_some()
-        || (value.starts_with("postgres://") && value.contains("@dokku-postgres-"))
-        || (value.starts_with("redis://") && value.contains("@dokku-redis-"))
+    // Any Dokku service plugin's link (postgres, postgresql, redis, mysql,
+    // mongodb, rabbitmq, …): `scheme://…@dokku-<plugin>-<service>…`.
+    let is_link = value.split_once("://").is_some_and(|(scheme, rest)| {
+        !scheme.is_empty()
+            && scheme
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'+')
+            && rest.contains("@dokku-")
+    });
+    crate::names::reserved_config_key(key).is_some() || is_link
 }
 
 /// The changes that take `current` to `desired`, in the order they must run:
@@ -193,7 +200,9 @@ fn unmanaged(key: &str, value: &str) -> bool {
 /// `secrets` holds the values of `desired.secret_keys` (decrypted by the coordinator, carried in
 /// the signed command). A secret key with no value there is left as the host has it: neither
 /// set nor unset (a release cannot deploy while a *required* key lacks a value anyway, see
-/// [`super::missing_required`]). Empty `desired.domains` leaves the domains alone.
+/// [`super::missing_required`]). Empty `desired.domains` leaves the domains alone; no config
+/// and no secret keys leave the variables alone (otherwise variables nobody declared are
+/// unset, except Dokku's own and service links).
 pub fn diff(
     desired: &DesiredState,
     secrets: &BTreeMap<ConfigKey, Secret>,
@@ -234,7 +243,11 @@ pub fn diff(
         .iter()
         .map(|s| s.variable.as_str())
         .collect();
-    for (key, value) in &current.config {
+    // Like domains: a spec that declares no config for the environment (and
+    // no value is stored for it) leaves the app's variables alone, so
+    // adopting an existing app with a domains-only spec removes nothing.
+    let config_managed = !desired.config.is_empty() || !desired.secret_keys.is_empty();
+    for (key, value) in current.config.iter().filter(|_| config_managed) {
         let wanted = desired.config.keys().any(|k| k.as_str() == key)
             || desired.secret_keys.iter().any(|k| k.as_str() == key);
         if !wanted && !link_vars.contains(key.as_str()) && !unmanaged(key, value) {

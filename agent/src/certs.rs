@@ -17,6 +17,8 @@ use crate::exec::{Dokku, LineSink};
 
 /// Most domains probed per app (a wildcard or tenant list can be long).
 const MAX_DOMAINS: usize = 20;
+/// All checks of one app.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(120);
 /// One handshake, connection included.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -43,9 +45,21 @@ pub async fn run(
             _ = ticker.tick() => {}
         }
         for (app, services) in apps() {
+            // A hung dokku must not stop the checks for good (dropping the
+            // check kills its dokku: kill_on_drop).
+            let check = tokio::time::timeout(
+                CHECK_TIMEOUT,
+                check_app(&dokku, &probe_addr, &app, &services, &cancel),
+            );
             let checked = tokio::select! {
                 () = cancel.cancelled() => return,
-                checked = check_app(&dokku, &probe_addr, &app, &services, &cancel) => checked,
+                checked = check => match checked {
+                    Ok(checked) => checked,
+                    Err(_) => {
+                        tracing::warn!(%app, "certificate and service checks took over {CHECK_TIMEOUT:?}; skipped");
+                        continue;
+                    }
+                },
             };
             if let Ok(mut facts) = facts.lock() {
                 facts.insert(app, checked);

@@ -1578,12 +1578,21 @@ impl Engine {
             .as_deref()
             .and_then(|json| serde_json::from_str(json).ok())
             .ok_or("the deployment has no readable desired state")?;
-        let secrets = self
+        let held = self
             .converge_secrets
             .lock()
             .ok()
-            .and_then(|map| map.get(&d.id).cloned())
-            .unwrap_or_default();
+            .and_then(|map| map.get(&d.id).cloned());
+        // The values live only in memory while a converge starts: after a
+        // coordinator restart they are gone, and sending the command without
+        // them would leave the secrets unconverged yet report success.
+        let secrets = match held {
+            Some(secrets) => secrets,
+            None if desired.secret_keys.is_empty() => BTreeMap::new(),
+            None => {
+                return Err("the secret values of this converge were lost when the coordinator restarted; run `flotilla app apply` again".into());
+            }
+        };
         Ok(Action::Converge {
             app: d.app.clone(),
             desired: Box::new(desired),

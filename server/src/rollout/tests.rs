@@ -1125,3 +1125,45 @@ async fn cancelling_a_converge_with_rollback_rolls_no_image_back() {
     assert_eq!(d.state, State::Cancelled, "{}", d.error);
     assert!(d.hosts.iter().all(|h| h.rollback_command_id.is_none()));
 }
+
+/// A coordinator that died after recording a converge but before sending it
+/// to a host has lost the secret values (they are never stored in the clear):
+/// on resume that host fails with a clear message instead of receiving a
+/// command without its secrets.
+#[tokio::test]
+async fn a_resumed_converge_whose_secrets_were_lost_fails_the_unsent_hosts() {
+    let mut f = fleet_of(2);
+    f.engine = Engine::new(
+        f.store.clone(),
+        CommandSigner::generate().unwrap(),
+        Arc::new(Sessions::default()),
+        Duration::from_secs(600),
+    )
+    .with_keyring(Some(keyring()));
+    let d = f
+        .converge(DeploymentKind::Converge, &[("API_KEY", SECRET)])
+        .await
+        .unwrap();
+    // As if h2's dispatch had not happened before the crash.
+    let mut stored = f.get(&d.id);
+    stored.hosts[1].state = HostState::Pending;
+    stored.hosts[1].command_id = None;
+    f.store.save_deployment(&mut stored, None, &[]).unwrap();
+    let engine = Engine::new(
+        f.store.clone(),
+        CommandSigner::generate().unwrap(),
+        Arc::new(Sessions::default()),
+        Duration::from_secs(600),
+    )
+    .with_keyring(Some(keyring()));
+    engine.resume().await.unwrap();
+    let resumed = f.get(&d.id);
+    assert_eq!(resumed.hosts[1].state, HostState::Failed);
+    assert!(
+        resumed.hosts[1]
+            .error
+            .contains("secret values of this converge were lost"),
+        "{}",
+        resumed.hosts[1].error
+    );
+}

@@ -729,3 +729,37 @@ fn a_stored_secret_reaches_the_app_and_no_output_of_the_run() {
         }
     }
 }
+
+/// `apps:create` on a host with a global domain gives the new app
+/// `APP.GLOBAL` at once; the agent reads the state again after creating the
+/// app, so the first apply already converges and the second changes nothing.
+#[test]
+fn a_new_app_on_a_host_with_a_global_domain_converges_in_one_apply() {
+    let f = fleet(1);
+    let s = &f.server;
+    let host = &f.hosts[0];
+    let out = host
+        .dokku(&["domains:add-global", "apps.internal"])
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let spec = write_spec(
+        &f,
+        "fresh.toml",
+        "app = \"fresh\"\n[env.prod]\ndomains = [\"fresh.example.com\"]\n",
+    );
+    let (code, first) = apply(s, &spec);
+    assert_eq!(code, 0, "{first}");
+    assert_eq!(
+        dokku_out(host, &["domains:report", "fresh", "--domains-app-vhosts"]),
+        "fresh.example.com"
+    );
+    let before = mutations(host);
+    let (code, second) = apply(s, &spec);
+    assert_eq!(code, 0, "{second}");
+    assert!(changes(&second, 0).is_empty(), "{second}");
+    assert_eq!(
+        mutations(host),
+        before,
+        "the second apply changed something"
+    );
+}

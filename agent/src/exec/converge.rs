@@ -182,6 +182,34 @@ impl Dokku {
             );
             return with_changes(super::succeeded(None), listed);
         }
+        // A new app: create it first, then read the state again, because
+        // `apps:create` may already have given it domains (a global domain
+        // makes `APP.GLOBAL`) the first diff could not see.
+        let mut changes = changes;
+        let mut listed = listed;
+        if matches!(changes.first(), Some(Change::CreateApp)) {
+            sink.line(pb::Stream::Agent, Change::CreateApp.to_string());
+            match self.apply(app, &Change::CreateApp, &mut sink, cancel).await {
+                Ok(_) => {}
+                Err(Stop::Cancelled) => return with_changes(interrupted(), listed),
+                Err(Stop::Failed { code, error }) => {
+                    return with_changes(failed(code, redactor.redact(&error)), listed);
+                }
+            }
+            match self.current_state(desired, cancel).await {
+                Ok(current) => {
+                    changes = diff(desired, secrets, &current);
+                    listed = std::iter::once(Change::CreateApp.to_string())
+                        .chain(changes.iter().map(ToString::to_string))
+                        .collect();
+                }
+                Err(Stop::Cancelled) => return with_changes(interrupted(), listed),
+                Err(Stop::Failed { code, error }) => {
+                    let error = redactor.redact(&format!("reading the new app's state: {error}"));
+                    return with_changes(failed(code, error), listed);
+                }
+            }
+        }
         let mut last_code = None;
         let mut applied: Vec<&Change> = Vec::new();
         for change in &changes {

@@ -888,6 +888,17 @@ fn desired() -> DesiredState {
         .unwrap()
 }
 
+/// A fresh engine over `store` with a secrets keyring (a coordinator restart).
+fn keyed_engine(store: &crate::store::Store) -> Engine {
+    Engine::new(
+        store.clone(),
+        CommandSigner::generate().unwrap(),
+        Arc::new(Sessions::default()),
+        Duration::from_secs(600),
+    )
+    .with_keyring(Some(keyring()))
+}
+
 fn keyring() -> Arc<Keyring> {
     let line = Keyring::generate_line("k1").unwrap();
     Arc::new(Keyring::parse(&line, "test").unwrap())
@@ -1055,13 +1066,7 @@ async fn a_diff_is_a_dry_run_converge() {
 #[tokio::test]
 async fn secret_values_are_sealed_in_the_outbox_and_never_reach_sled_in_the_clear() {
     let mut f = fleet_of(2);
-    f.engine = Engine::new(
-        f.store.clone(),
-        CommandSigner::generate().unwrap(),
-        Arc::new(Sessions::default()),
-        Duration::from_secs(600),
-    )
-    .with_keyring(Some(keyring()));
+    f.engine = keyed_engine(&f.store);
     let d = f
         .converge(DeploymentKind::Converge, &[("API_KEY", SECRET)])
         .await
@@ -1133,13 +1138,7 @@ async fn cancelling_a_converge_with_rollback_rolls_no_image_back() {
 #[tokio::test]
 async fn a_resumed_converge_whose_secrets_were_lost_fails_the_unsent_hosts() {
     let mut f = fleet_of(2);
-    f.engine = Engine::new(
-        f.store.clone(),
-        CommandSigner::generate().unwrap(),
-        Arc::new(Sessions::default()),
-        Duration::from_secs(600),
-    )
-    .with_keyring(Some(keyring()));
+    f.engine = keyed_engine(&f.store);
     let d = f
         .converge(DeploymentKind::Converge, &[("API_KEY", SECRET)])
         .await
@@ -1149,13 +1148,7 @@ async fn a_resumed_converge_whose_secrets_were_lost_fails_the_unsent_hosts() {
     stored.hosts[1].state = HostState::Pending;
     stored.hosts[1].command_id = None;
     f.store.save_deployment(&mut stored, None, &[]).unwrap();
-    let engine = Engine::new(
-        f.store.clone(),
-        CommandSigner::generate().unwrap(),
-        Arc::new(Sessions::default()),
-        Duration::from_secs(600),
-    )
-    .with_keyring(Some(keyring()));
+    let engine = keyed_engine(&f.store);
     engine.resume().await.unwrap();
     let resumed = f.get(&d.id);
     assert_eq!(resumed.hosts[1].state, HostState::Failed);

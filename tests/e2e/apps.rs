@@ -763,3 +763,43 @@ fn a_new_app_on_a_host_with_a_global_domain_converges_in_one_apply() {
         "the second apply changed something"
     );
 }
+
+/// A link whose variable is already taken would make the plugin pick another
+/// variable (`DOKKU_POSTGRES_<COLOR>_URL`) while the app keeps the old value:
+/// the agent refuses before linking and says what to do.
+#[test]
+fn a_link_whose_variable_is_taken_is_refused_before_linking() {
+    let f = fleet(1);
+    let host = &f.hosts[0];
+    for args in [
+        &["apps:create", "web"][..],
+        &[
+            "config:set",
+            "--no-restart",
+            "web",
+            "DATABASE_URL=postgres://u:p@elsewhere:5432/db",
+        ],
+    ] {
+        let out = host.dokku(args).unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let spec = write_spec(
+        &f,
+        "linked.toml",
+        "app = \"web\"\n[env.prod]\n[[env.prod.services]]\nkind = \"postgres\"\nname = \"web-db\"\n",
+    );
+    let (code, v) = apply(&f.server, &spec);
+    assert_eq!(code, 3, "{v}");
+    let error = v["hosts"][0]["error"].as_str().unwrap();
+    assert!(
+        error.starts_with(
+            "DATABASE_URL is already set on web by something else than the postgres service web-db"
+        ),
+        "{error}"
+    );
+    assert_eq!(host.invocations(&["postgres:link"]).unwrap(), 0);
+    assert_eq!(
+        dokku_out(host, &["config:get", "web", "DATABASE_URL"]),
+        "postgres://u:p@elsewhere:5432/db"
+    );
+}

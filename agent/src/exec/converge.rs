@@ -182,6 +182,28 @@ impl Dokku {
             );
             return with_changes(super::succeeded(None), listed);
         }
+        // A link whose variable is already taken (by hand, or by another
+        // service's link) would make the plugin pick `DOKKU_<PLUGIN>_<COLOR>_URL`
+        // instead, and the app would keep using the old value: refuse first.
+        for change in &changes {
+            if let Change::LinkService {
+                kind,
+                name,
+                variable,
+                ..
+            } = change
+                && let Some(value) = current.config.get(variable.as_str())
+                && !value.contains(&format!("@dokku-{}-{}", kind.plugin(), name))
+            {
+                let error = format!(
+                    "{variable} is already set on {app} by something else than the {} service {name}; \
+                     linking would make the plugin use another variable. Unset it (or give the link an alias) and apply again",
+                    kind.plugin()
+                );
+                sink.line(pb::Stream::Agent, error.clone());
+                return with_changes(failed(None, error), listed);
+            }
+        }
         // A new app: create it first, then read the state again, because
         // `apps:create` may already have given it domains (a global domain
         // makes `APP.GLOBAL`) the first diff could not see.
@@ -365,10 +387,27 @@ impl Dokku {
             && lines
                 .iter()
                 .any(|l| l.contains("cron job is enabled") && !l.contains("not enabled"));
+        // What the installed certificate covers (a re-issue that failed
+        // earlier leaves domains the certificate misses).
+        let certificate_hosts = if active {
+            let (exit, lines) = self
+                .query(&["certs:report", app, "--ssl-hostnames"], cancel)
+                .await?;
+            (exit.code == Some(0)).then(|| {
+                lines
+                    .iter()
+                    .flat_map(|l| l.split_whitespace())
+                    .map(str::to_owned)
+                    .collect()
+            })
+        } else {
+            None
+        };
         Ok(CurrentLetsEncrypt {
             active,
             email,
             auto_renew,
+            certificate_hosts,
         })
     }
 

@@ -53,6 +53,11 @@ pub struct CurrentLetsEncrypt {
     pub email: Option<String>,
     /// The host-wide renewal cron job is in dokku's crontab.
     pub auto_renew: bool,
+    /// The names the installed certificate covers (`certs:report
+    /// --ssl-hostnames`), when read: a domain it misses needs a re-issue even
+    /// if the domains themselves are already in place (an earlier re-issue
+    /// failed).
+    pub certificate_hosts: Option<BTreeSet<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -293,9 +298,19 @@ pub fn diff(
         if current.letsencrypt.email.as_deref() != Some(le.email.as_str()) {
             changes.push(Change::SetLetsEncryptEmail(le.email.clone()));
         }
+        let uncovered = current
+            .letsencrypt
+            .certificate_hosts
+            .as_ref()
+            .is_some_and(|hosts| {
+                desired
+                    .domains
+                    .iter()
+                    .any(|d| !d.as_str().starts_with('*') && !hosts.contains(d.as_str()))
+            });
         if !current.letsencrypt.active {
             changes.push(Change::EnableLetsEncrypt { force: false });
-        } else if domains_changed {
+        } else if domains_changed || uncovered {
             changes.push(Change::EnableLetsEncrypt { force: true });
         }
         if le.auto_renew && !current.letsencrypt.auto_renew {

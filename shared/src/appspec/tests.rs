@@ -412,6 +412,7 @@ fn converged() -> CurrentState {
             active: true,
             email: Some("ops@example.com".into()),
             auto_renew: true,
+            certificate_hosts: Some(d.domains.iter().map(|x| x.to_string()).collect()),
         },
         services: d
             .services
@@ -460,6 +461,25 @@ fn converged_host_needs_nothing() {
     let changes = diff(&desired(), &secrets(), &converged());
     assert!(changes.is_empty(), "{changes:?}");
     assert!(!needs_restart(&changes));
+}
+
+#[test]
+fn a_certificate_missing_a_domain_is_reissued_even_when_the_domains_are_in_place() {
+    let mut host = converged();
+    // An earlier re-issue failed: the certificate still lacks one domain.
+    let first = desired().domains[0].to_string();
+    host.letsencrypt
+        .certificate_hosts
+        .as_mut()
+        .unwrap()
+        .remove(&first);
+    assert_eq!(
+        diff(&desired(), &secrets(), &host),
+        [Change::EnableLetsEncrypt { force: true }]
+    );
+    // Not read (None): no opinion, nothing to do.
+    host.letsencrypt.certificate_hosts = None;
+    assert!(diff(&desired(), &secrets(), &host).is_empty());
 }
 
 #[test]

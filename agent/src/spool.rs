@@ -62,6 +62,9 @@ pub struct CommandRecord {
     pub outcome: Option<String>,
 }
 
+/// How often `SpoolDb::open` tries a database whose lock is held (20 ms apart).
+const LOCK_TRIES: u32 = 100;
+
 /// A sled database holding one or more spools, with group flushing.
 pub struct SpoolDb {
     db: sled::Db,
@@ -95,11 +98,31 @@ impl SpoolDb {
     ) -> Result<Self, SpoolError> {
         let flush_every_ms =
             flush_every.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1));
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(path)
             .cache_capacity(cache_bytes)
-            .flush_every_ms(flush_every_ms)
-            .open()?;
+            .flush_every_ms(flush_every_ms);
+        // sled releases its file lock when its IO threads let go of the
+        // database, a moment after the last handle in this process is
+        // dropped (a reopen in the same process: `simulate`, tests). Another
+        // process holding it is a real error, reported after the wait.
+        let mut tries = 0;
+        let db = loop {
+            match config.open() {
+                Ok(db) => break db,
+                Err(sled::Error::Io(e))
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.to_string().contains("could not acquire lock") =>
+                {
+                    tries += 1;
+                    if tries >= LOCK_TRIES {
+                        return Err(sled::Error::Io(e).into());
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
         Ok(Self {
             db,
             requested: AtomicU64::new(0),

@@ -143,6 +143,11 @@ impl Metrics {
             .set(0);
     }
 
+    /// A revoked host leaves the per-host series (it will not come back).
+    pub fn host_removed(&self, host: &str, env: &str) {
+        self.agent_connected.remove(&host_labels(host, env));
+    }
+
     pub fn command_sent(&self) {
         self.commands_sent.inc();
     }
@@ -185,6 +190,11 @@ mod tests {
         m.command_sent();
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &m.registry()).unwrap();
+        m.session_started("web-2", "prod");
+        m.host_removed("web-2", "prod");
+        let mut after = String::new();
+        prometheus_client::encoding::text::encode(&mut after, &m.registry()).unwrap();
+        assert!(!after.contains("host=\"web-2\""), "{after}");
         for needle in [
             "flotilla_deployments_total{kind=\"deploy\",outcome=\"succeeded\"} 1\n",
             "flotilla_deployment_duration_seconds_count{kind=\"deploy\",outcome=\"succeeded\"} 1\n",

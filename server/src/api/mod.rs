@@ -433,11 +433,15 @@ impl FleetService for Api {
         let result = async {
             let host_id = arg("host id", HostId::parse(&raw))?;
             let c = &self.coordinator;
-            c.store
+            let host = c
+                .store
                 .update_host(&host_id, |h| h.revoked = true)?
                 .ok_or_else(|| Status::not_found(format!("no host {host_id}")))?;
             c.store.flush().await?;
             c.sessions.disconnect(&host_id);
+            c.sessions
+                .metrics()
+                .host_removed(host_id.as_str(), host.env.as_str());
             let failed = c
                 .rollout
                 .fail_host(&host_id, "the host was revoked while its command was in flight")

@@ -112,11 +112,15 @@ impl Sessions {
 }
 
 impl Sessions {
-    /// Ends `host`'s session (e.g. after revocation); the agent's stream closes.
+    /// Ends `host`'s session (e.g. after revocation); the agent's stream
+    /// closes and its newest sample is forgotten.
     pub fn disconnect(&self, host: &HostId) {
         if let Ok(mut inner) = self.inner.lock() {
             inner.remove(host);
             self.metrics.set_agents_connected(inner.len());
+        }
+        if let Ok(mut samples) = self.host_metrics.lock() {
+            samples.remove(host);
         }
     }
 

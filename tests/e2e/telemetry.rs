@@ -214,3 +214,44 @@ fn deploy_output_reaches_loki_with_low_cardinality_streams_and_ids_as_metadata()
         }
     }
 }
+
+/// The agent's own secrets (telemetry passwords, Sentry DSN, any variable a
+/// `*_env` key names) never reach `dokku` or its plugins.
+#[test]
+fn dokku_never_inherits_the_agents_secrets() {
+    let (root, server, host) = one_host();
+    let config = root.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        // Port 9 on loopback: nothing listens; the pipeline just retries.
+        "[loki]\nurl = \"http://127.0.0.1:9/loki/api/v1/push\"\nusername = \"1\"\npassword_env = \"MY_LOKI_TOKEN\"\n",
+    )
+    .unwrap();
+    let _agent = host
+        .start_with_env(
+            &["--config", config.to_str().unwrap()],
+            &[
+                ("MY_LOKI_TOKEN", "loki-token-value"),
+                ("FLOTILLA_REMOTE_WRITE_PASSWORD", "rw-password-value"),
+                ("SENTRY_ENVIRONMENT", "e2e"),
+                ("UNRELATED_SETTING", "kept"),
+            ],
+        )
+        .unwrap();
+    let (ok, status) = deploy_wait(&server, "shop", "registry.example.com/shop:1.0.0");
+    assert!(ok, "{status}");
+    let environments = host.dokku_environments().unwrap();
+    assert!(!environments.is_empty());
+    for names in &environments {
+        assert!(names.iter().any(|n| n == "DOKKU_ROOT"), "{names:?}");
+        assert!(names.iter().any(|n| n == "UNRELATED_SETTING"), "{names:?}");
+        for name in names {
+            assert!(
+                !name.starts_with("FLOTILLA_")
+                    && !name.starts_with("SENTRY_")
+                    && name != "MY_LOKI_TOKEN",
+                "dokku inherited {name}"
+            );
+        }
+    }
+}

@@ -514,7 +514,13 @@ impl Host {
 
     /// Like `start`, with extra `run` arguments.
     pub fn start_with(&self, extra: &[&str]) -> anyhow::Result<Proc> {
+        self.start_with_env(extra, &[])
+    }
+
+    /// Like `start_with`, with extra environment variables for the agent.
+    pub fn start_with_env(&self, extra: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Proc> {
         let mut cmd = agent_command(self.netns.as_deref());
+        cmd.envs(env.iter().copied());
         cmd.arg("run")
             .arg("--data-dir")
             .arg(&self.agent_dir)
@@ -526,6 +532,16 @@ impl Host {
         let proc = Proc::spawn(cmd, &self.host_id)?;
         proc.log.wait_for("session established")?;
         Ok(proc)
+    }
+
+    /// The names of the environment variables each `fake-dokku` invocation
+    /// saw (`.fake-dokku/environment.jsonl`), in invocation order.
+    pub fn dokku_environments(&self) -> anyhow::Result<Vec<Vec<String>>> {
+        let path = self.dokku_root.join(".fake-dokku/environment.jsonl");
+        let text = std::fs::read_to_string(&path)?;
+        text.lines()
+            .map(|l| serde_json::from_str(l).context("environment line"))
+            .collect()
     }
 
     /// Runs `fake-dokku ARGS` against this host's state.

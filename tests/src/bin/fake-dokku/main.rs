@@ -379,6 +379,7 @@ State under $DOKKU_ROOT (files are replaced atomically):
     <app>/                           one directory per app: the app exists iff it does
     <app>/ENV, <app>/VHOST           app config (export KEY='value' lines), app domains (one a line)
     .fake-dokku/invocations.jsonl    one JSON array of the arguments per invocation
+    .fake-dokku/environment.jsonl    one JSON array of the environment variable names per invocation
     .fake-dokku/images/              images pulled once ("on the host")
     .fake-dokku/release              create it to release a "hang" deploy
     .standin/fail-images             images whose git:from-image fails its checks on this host (written by tests)

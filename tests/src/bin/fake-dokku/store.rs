@@ -134,7 +134,17 @@ impl Store {
         let mut line =
             serde_json::to_string(argv).map_err(|err| Failure::io("encode invocation", err))?;
         line.push('\n');
-        append(&self.fake_dir().join("invocations.jsonl"), &line)
+        append(&self.fake_dir().join("invocations.jsonl"), &line)?;
+        // The names (never the values) of the variables this invocation
+        // inherited, so tests can check what the agent passes to dokku.
+        let mut names: Vec<String> = std::env::vars_os()
+            .map(|(k, _)| k.to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        let mut line =
+            serde_json::to_string(&names).map_err(|err| Failure::io("encode environment", err))?;
+        line.push('\n');
+        append(&self.fake_dir().join("environment.jsonl"), &line)
     }
 
     fn property_path(&self, app: &str, plugin: &str, key: &str) -> PathBuf {

@@ -4,7 +4,8 @@
 //! the domain, nothing trusted: only the leaf's expiry is read), and whether
 //! the services the last applied spec links exist and are linked. Gathered
 //! every `--cert-check-interval` for the apps the agent deployed, and sent
-//! with the host metrics sample.
+//! with the host metrics sample. Apps that no longer exist on the host
+//! (destroyed outside Flotilla) are forgotten.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -34,6 +35,7 @@ pub async fn run(
     probe_addr: String,
     interval: Duration,
     apps: impl Fn() -> BTreeMap<String, Vec<(String, String)>> + Send,
+    forget: impl Fn(&str) + Send,
     facts: CertFacts,
     cancel: CancellationToken,
 ) {
@@ -45,6 +47,27 @@ pub async fn run(
             _ = ticker.tick() => {}
         }
         for (app, services) in apps() {
+            // An app destroyed outside Flotilla (`dokku apps:destroy`) is
+            // forgotten: no more release series or facts for it.
+            let mut lines = Lines::default();
+            let args = ["apps:exists", app.as_str()];
+            let exists = tokio::select! {
+                () = cancel.cancelled() => return,
+                exists = tokio::time::timeout(
+                    PROBE_TIMEOUT,
+                    dokku.run(&args, &mut lines, &cancel),
+                ) => exists,
+            };
+            if let Ok(Ok(exit)) = exists
+                && exit.code == Some(crate::exec::EXIT_APP_MISSING)
+            {
+                tracing::info!(%app, "the app no longer exists on this host; forgetting it");
+                forget(&app);
+                if let Ok(mut facts) = facts.lock() {
+                    facts.remove(&app);
+                }
+                continue;
+            }
             // A hung dokku must not stop the checks for good (dropping the
             // check kills its dokku: kill_on_drop).
             let check = tokio::time::timeout(

@@ -197,6 +197,14 @@ pub async fn run(
                 }
                 apps
             },
+            {
+                let ctx = Arc::clone(&ctx);
+                move |app: &str| {
+                    if let Err(e) = ctx.spool.forget_app(app) {
+                        tracing::warn!(%app, "cannot forget a destroyed app: {e}");
+                    }
+                }
+            },
             Arc::clone(&cert_facts),
             telemetry.clone(),
         ))

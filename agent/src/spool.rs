@@ -411,6 +411,13 @@ impl Spool {
         Ok(out)
     }
 
+    /// Forgets `app` (destroyed on the host): its release and services.
+    pub fn forget_app(&self, app: &str) -> Result<(), SpoolError> {
+        self.releases.remove(app.as_bytes())?;
+        self.services.remove(app.as_bytes())?;
+        Ok(())
+    }
+
     /// App → image, for every app this agent deployed.
     pub fn releases(&self) -> Result<std::collections::BTreeMap<String, String>, SpoolError> {
         let mut out = std::collections::BTreeMap::new();

@@ -86,3 +86,32 @@ fn hosts_show_each_agents_newest_sample_and_its_releases() {
     assert_eq!(text.matches("flotilla hosts top").count(), 2, "{text}");
     assert_eq!(text.matches("\nweb-1 ").count(), 2, "{text}");
 }
+
+/// An app destroyed on the host outside Flotilla leaves the host's sample
+/// (and so its release series) at the next check.
+#[test]
+fn an_app_destroyed_outside_flotilla_is_forgotten() {
+    let root = tempfile::tempdir().unwrap();
+    let data_dir = Server::init(root.path()).unwrap();
+    let listen = format!("127.0.0.1:{}", flotilla_tests::free_port().unwrap());
+    let server = Server::start(&data_dir, &listen, &[]).unwrap();
+    let host = Host::join(root.path(), &server, "web-1", "prod").unwrap();
+    let _agent = host
+        .start_with(&["--metrics-interval", "1s", "--cert-check-interval", "1s"])
+        .unwrap();
+    let (ok, status) = deploy_wait(&server, "shop", "registry.example.com/shop:1.0.0");
+    assert!(ok, "{status}");
+    wait_for_host(&server, "web-1", |h| {
+        h["metrics"]["apps"]
+            .as_array()
+            .is_some_and(|a| a.len() == 1)
+    });
+    let out = host.dokku(&["apps:destroy", "shop", "--force"]).unwrap();
+    assert!(out.status.success(), "{}", flotilla_tests::text(&out));
+    let entry = wait_for_host(&server, "web-1", |h| {
+        h["metrics"]["apps"]
+            .as_array()
+            .is_some_and(|a| a.is_empty())
+    });
+    assert_eq!(entry["metrics"]["apps"], serde_json::json!([]));
+}

@@ -387,10 +387,7 @@ fn wildcard_domains_converge_and_a_failed_final_restart_fails_the_host() {
 /// line or spool file holds it.
 #[test]
 fn secret_values_never_reach_reports_agent_logs_or_the_spool() {
-    use std::sync::mpsc;
-
     use flotilla_proto::v1 as pb;
-    use flotilla_proto::v1::agent_service_server::AgentServiceServer;
     use flotilla_shared::signing::{Action, CommandSigner};
 
     const SECRET: &str = "zq-s3cret-value-9137";
@@ -434,26 +431,8 @@ fn secret_values_never_reach_reports_agent_logs_or_the_spool() {
         ),
     });
 
-    flotilla_shared::tls::install_crypto_provider();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let (reports_tx, reports) = mpsc::channel();
-    let stand_in = crate::replay::StandIn {
-        commands: vec![command],
-        reports: reports_tx,
-    };
-    let tls = flotilla_shared::tls::server_config(
-        &std::fs::read(data_dir.join("server.pem")).unwrap(),
-        &std::fs::read(data_dir.join("server.key")).unwrap(),
-        &std::fs::read(data_dir.join("ca.pem")).unwrap(),
-    );
-    let listener = rt.block_on(tokio::net::TcpListener::bind(&addr)).unwrap();
-    let server = rt.spawn(
-        tonic::transport::Server::builder()
-            .tls_config(tls)
-            .unwrap()
-            .add_service(AgentServiceServer::new(stand_in))
-            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
-    );
+    let (server, reports) = crate::replay::serve_stand_in(&rt, &data_dir, &addr, vec![command]);
 
     let mut lines = Vec::new();
     let result = loop {

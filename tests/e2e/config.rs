@@ -48,6 +48,12 @@ fn cli_stdin(s: &Server, token: &str, args: &[&str], stdin: &str) -> Output {
 }
 
 /// Every output must be free of every secret.
+/// `out` failed with exit `code` and says `needle`.
+fn refused(out: &Output, code: i32, needle: &str) {
+    assert_eq!(out.status.code(), Some(code), "{}", text(out));
+    assert!(text(out).contains(needle), "{}", text(out));
+}
+
 fn assert_clean(what: &str, output: &str) {
     for secret in [SECRET, STDIN_SECRET, STAGING_SECRET] {
         assert!(!output.contains(secret), "{what} shows a secret: {output}");
@@ -215,8 +221,7 @@ fn config_secrets_are_redacted_everywhere_but_an_admin_reveal() {
                 "--reveal",
             ],
         );
-        assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-        assert!(text(&out).contains("permission denied"), "{}", text(&out));
+        refused(&out, 1, "permission denied");
     }
     // The reveal's output is the one place a secret may appear: not kept in `outputs`.
     let reveal = |key: &str, env: &str| {
@@ -240,14 +245,12 @@ fn config_secrets_are_redacted_everywhere_but_an_admin_reveal() {
         &viewer,
         &["config", "set", "web", "--env", "production", "A=1"],
     );
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(text(&out).contains("needs deployer"), "{}", text(&out));
+    refused(&out, 1, "needs deployer");
     let out = run(
         &other_team,
         &["config", "set", "web", "--env", "production", "A=1"],
     );
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(text(&out).contains("outside it"), "{}", text(&out));
+    refused(&out, 1, "outside it");
 
     // Validation: reserved and invalid keys, with messages that say why.
     let out = run(
@@ -261,12 +264,10 @@ fn config_secrets_are_redacted_everywhere_but_an_admin_reveal() {
             "DOKKU_APP_TYPE=x",
         ],
     );
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(
-        text(&out)
-            .contains("config key DOKKU_APP_TYPE is reserved (Dokku manages DOKKU_* variables)"),
-        "{}",
-        text(&out)
+    refused(
+        &out,
+        1,
+        "config key DOKKU_APP_TYPE is reserved (Dokku manages DOKKU_* variables)",
     );
     let bad_key = format!("1BAD={SECRET}");
     let out = run(
@@ -281,8 +282,7 @@ fn config_secrets_are_redacted_everywhere_but_an_admin_reveal() {
             &bad_key,
         ],
     );
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(text(&out).contains("\"1BAD\" is invalid"), "{}", text(&out));
+    refused(&out, 1, "\"1BAD\" is invalid");
     let out = run(
         &admin,
         &[
@@ -431,12 +431,7 @@ fn config_secrets_need_a_secrets_key() {
             &secret,
         ])
         .unwrap();
-    assert_eq!(out.status.code(), Some(6), "{}", text(&out));
-    assert!(
-        text(&out).contains("flotilla-server secrets generate-key --data-dir"),
-        "{}",
-        text(&out)
-    );
+    refused(&out, 6, "flotilla-server secrets generate-key --data-dir");
     assert_clean("refused set", &text(&out));
 
     s.proc.terminate().unwrap();

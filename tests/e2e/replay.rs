@@ -13,6 +13,40 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::fleet;
 
+/// Serves a `StandIn` on the coordinator's address with its TLS identity
+/// (from `data_dir`), on `rt`: the agents connect to it as to the real one.
+/// Returns the server task and the reports the agents send.
+pub(crate) fn serve_stand_in(
+    rt: &tokio::runtime::Runtime,
+    data_dir: &std::path::Path,
+    addr: &str,
+    commands: Vec<pb::SignedCommand>,
+) -> (
+    tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    mpsc::Receiver<pb::Report>,
+) {
+    flotilla_shared::tls::install_crypto_provider();
+    let (reports_tx, reports) = mpsc::channel();
+    let stand_in = StandIn {
+        commands,
+        reports: reports_tx,
+    };
+    let tls = flotilla_shared::tls::server_config(
+        &std::fs::read(data_dir.join("server.pem")).unwrap(),
+        &std::fs::read(data_dir.join("server.key")).unwrap(),
+        &std::fs::read(data_dir.join("ca.pem")).unwrap(),
+    );
+    let listener = rt.block_on(tokio::net::TcpListener::bind(addr)).unwrap();
+    let server = rt.spawn(
+        tonic::transport::Server::builder()
+            .tls_config(tls)
+            .unwrap()
+            .add_service(AgentServiceServer::new(stand_in))
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+    );
+    (server, reports)
+}
+
 /// Sends `commands` at the start of every session and forwards every report.
 pub(crate) struct StandIn {
     pub(crate) commands: Vec<pb::SignedCommand>,
@@ -136,26 +170,8 @@ fn the_same_signed_command_never_runs_twice_even_across_an_agent_restart() {
         ),
     });
 
-    flotilla_shared::tls::install_crypto_provider();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let (reports_tx, reports) = mpsc::channel();
-    let stand_in = StandIn {
-        commands: vec![command.clone(), command],
-        reports: reports_tx,
-    };
-    let tls = flotilla_shared::tls::server_config(
-        &std::fs::read(data_dir.join("server.pem")).unwrap(),
-        &std::fs::read(data_dir.join("server.key")).unwrap(),
-        &std::fs::read(data_dir.join("ca.pem")).unwrap(),
-    );
-    let listener = rt.block_on(tokio::net::TcpListener::bind(&addr)).unwrap();
-    let server = rt.spawn(
-        tonic::transport::Server::builder()
-            .tls_config(tls)
-            .unwrap()
-            .add_service(AgentServiceServer::new(stand_in))
-            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
-    );
+    let (server, reports) = serve_stand_in(&rt, &data_dir, &addr, vec![command.clone(), command]);
 
     // First session: the command arrives twice; it runs once, the copy is a replay.
     let mut seen = Seen::default();

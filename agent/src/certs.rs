@@ -14,7 +14,7 @@ use std::time::Duration;
 use flotilla_proto::v1 as pb;
 use tokio_util::sync::CancellationToken;
 
-use crate::exec::{Dokku, LineSink};
+use crate::exec::Dokku;
 
 /// Most domains probed per app (a wildcard or tenant list can be long).
 const MAX_DOMAINS: usize = 20;
@@ -49,16 +49,12 @@ pub async fn run(
         for (app, services) in apps() {
             // An app destroyed outside Flotilla (`dokku apps:destroy`) is
             // forgotten: no more release series or facts for it.
-            let mut lines = Lines::default();
             let args = ["apps:exists", app.as_str()];
             let exists = tokio::select! {
                 () = cancel.cancelled() => return,
-                exists = tokio::time::timeout(
-                    PROBE_TIMEOUT,
-                    dokku.run(&args, &mut lines, &cancel),
-                ) => exists,
+                exists = tokio::time::timeout(PROBE_TIMEOUT, dokku.query(&args, &cancel)) => exists,
             };
-            if let Ok(Ok(exit)) = exists
+            if let Ok(Ok((exit, _))) = exists
                 && exit.code == Some(crate::exec::EXIT_APP_MISSING)
             {
                 tracing::info!(%app, "the app no longer exists on this host; forgetting it");
@@ -91,28 +87,17 @@ pub async fn run(
     }
 }
 
-/// Collects output lines (the report commands print one value).
-#[derive(Default)]
-struct Lines(Vec<String>);
-
-impl LineSink for Lines {
-    fn line(&mut self, _stream: pb::Stream, line: String) {
-        self.0.push(line);
-    }
-}
-
+/// What a report command printed, if it exits 0.
 async fn report(dokku: &Dokku, args: &[&str], cancel: &CancellationToken) -> Option<String> {
-    let mut lines = Lines::default();
-    match dokku.run(args, &mut lines, cancel).await {
-        Ok(exit) if exit.code == Some(0) => Some(lines.0.join("\n").trim().to_owned()),
+    match dokku.query(args, cancel).await {
+        Ok((exit, lines)) if exit.code == Some(0) => Some(lines.join("\n").trim().to_owned()),
         Ok(_) | Err(_) => None,
     }
 }
 
 /// Whether `dokku ARGS` exits 0.
 async fn succeeds(dokku: &Dokku, args: &[&str], cancel: &CancellationToken) -> bool {
-    let mut lines = Lines::default();
-    matches!(dokku.run(args, &mut lines, cancel).await, Ok(exit) if exit.code == Some(0))
+    matches!(dokku.query(args, cancel).await, Ok((exit, _)) if exit.code == Some(0))
 }
 
 async fn check_app(

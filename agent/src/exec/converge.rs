@@ -106,17 +106,6 @@ impl LineSink for Redacting<'_> {
     }
 }
 
-/// Keeps stdout lines to parse; forwards nothing.
-struct Capture(Vec<String>);
-
-impl LineSink for Capture {
-    fn line(&mut self, stream: pb::Stream, line: String) {
-        if stream == pb::Stream::Stdout {
-            self.0.push(line);
-        }
-    }
-}
-
 /// Why reading or applying stopped.
 enum Stop {
     Failed { code: Option<i32>, error: String },
@@ -409,17 +398,6 @@ impl Dokku {
             auto_renew,
             certificate_hosts,
         })
-    }
-
-    /// Runs a read-only query; its stdout lines are returned, not logged.
-    async fn query(
-        &self,
-        args: &[&str],
-        cancel: &CancellationToken,
-    ) -> Result<(Exit, Vec<String>), Stop> {
-        let mut capture = Capture(Vec::new());
-        let exit = self.run(args, &mut capture, cancel).await?;
-        Ok((exit, capture.0))
     }
 
     /// Applies one change; the exit code of its (last) dokku command.

@@ -76,6 +76,31 @@ pub enum ExecError {
     Cancelled,
 }
 
+/// Keeps stdout lines (a query's answer); forwards nothing.
+struct Capture(Vec<String>);
+
+impl LineSink for Capture {
+    fn line(&mut self, stream: pb::Stream, line: String) {
+        if stream == pb::Stream::Stdout {
+            self.0.push(line);
+        }
+    }
+}
+
+impl Dokku {
+    /// Runs a read-only query (`*:report`, `*:exists`, `config:export`):
+    /// its stdout lines are returned, nothing is logged (some print values).
+    pub async fn query(
+        &self,
+        args: &[&str],
+        cancel: &CancellationToken,
+    ) -> Result<(Exit, Vec<String>), ExecError> {
+        let mut capture = Capture(Vec::new());
+        let exit = self.run(args, &mut capture, cancel).await?;
+        Ok((exit, capture.0))
+    }
+}
+
 /// Names of environment variables `dokku` (and every plugin it runs) must
 /// not inherit: the agent's own settings and secrets (`FLOTILLA_*`,
 /// `SENTRY_*`) and the variables its configuration names for secrets

@@ -114,6 +114,16 @@ impl Api {
             let (app, env) = app_env(&r.app, &r.env)?;
             caller.check_scope(&app, &env)?;
             too_many(r.values.len())?;
+            // The keys the applied spec declares secret here (read once per call).
+            let spec_secrets = self
+                .coordinator
+                .store
+                .app_spec(&app)?
+                .and_then(|record| {
+                    flotilla_shared::appspec::AppSpec::parse("spec", &record.spec_toml).ok()
+                })
+                .and_then(|spec| spec.envs.get(&env).map(|e| e.secret_keys.clone()))
+                .unwrap_or_default();
             let mut seen = BTreeSet::new();
             let mut checked = Vec::with_capacity(r.values.len());
             for v in &r.values {
@@ -131,15 +141,7 @@ impl Api {
                         self.coordinator.store.config_entry(&app, &env, &key)?,
                         Some(ConfigEntry { value: StoredValue::Sealed(_), .. })
                     );
-                    let declared = self
-                        .coordinator
-                        .store
-                        .app_spec(&app)?
-                        .and_then(|record| {
-                            flotilla_shared::appspec::AppSpec::parse("spec", &record.spec_toml).ok()
-                        })
-                        .and_then(|spec| spec.envs.get(&env).map(|e| e.secret_keys.contains(&key)))
-                        .unwrap_or(false);
+                    let declared = spec_secrets.contains(&key);
                     if sealed || declared {
                         return Err(Status::invalid_argument(format!(
                             "{key} is a secret{}: set it with --secret (or unset it first to make it plain)",
